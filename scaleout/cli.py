@@ -1,0 +1,185 @@
+"""`scaleout`: the command line behind the Makefile (`python -m scaleout …` works too)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scaleout.config import AuthMode, JWTAlg, JWTRevocation, LBMode, SessionStore, Settings, get_settings
+from scaleout.runner import Cluster, ClusterError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class Kind(StrEnum):
+    auth = "auth"
+    api = "api"
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(1)
+
+
+def _cluster() -> Cluster:
+    try:
+        return Cluster.load(get_settings().cluster_dir)
+    except ClusterError as exc:
+        _fail(exc)
+        raise
+
+
+@app.command()
+def up(
+    auth: Annotated[AuthMode | None, typer.Option(help="AUTH_MODE")] = None,
+    store: Annotated[SessionStore | None, typer.Option(help="SESSION_STORE")] = None,
+    lb: Annotated[LBMode | None, typer.Option(help="LB_MODE")] = None,
+    revocation: Annotated[JWTRevocation | None, typer.Option(help="JWT_REVOCATION")] = None,
+    alg: Annotated[JWTAlg | None, typer.Option(help="JWT_ALG")] = None,
+    replicas: Annotated[int | None, typer.Option(min=1, max=9, help="REPLICAS")] = None,
+) -> None:
+    """Start the local cluster in the background; returns once every service is healthy."""
+    overrides = {
+        k: v
+        for k, v in {
+            "auth_mode": auth,
+            "session_store": store,
+            "lb_mode": lb,
+            "jwt_revocation": revocation,
+            "jwt_alg": alg,
+            "replicas": replicas,
+        }.items()
+        if v is not None
+    }
+    settings = get_settings().model_copy(update=overrides)
+    settings = Settings(**settings.model_dump())  # re-validate the combination
+    cluster = Cluster(settings)
+    try:
+        cluster.up(progress=lambda line: console.print(f"  {line}"))
+    except ClusterError as exc:
+        _fail(exc)
+    s = cluster.settings
+    console.print(
+        f"cluster up: [bold]{s.public_url}[/]  AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} "
+        f"LB_MODE={s.lb_mode} JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas}"
+    )
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `up` started (and nothing else)."""
+    settings = get_settings()
+    if not (settings.cluster_dir / "state.json").exists():
+        console.print("no cluster recorded; nothing to stop")
+        return
+    stopped = _cluster().down()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Each service's pid, address and health; the current modes."""
+    cluster = _cluster()
+    table = Table("service", "pid", "address", "healthy")
+    for row in cluster.status():
+        table.add_row(
+            str(row["service"]),
+            str(row["pid"] or "-"),
+            str(row["address"]),
+            "[green]yes[/]" if row["healthy"] else "[red]no[/]",
+        )
+    console.print(table)
+    s = cluster.settings
+    console.print(
+        f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
+        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas}  url={s.public_url}"
+    )
+
+
+@app.command()
+def lb(mode: LBMode) -> None:
+    """Switch nginx's balancing live: `nginx -t`, then a graceful reload."""
+    try:
+        _cluster().lb(mode)
+    except ClusterError as exc:
+        _fail(exc)
+    console.print(f"nginx now balances with {mode}")
+
+
+@app.command()
+def stop(
+    service: str,
+    kill: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM (a crash, not a shutdown)")] = False,
+) -> None:
+    """Fault injection: stop one service (api-N, auth, redis, nginx) of the running cluster."""
+    try:
+        _cluster().stop(service, kill=kill)
+    except ClusterError as exc:
+        _fail(exc)
+    console.print(f"stopped {service}")
+
+
+@app.command()
+def start(service: str) -> None:
+    """Start a service stopped with `stop` again, with the same command and settings."""
+    try:
+        _cluster().start(service)
+    except ClusterError as exc:
+        _fail(exc)
+    console.print(f"started {service}")
+
+
+@app.command()
+def serve(kind: Kind) -> None:
+    """Run one service in the foreground (what the runner and compose both launch)."""
+    import uvicorn
+
+    settings = get_settings()
+    port = settings.auth_port if kind is Kind.auth else settings.api_port(settings.replica_id)
+    uvicorn.run(
+        f"services.{kind}.main:app",
+        host=settings.bind_host or settings.host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        server_header=False,
+    )
+
+
+@app.command("render-nginx")
+def render_nginx(
+    out: Annotated[Path, typer.Option(help="where to write the config ('-' for stdout)")] = Path("-"),
+    target: Annotated[str, typer.Option(help="local or compose")] = "compose",
+) -> None:
+    """Render nginx/nginx.conf.j2 with the current settings (compose's nginx-config service runs this)."""
+    from scaleout import nginx
+
+    settings = get_settings()
+    prefix = settings.cluster_dir / "nginx"
+    text = nginx.render(settings, "compose" if target == "compose" else "local", prefix=prefix)
+    if str(out) == "-":
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        console.print(f"wrote {out} (LB_MODE={settings.lb_mode})")
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,155 @@
+"""The one source of truth for ports, modes and settings.
+
+The local runner, the services, the nginx renderer and docker-compose all read these names: a service
+gets its settings from environment variables of the same (upper-case) name.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthMode(StrEnum):
+    session = "session"
+    jwt = "jwt"
+
+
+class SessionStore(StrEnum):
+    memory = "memory"
+    redis = "redis"
+
+
+class LBMode(StrEnum):
+    round_robin = "round_robin"
+    sticky = "sticky"
+    ip_hash = "ip_hash"
+
+
+class JWTRevocation(StrEnum):
+    none = "none"
+    denylist = "denylist"
+
+
+class JWTAlg(StrEnum):
+    RS256 = "RS256"
+    ES256 = "ES256"
+    HS256 = "HS256"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MIN_HS256_SECRET_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # Modes (CONTRACT.md, "Modes").
+    auth_mode: AuthMode = AuthMode.session
+    session_store: SessionStore = SessionStore.redis
+    lb_mode: LBMode = LBMode.round_robin
+    jwt_revocation: JWTRevocation = JWTRevocation.none
+    jwt_alg: JWTAlg = JWTAlg.RS256
+    replicas: int = Field(default=3, ge=1, le=9)
+
+    # Addresses. Locally everything binds to loopback; compose overrides the hosts with service names.
+    host: str = "127.0.0.1"
+    bind_host: str = ""  # where services listen; defaults to `host` (compose sets 0.0.0.0)
+    nginx_port: int = 8080
+    auth_port: int = 9000
+    api_port_base: int = 8000  # replica api-N listens on api_port_base + N
+    redis_port: int = 6380
+    auth_url: str = ""  # derived from host/auth_port when empty
+    redis_url: str = ""  # derived from host/redis_port when empty
+
+    # Identity of one replica process.
+    replica_id: str = "api-1"
+
+    # Runtime state.
+    cluster_dir: Path = ROOT / ".cluster"
+    users_db: Path | None = None  # default: cluster_dir/users.sqlite3
+    keys_dir: Path | None = None  # default: cluster_dir/keys
+    jwt_secret: str = ""  # HS256 only; at least 32 bytes
+
+    # Token and session lifetimes, in seconds.
+    access_ttl: int = Field(default=300, ge=1)
+    refresh_ttl: int = Field(default=86400, ge=1)
+    jwt_leeway: int = Field(default=0, ge=0, le=60)
+    jwt_issuer: str = "scaleout-auth"
+    jwt_audience: str = "scaleout-api"
+    jwt_max_bytes: int = 4096
+    session_idle_ttl: int = Field(default=1800, ge=1)
+    session_absolute_ttl: int = Field(default=28800, ge=1)
+    cookie_secure: bool = False
+
+    # Login throttling (shared through Redis): failures per window before 429.
+    throttle_window: int = Field(default=60, ge=1)
+    throttle_account_max: int = Field(default=5, ge=1)
+    throttle_ip_max: int = Field(default=50, ge=1)
+
+    # Argon2id, at least OWASP's minimum (m=19 MiB, t=2, p=1).
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_memory_kib: int = Field(default=19456, ge=19456)
+    argon2_parallelism: int = Field(default=1, ge=1)
+
+    # Redis client timeouts: a store that is down must answer 503 quickly, not hang the request.
+    redis_timeout: float = 0.5
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id_shape(cls, v: str) -> str:
+        if not v.startswith("api-") or not v[4:].isdigit():
+            raise ValueError("replica_id must look like api-N")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.session_absolute_ttl < self.session_idle_ttl:
+            raise ValueError("session_absolute_ttl must be >= session_idle_ttl")
+        return self
+
+    # Derived values: computed, never stored twice.
+    @property
+    def auth_base_url(self) -> str:
+        return self.auth_url or f"http://{self.host}:{self.auth_port}"
+
+    @property
+    def redis_dsn(self) -> str:
+        return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def users_db_path(self) -> Path:
+        return self.users_db or self.cluster_dir / "users.sqlite3"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_dir or self.cluster_dir / "keys"
+
+    @property
+    def replica_names(self) -> list[str]:
+        return [f"api-{n}" for n in range(1, self.replicas + 1)]
+
+    def api_port(self, replica: str) -> int:
+        return self.api_port_base + int(replica.removeprefix("api-"))
+
+    @property
+    def public_url(self) -> str:
+        return f"http://{self.host}:{self.nginx_port}"
+
+    @property
+    def cookie_name(self) -> str:
+        # The __Host- prefix makes browsers refuse the cookie unless Secure, Path=/ and no Domain.
+        return "__Host-sid" if self.cookie_secure else "sid"
+
+
+# Environment variable names of the modes, as the contract spells them.
+MODE_VARS = ("AUTH_MODE", "SESSION_STORE", "LB_MODE", "JWT_REVOCATION", "JWT_ALG", "REPLICAS")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,157 @@
+"""Signing keys: a rotating key ring on the auth service, and the verification keys a replica builds from JWKS.
+
+Every key object is built once (python-jose re-parses a PEM on every call when handed a string, which costs
+~100x a signature) and every key is bound to exactly one algorithm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jose import jwk
+from jose.backends.base import Key
+
+from scaleout.config import MIN_HS256_SECRET_BYTES, JWTAlg
+
+
+class KeyError_(Exception):
+    """A key that cannot be used (bad secret, unparsable JWKS entry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoundKey:
+    """A key object and the one algorithm it may be used with."""
+
+    kid: str
+    alg: str
+    key: Key
+
+
+def _new_private_pem(alg: JWTAlg) -> bytes:
+    if alg is JWTAlg.RS256:
+        private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    elif alg is JWTAlg.ES256:
+        private = ec.generate_private_key(ec.SECP256R1())
+    else:
+        raise KeyError_(f"{alg} has no key pair")
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def hs256_key(secret: str) -> BoundKey:
+    raw = secret.encode()
+    if len(raw) < MIN_HS256_SECRET_BYTES or len(set(raw)) < 16:
+        raise KeyError_(
+            f"JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} random bytes for HS256 "
+            "(try: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    kid = "hs-" + hashlib.sha256(raw).hexdigest()[:12]
+    return BoundKey(kid, "HS256", jwk.construct(raw, "HS256"))
+
+
+class KeyRing:
+    """The auth service's asymmetric keys on disk: one active signer, retired keys kept for verification.
+
+    Layout: ``<dir>/ring.json`` lists the keys with their state; ``<dir>/<kid>.pem`` holds each private key.
+    A retired key stays in the JWKS for ``grace`` seconds (the longest token lifetime), then is pruned.
+    """
+
+    def __init__(self, directory: Path, alg: JWTAlg, grace: int) -> None:
+        self.directory = directory
+        self.alg = alg
+        self.grace = grace
+        self._entries: list[dict[str, Any]] = []
+        self._keys: dict[str, BoundKey] = {}
+        self.reload()
+        if not self._active_entries():
+            self.rotate()
+
+    def _ring_file(self) -> Path:
+        return self.directory / "ring.json"
+
+    def _active_entries(self) -> list[dict[str, Any]]:
+        return [e for e in self._entries if e["alg"] == self.alg and e["retired_at"] is None]
+
+    def reload(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ring = self._ring_file()
+        self._entries = json.loads(ring.read_text())["keys"] if ring.exists() else []
+        self._prune()
+        self._keys = {}
+        for e in self._entries:
+            pem = (self.directory / f"{e['kid']}.pem").read_bytes()
+            self._keys[e["kid"]] = BoundKey(e["kid"], e["alg"], jwk.construct(pem, e["alg"]))
+
+    def _prune(self) -> None:
+        now = time.time()
+        keep = [e for e in self._entries if e["retired_at"] is None or now < e["retired_at"] + self.grace]
+        for e in self._entries:
+            if e not in keep:
+                (self.directory / f"{e['kid']}.pem").unlink(missing_ok=True)
+        self._entries = keep
+
+    def _save(self) -> None:
+        tmp = self._ring_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps({"keys": self._entries}, indent=2))
+        tmp.replace(self._ring_file())
+
+    def rotate(self) -> BoundKey:
+        """Make a new signing key; the previous one is retired but still verifies until its tokens expire."""
+        now = time.time()
+        for e in self._active_entries():
+            e["retired_at"] = now
+        kid = f"{self.alg.lower()}-{int(now)}-{secrets.token_hex(4)}"
+        path = self.directory / f"{kid}.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_new_private_pem(self.alg))
+        self._entries.append({"kid": kid, "alg": str(self.alg), "created": now, "retired_at": None})
+        self._save()
+        self.reload()
+        return self.signer
+
+    @property
+    def signer(self) -> BoundKey:
+        return self._keys[self._active_entries()[-1]["kid"]]
+
+    @property
+    def verifiers(self) -> dict[str, BoundKey]:
+        return dict(self._keys)
+
+    def jwks(self) -> dict[str, list[dict[str, Any]]]:
+        keys = []
+        for bound in self._keys.values():
+            public = bound.key.public_key().to_dict()
+            public.update({"kid": bound.kid, "alg": bound.alg, "use": "sig"})
+            keys.append(public)
+        return {"keys": keys}
+
+
+_KTY_FOR_ALG = {"RS256": "RSA", "ES256": "EC"}
+
+
+def keys_from_jwks(document: Any, alg: JWTAlg) -> dict[str, BoundKey]:
+    """Public keys from a JWKS, keeping only entries of the configured algorithm (never trusting `alg` alone)."""
+    out: dict[str, BoundKey] = {}
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise KeyError_("JWKS without a keys list")
+    for entry in document["keys"]:
+        if not isinstance(entry, dict):
+            continue
+        kid = entry.get("kid")
+        if entry.get("alg") != alg or entry.get("kty") != _KTY_FOR_ALG.get(alg) or not isinstance(kid, str):
+            continue
+        if "d" in entry:  # a private key has no business in a JWKS
+            continue
+        out[kid] = BoundKey(kid, str(alg), jwk.construct(entry, str(alg)))
+    return out

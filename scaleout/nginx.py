@@ -1,0 +1,72 @@
+"""Renders `nginx/nginx.conf.j2` for the local cluster or for compose, from the same settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from scaleout.config import ROOT, LBMode, Settings
+
+TEMPLATE_DIR = ROOT / "nginx"
+Target = Literal["local", "compose"]
+
+
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATE_DIR),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # nginx config, not HTML
+    )
+
+
+def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, prefix: Path | None = None) -> str:
+    mode = lb_mode or settings.lb_mode
+    if target == "local":
+        host = settings.host
+        replicas = [(n, f"{host}:{settings.api_port(n)}") for n in settings.replica_names]
+        auth_address = f"{host}:{settings.auth_port}"
+        listen = f"{host}:{settings.nginx_port}"
+        assert prefix is not None
+        paths = {
+            "pid_file": str(prefix / "nginx.pid"),
+            "error_log": str(prefix / "error.log"),
+            "access_log": f"{prefix / 'access.log'} combined buffer=64k flush=1s",
+        }
+        run_as_root = os.geteuid() == 0
+    else:
+        # Containers reach each other by service name; every service keeps its local port.
+        replicas = [(n, f"{n}:{settings.api_port(n)}") for n in settings.replica_names]
+        auth_address = f"auth:{settings.auth_port}"
+        listen = str(settings.nginx_port)
+        paths = {"pid_file": "/tmp/nginx.pid", "error_log": "/dev/stderr", "access_log": "/dev/stdout combined"}
+        run_as_root = False
+    return (
+        _environment()
+        .get_template("nginx.conf.j2")
+        .render(
+            target=target,
+            lb_mode=str(mode),
+            replicas=replicas,
+            auth_address=auth_address,
+            listen=listen,
+            workers=2,
+            login_rate=200,
+            login_burst=400,
+            run_as_root=run_as_root,
+            **paths,
+        )
+    )
+
+
+def check(nginx: str, prefix: Path, conf: Path) -> None:
+    """`nginx -t` on a config file; raises with nginx's own message when it is wrong."""
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"nginx -t failed for {conf}:\n{result.stderr.strip()}")

@@ -1,0 +1,388 @@
+"""The local cluster: redis-server, the auth service, N API replicas and nginx as plain processes.
+
+Everything it starts is recorded (pid, address, command) in `<cluster_dir>/state.json`, so `down`, `stop`,
+`start`, `lb` and `status` work from a later command, and `down` stops only what `up` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from scaleout import nginx
+from scaleout.config import ROOT, JWTAlg, LBMode, Settings
+
+HEALTH_TIMEOUT = 30.0
+
+
+class ClusterError(Exception):
+    pass
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    host: str
+    port: int
+    health: str  # "http" or "redis"
+    log: str
+    pid: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class State:
+    settings: dict[str, object]
+    services: dict[str, Service] = field(default_factory=dict)
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        raise ClusterError(f"'{name}' is not installed: run `make setup` (it installs Debian's {name}).")
+    return path
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Settings as the environment variables every service reads them back from."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+class Cluster:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.cluster_dir
+        self.state_file = self.dir / "state.json"
+        self.prefix = self.dir / "nginx"
+        self.logs = self.dir / "logs"
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._services: dict[str, Service] = {}
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, cluster_dir: Path) -> Cluster:
+        state_file = cluster_dir / "state.json"
+        if not state_file.exists():
+            raise ClusterError(f"no cluster recorded in {cluster_dir}: run `make up` first.")
+        raw = json.loads(state_file.read_text())
+        cluster = cls(Settings(**raw["settings"]))
+        cluster._services = {k: Service(**v) for k, v in raw["services"].items()}
+        return cluster
+
+    def _save(self) -> None:
+        state = {
+            "settings": self.settings.model_dump(mode="json"),
+            "services": {k: asdict(v) for k, v in self._services.items()},
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)
+
+    @property
+    def services(self) -> dict[str, Service]:
+        return self._services
+
+    # --- plan -------------------------------------------------------------------------------------
+
+    def _plan(self) -> dict[str, Service]:
+        s = self.settings
+        py = sys.executable
+        env = settings_env(s)
+        host = s.host
+
+        def log(name: str) -> str:
+            return str(self.logs / f"{name}.log")
+
+        services = {
+            "redis": Service(
+                "redis",
+                [
+                    require_program("redis-server"),
+                    *redis_args(s.redis_port),
+                    "--bind",
+                    host,
+                    "--dir",
+                    str(self.dir / "redis"),
+                ],
+                {},
+                host,
+                s.redis_port,
+                "redis",
+                log("redis"),
+            ),
+            "auth": Service(
+                "auth", [py, "-m", "scaleout", "serve", "auth"], env, host, s.auth_port, "http", log("auth")
+            ),
+        }
+        for name in s.replica_names:
+            services[name] = Service(
+                name,
+                [py, "-m", "scaleout", "serve", "api"],
+                {**env, "REPLICA_ID": name},
+                host,
+                s.api_port(name),
+                "http",
+                log(name),
+            )
+        services["nginx"] = Service(
+            "nginx",
+            [
+                require_program("nginx"),
+                "-p",
+                str(self.prefix),
+                "-c",
+                str(self.prefix / "nginx.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            {},
+            host,
+            s.nginx_port,
+            "http",
+            log("nginx"),
+        )
+        return services
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        if self.state_file.exists():
+            try:
+                previous = Cluster.load(self.dir)
+            except (ClusterError, ValueError, TypeError, KeyError):
+                previous = None
+            if previous and any(svc.pid and pid_alive(svc.pid) for svc in previous.services.values()):
+                raise ClusterError(f"a cluster is already running from {self.dir}: run `make down` first.")
+        for d in (self.dir, self.logs, self.prefix, self.dir / "redis"):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.settings.jwt_alg is JWTAlg.HS256 and not self.settings.jwt_secret:
+            self.settings = self.settings.model_copy(update={"jwt_secret": self._hs256_secret()})
+        self._services = self._plan()
+        taken = [s for s in self._services.values() if not port_is_free(s.host, s.port)]
+        if taken:
+            names = ", ".join(f"{s.name} ({s.address})" for s in taken)
+            raise ClusterError(f"port already in use for {names}: stop whatever holds it, or pick other ports.")
+        self._write_nginx_conf(self.settings.lb_mode)
+        self._save()
+        try:
+            for group in (["redis"], ["auth"], self.settings.replica_names, ["nginx"]):
+                for name in group:
+                    self._spawn(self._services[name])
+                self._save()
+                for name in group:
+                    self._wait_healthy(self._services[name])
+                    progress(f"{name} healthy on {self._services[name].address}")
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> list[str]:
+        stopped = []
+        for name in reversed(list(self._services)):
+            if self._terminate(self._services[name]):
+                stopped.append(name)
+        self._save()
+        return stopped
+
+    def stop(self, name: str, kill: bool = False) -> None:
+        service = self._get(name)
+        if not self._terminate(service, sig=signal.SIGKILL if kill else signal.SIGTERM):
+            raise ClusterError(f"{name} is not running")
+        self._save()
+
+    def start(self, name: str) -> None:
+        service = self._get(name)
+        if service.pid and pid_alive(service.pid):
+            raise ClusterError(f"{name} is already running (pid {service.pid})")
+        if not port_is_free(service.host, service.port):
+            raise ClusterError(f"port {service.address} for {name} is taken by another process")
+        self._spawn(service)
+        self._save()
+        self._wait_healthy(service)
+
+    def lb(self, mode: LBMode) -> None:
+        """Switch nginx's balancing live: config test, then a graceful reload (in-flight requests finish)."""
+        service = self._get("nginx")
+        if not (service.pid and pid_alive(service.pid)):
+            raise ClusterError("nginx is not running")
+        self.settings = self.settings.model_copy(update={"lb_mode": mode})
+        self._write_nginx_conf(mode)
+        self._save()
+        os.kill(service.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                # A fresh connection is served by the new workers once the reload took effect.
+                r = httpx.get(f"http://{service.address}/healthz", timeout=1.0, headers={"Connection": "close"})
+                if r.json().get("lb_mode") == mode:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.02)
+        raise ClusterError(f"nginx did not switch to {mode} within 10 s")
+
+    def status(self) -> list[dict[str, object]]:
+        rows = []
+        for service in self._services.values():
+            alive = bool(service.pid and pid_alive(service.pid))
+            rows.append(
+                {
+                    "service": service.name,
+                    "pid": service.pid if alive else None,
+                    "address": service.address,
+                    "healthy": alive and self._probe(service),
+                }
+            )
+        return rows
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> Service:
+        if name not in self._services:
+            raise ClusterError(f"unknown service {name!r}; known: {', '.join(self._services)}")
+        return self._services[name]
+
+    def _hs256_secret(self) -> str:
+        path = self.dir / "jwt_secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    def _write_nginx_conf(self, mode: LBMode) -> None:
+        conf = self.prefix / "nginx.conf"
+        candidate = self.prefix / "nginx.conf.next"
+        candidate.write_text(nginx.render(self.settings, "local", mode, prefix=self.prefix))
+        nginx.check(require_program("nginx"), self.prefix, candidate)
+        candidate.replace(conf)
+
+    def _spawn(self, service: Service) -> None:
+        Path(service.log).parent.mkdir(parents=True, exist_ok=True)
+        with open(service.log, "ab") as log:
+            proc = subprocess.Popen(
+                service.argv,
+                env={**os.environ, **service.env},
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives `make up` returning; signals from a terminal pass it by
+            )
+        self._children[proc.pid] = proc
+        service.pid = proc.pid
+
+    def _terminate(self, service: Service, sig: signal.Signals = signal.SIGTERM) -> bool:
+        pid = service.pid
+        service.pid = None
+        if not pid or not pid_alive(pid):
+            return False
+        if Path(service.argv[0]).name not in " ".join(_cmdline(pid)):
+            return False  # the pid was recycled by something that is not ours: leave it alone
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            self._reap(pid)
+            time.sleep(0.02)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self._reap(pid, block=True)
+        return True
+
+    def _reap(self, pid: int, block: bool = False) -> None:
+        proc = self._children.get(pid)
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=5 if block else 0)
+            del self._children[pid]
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _probe(self, service: Service) -> bool:
+        if service.health == "redis":
+            try:
+                with socket.create_connection((service.host, service.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+        try:
+            return httpx.get(f"http://{service.address}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait_healthy(self, service: Service) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while time.monotonic() < deadline:
+            if service.pid is None or not pid_alive(service.pid):
+                raise ClusterError(f"{service.name} exited during start-up; its log says:\n{tail(service.log)}")
+            if self._probe(service):
+                return
+            time.sleep(0.05)
+        raise ClusterError(f"{service.name} not healthy after {HEALTH_TIMEOUT:.0f} s:\n{tail(service.log)}")
+
+
+def redis_args(port: int) -> list[str]:
+    """The redis-server options shared by the local runner and compose: no persistence, own port."""
+    return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

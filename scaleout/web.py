@@ -1,0 +1,114 @@
+"""What every service shares on the HTTP side: error shapes, identity headers, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scaleout.store import StoreUnavailable
+
+log = logging.getLogger("scaleout")
+
+REQUESTS = Counter("scaleout_requests_total", "HTTP requests served", ["service", "path", "status"])
+AUTH_FAILURES = Counter("scaleout_auth_failures_total", "Refused credentials by reason", ["reason"])
+STORE_LATENCY = Histogram(
+    "scaleout_session_store_seconds",
+    "Latency of session and revocation store calls",
+    ["store", "op"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+
+
+def error(status: int, detail: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
+    return ORJSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+class IdentityMiddleware:
+    """Pure ASGI (no per-request Request objects): adds identity headers and counts responses.
+
+    Paths outside `known_paths` share one metrics label, so a scan of random URLs cannot blow up the
+    number of time series.
+    """
+
+    def __init__(
+        self, app: ASGIApp, service: str, headers: Iterable[tuple[str, str]], known_paths: Iterable[str]
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers]
+        self.known = set(known_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in self.known else "other"
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.headers]
+                REQUESTS.labels(self.service, path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def create_app(
+    service: str,
+    lifespan: Callable[[FastAPI], Any] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title=f"scaleout {service}",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        # FastAPI's default echoes the input back (passwords included); say where, not what.
+        fields = sorted({".".join(str(p) for p in e.get("loc", ())[1:]) or "body" for e in exc.errors()})
+        return error(422, "invalid request: " + ", ".join(fields))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> ORJSONResponse:
+        return error(503, str(exc), {"Retry-After": "1", "Cache-Control": "no-store"})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def add_identity(app: FastAPI, service: str, headers: dict[str, str]) -> None:
+    """Call once all routes exist: their paths become the metrics labels."""
+    known = [route.path for route in app.routes if hasattr(route, "path")]
+    app.add_middleware(IdentityMiddleware, service=service, headers=headers.items(), known_paths=known)
+
+
+async def timed(store: str, op: str, call: Awaitable[Any]) -> Any:
+    start = time.perf_counter()
+    try:
+        return await call
+    finally:
+        STORE_LATENCY.labels(store, op).observe(time.perf_counter() - start)

@@ -1,0 +1,265 @@
+"""An API replica: answers `/api/*`, checks credentials itself, and asks the auth service to log people in.
+
+Which replica answered is in every response (`X-Replica`), so the demo and the tests can see the balancer.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse, Response
+
+from scaleout.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, get_settings
+from scaleout.credentials import Ambiguous, bearer_token, header_value, single_cookie
+from scaleout.jwks import JWKSClient
+from scaleout.keys import hs256_key
+from scaleout.schemas import Credentials, LoginCredentials, RefreshRequest
+from scaleout.sessions import MemorySessions, RedisSessions, Session, is_well_formed
+from scaleout.store import Denylist, StoreUnavailable, make_redis
+from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
+from scaleout.web import AUTH_FAILURES, add_identity, create_app, error, timed
+
+settings = get_settings()
+REPLICA = settings.replica_id
+JWT = settings.auth_mode is AuthMode.jwt
+COOKIE = settings.cookie_name
+CSRF_COOKIE = "csrf_token"
+NO_STORE = {"Cache-Control": "no-store"}
+CHALLENGE = 'Bearer realm="scaleout"' if JWT else 'Cookie realm="scaleout", cookie-name="sid"'
+
+
+class NotAuthenticated(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    username: str
+    sid: str | None = None  # session mode
+    csrf: str | None = None  # session mode
+    bearer: str | None = None  # jwt mode
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app.state
+    state.http = httpx.AsyncClient(
+        base_url=settings.auth_base_url,
+        timeout=httpx.Timeout(10.0, connect=1.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+    state.redis = make_redis(settings)
+    if settings.session_store is SessionStore.redis:
+        state.sessions = RedisSessions(state.redis, settings.session_idle_ttl, settings.session_absolute_ttl)
+    else:
+        state.sessions = MemorySessions(settings.session_idle_ttl, settings.session_absolute_ttl)
+    state.denylist = Denylist(state.redis) if settings.jwt_revocation is JWTRevocation.denylist else None
+    state.verifier = TokenVerifier(
+        {}, settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway, settings.jwt_max_bytes
+    )
+    state.jwks = None
+    if JWT and settings.jwt_alg is JWTAlg.HS256:
+        key = hs256_key(settings.jwt_secret)
+        state.verifier.set_keys({key.kid: key})
+    elif JWT:
+        state.jwks = JWKSClient(state.http, settings.jwt_alg, state.verifier)
+        # Fetched once here: afterwards this replica verifies tokens with the auth service down.
+        await state.jwks.fetch_until_ready(timeout=20.0)
+    yield
+    await state.http.aclose()
+    await state.redis.aclose()
+
+
+app = create_app(REPLICA, lifespan=lifespan)
+
+
+def unauthorized(reason: str) -> ORJSONResponse:
+    AUTH_FAILURES.labels(reason).inc()
+    return error(401, "not authenticated", {"WWW-Authenticate": CHALLENGE, **NO_STORE})
+
+
+async def _verify_jwt(request: Request, token: str) -> Principal:
+    state = request.app.state
+    try:
+        try:
+            claims = state.verifier.verify(token, TokenKind.access)
+        except UnknownKid as exc:
+            if state.jwks is None or not await state.jwks.refresh_for_unknown_kid(exc.kid):
+                raise
+            claims = state.verifier.verify(token, TokenKind.access)
+    except TokenError as exc:
+        raise NotAuthenticated(exc.reason) from exc
+    if state.denylist is not None and await timed("redis", "denylist", state.denylist.contains(claims.jti)):
+        raise NotAuthenticated("revoked")
+    return Principal(claims.sub, bearer=token)
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller's identity, or NotAuthenticated; StoreUnavailable when the store cannot say."""
+    headers = request.scope["headers"]
+    try:
+        if JWT:
+            token = bearer_token(headers)
+            if token is None:
+                raise NotAuthenticated("missing")
+            return await _verify_jwt(request, token)
+        sid = single_cookie(headers, COOKIE)
+    except Ambiguous as exc:
+        raise NotAuthenticated("ambiguous") from exc
+    if sid is None:
+        raise NotAuthenticated("missing")
+    if not is_well_formed(sid):  # never send junk to the store
+        raise NotAuthenticated("malformed")
+    session = await timed(settings.session_store, "get", request.app.state.sessions.get(sid))
+    if session is None:
+        raise NotAuthenticated("unknown_session")
+    return Principal(session.username, sid=sid, csrf=session.csrf)
+
+
+def _client_ip(request: Request) -> str:
+    # nginx overwrites X-Real-IP with the address it saw; X-Forwarded-For is the client's to forge.
+    return header_value(request.scope["headers"], b"x-real-ip") or (
+        request.client.host if request.client else "unknown"
+    )
+
+
+async def _call_auth(request: Request, path: str, json: dict[str, object], **kw: object) -> httpx.Response:
+    try:
+        return await request.app.state.http.post(path, json=json, **kw)
+    except httpx.HTTPError as exc:
+        raise StoreUnavailable("auth service unavailable") from exc
+
+
+def _relay_error(upstream: httpx.Response) -> ORJSONResponse:
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
+    if upstream.status_code >= 500:
+        return error(503, "auth service unavailable", {"Retry-After": "1"})
+    try:
+        detail = str(upstream.json().get("detail", "request refused"))
+    except ValueError:
+        detail = "request refused"
+    return error(upstream.status_code, detail, headers)
+
+
+def _same(a: str, b: str) -> bool:
+    # compare_digest refuses non-ASCII str; header bytes arrive as latin-1, so compare those bytes.
+    return secrets.compare_digest(a.encode("latin-1", "replace"), b.encode("latin-1", "replace"))
+
+
+def _cookie(name: str, value: str, max_age: int, http_only: bool) -> str:
+    parts = [f"{name}={value}", "Path=/", "SameSite=Lax", f"Max-Age={max_age}"]
+    if http_only:
+        parts.append("HttpOnly")
+    if settings.cookie_secure:
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+@app.get("/api/whoami")
+async def whoami() -> dict[str, str]:
+    return {"replica": REPLICA, "auth_mode": settings.auth_mode, "session_store": settings.session_store}
+
+
+@app.post("/api/register", status_code=201)
+async def register(body: Credentials, request: Request) -> Response:
+    upstream = await _call_auth(request, "/register", body.model_dump())
+    if upstream.status_code != 201:
+        return _relay_error(upstream)
+    return ORJSONResponse(upstream.json(), status_code=201)
+
+
+@app.post("/api/login")
+async def login(body: LoginCredentials, request: Request) -> Response:
+    state = request.app.state
+    upstream = await _call_auth(request, "/login", {**body.model_dump(), "client_ip": _client_ip(request)})
+    if upstream.status_code != 200:
+        return _relay_error(upstream)
+    data = upstream.json()
+    if JWT:
+        return ORJSONResponse({**data, "replica": REPLICA}, headers=NO_STORE)
+
+    # A session ID the client brought along (perhaps planted) is dropped: login always gets a fresh one.
+    try:
+        old = single_cookie(request.scope["headers"], COOKIE)
+        if old and is_well_formed(old):
+            await state.sessions.delete(old)
+    except (Ambiguous, StoreUnavailable):
+        pass
+    if settings.session_store is SessionStore.memory:
+        await state.sessions.put(data["sid"], Session(data["username"], data["csrf"], data["created"]))
+    response = ORJSONResponse(
+        {"auth_mode": "session", "replica": REPLICA, "expires_in": data["expires_in"]}, headers=NO_STORE
+    )
+    lifetime = settings.session_absolute_ttl
+    response.headers.append("Set-Cookie", _cookie(COOKIE, data["sid"], lifetime, http_only=True))
+    response.headers.append("Set-Cookie", _cookie(CSRF_COOKIE, data["csrf"], lifetime, http_only=False))
+    return response
+
+
+@app.get("/api/me")
+async def me(request: Request) -> Response:
+    try:
+        principal = await authenticate(request)
+    except NotAuthenticated as exc:
+        return unauthorized(exc.reason)
+    return ORJSONResponse(
+        {
+            "username": principal.username,
+            "replica": REPLICA,
+            "auth_mode": settings.auth_mode,
+            "session_store": settings.session_store,
+        },
+        headers=NO_STORE,
+    )
+
+
+@app.post("/api/logout")
+async def logout(request: Request) -> Response:
+    state = request.app.state
+    try:
+        principal = await authenticate(request)
+    except NotAuthenticated as exc:
+        return unauthorized(exc.reason)
+
+    if principal.bearer is not None:
+        upstream = await _call_auth(request, "/logout", {}, headers={"Authorization": f"Bearer {principal.bearer}"})
+        if upstream.status_code != 204:
+            return _relay_error(upstream)
+        return Response(status_code=204, headers=NO_STORE)
+
+    # Cookie-authenticated write: the double-submitted CSRF token must match the cookie and the session.
+    sent = header_value(request.scope["headers"], b"x-csrf-token") or ""
+    try:
+        cookie = single_cookie(request.scope["headers"], CSRF_COOKIE) or ""
+    except Ambiguous:
+        cookie = ""
+    expected = principal.csrf or ""
+    if not (sent and _same(sent, cookie) and _same(sent, expected)):
+        AUTH_FAILURES.labels("csrf").inc()
+        return error(403, "CSRF token missing or wrong", NO_STORE)
+    assert principal.sid is not None
+    await timed(settings.session_store, "delete", state.sessions.delete(principal.sid))
+    response = Response(status_code=204, headers=NO_STORE)
+    response.headers.append("Set-Cookie", _cookie(COOKIE, "", 0, http_only=True))
+    response.headers.append("Set-Cookie", _cookie(CSRF_COOKIE, "", 0, http_only=False))
+    return response
+
+
+@app.post("/api/refresh")
+async def refresh(body: RefreshRequest, request: Request) -> Response:
+    if not JWT:
+        return error(400, "refresh tokens exist only in jwt mode")
+    upstream = await _call_auth(request, "/refresh", body.model_dump())
+    if upstream.status_code != 200:
+        return _relay_error(upstream)
+    return ORJSONResponse({**upstream.json(), "replica": REPLICA}, headers=NO_STORE)
+
+
+add_identity(app, REPLICA, {"X-Replica": REPLICA})
