@@ -264,7 +264,7 @@ class Cluster:
             try:
                 # A fresh connection is served by the new workers once the reload took effect.
                 r = httpx.get(f"http://{service.address}/healthz", timeout=1.0, headers={"Connection": "close"})
-                if r.json().get("lb_mode") == mode:
+                if r.json().get("lb_mode") == mode and not _retiring_workers(service.pid):
                     return
             except (httpx.HTTPError, ValueError):
                 pass
@@ -374,6 +374,25 @@ class Cluster:
                 return
             time.sleep(0.05)
         raise ClusterError(f"{service.name} not healthy after {HEALTH_TIMEOUT:.0f} s:\n{tail(service.log)}")
+
+
+def _retiring_workers(master: int) -> list[int]:
+    """nginx workers of the previous config still finishing their requests after a reload.
+
+    Until they exit, a client on an old keep-alive connection is still balanced by the old config.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"\nPPid:\t{master}\n" in status and b"shutting down" in cmdline:
+            pids.append(int(entry.name))
+    return pids
 
 
 def redis_args(port: int) -> list[str]:

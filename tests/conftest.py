@@ -1,0 +1,50 @@
+"""Fixtures that start real clusters (nginx, redis-server, uvicorn) on free loopback ports.
+
+Each test module starts its clusters once; every process is stopped by pid when the module ends. A cluster
+from `make up` lives in `.cluster/` on the default ports and is never touched: tests use their own
+directories and ports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from helpers import HOST, cluster_settings, free_ports, wait_for_port
+from scaleout.runner import Cluster, redis_args, require_program
+
+
+@pytest.fixture(scope="module")
+def start_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Cluster]]:
+    """Start a cluster with the given settings; all of a module's clusters stop when the module ends."""
+    started: list[Cluster] = []
+
+    def start(**overrides: object) -> Cluster:
+        cluster = Cluster(cluster_settings(tmp_path_factory.mktemp("cluster"), **overrides))
+        started.append(cluster)
+        cluster.up()
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server of our own, for the store tests."""
+    (port,), _ = free_ports(1)
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [require_program("redis-server"), *redis_args(port), "--bind", HOST, "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

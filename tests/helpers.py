@@ -1,0 +1,92 @@
+"""Helpers shared by the integration tests: free ports, settings for a test cluster, HTTP clients, users."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from scaleout.config import Settings
+from scaleout.runner import Cluster, port_is_free
+
+HOST = "127.0.0.1"
+PASSWORD = "correct horse battery"
+
+
+def free_ports(count: int, contiguous: int = 0) -> tuple[list[int], int]:
+    """`count` free ports, and a base such that base+1..base+contiguous are free too."""
+    rng = random.Random()
+    for _ in range(1000):
+        base = rng.randrange(20000, 60000)
+        wanted = [base + i for i in range(1, contiguous + 1)] + [rng.randrange(20000, 60000) for _ in range(count)]
+        if len(set(wanted)) == len(wanted) and all(port_is_free(HOST, p) for p in wanted):
+            return wanted[contiguous:], base
+    raise RuntimeError("no free ports")
+
+
+def cluster_settings(tmp: Path, **overrides: object) -> Settings:
+    replicas = int(overrides.get("replicas", 3))  # type: ignore[call-overload]
+    (nginx_port, auth_port, redis_port), base = free_ports(3, contiguous=replicas)
+    values: dict[str, object] = {
+        "cluster_dir": tmp,
+        "nginx_port": nginx_port,
+        "auth_port": auth_port,
+        "redis_port": redis_port,
+        "api_port_base": base,
+        # Throttling per address has its own tests; the others log in many users from one address.
+        "throttle_ip_max": 10_000,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def client(cluster: Cluster, local_address: str | None = None) -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+    return httpx.Client(base_url=cluster.settings.public_url, timeout=10.0, transport=transport)
+
+
+def new_username(prefix: str = "u") -> str:
+    return f"{prefix}{secrets.token_hex(6)}"
+
+
+def register(c: httpx.Client, username: str, password: str = PASSWORD) -> None:
+    r = c.post("/api/register", json={"username": username, "password": password})
+    assert r.status_code == 201, r.text
+
+
+def login(c: httpx.Client, username: str, password: str = PASSWORD) -> httpx.Response:
+    r = c.post("/api/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def new_user(c: httpx.Client, prefix: str = "u") -> tuple[str, httpx.Response]:
+    """Register and log in a fresh user on client `c` (its cookie jar keeps the session)."""
+    name = new_username(prefix)
+    register(c, name)
+    return name, login(c, name)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def spread(responses: list[httpx.Response]) -> Counter[tuple[str, int]]:
+    """(replica, status) counts: the tests' view of which replica answered what."""
+    return Counter((r.headers.get("x-replica", "-"), r.status_code) for r in responses)
