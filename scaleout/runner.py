@@ -255,6 +255,7 @@ class Cluster:
         service = self._get("nginx")
         if not (service.pid and pid_alive(service.pid)):
             raise ClusterError("nginx is not running")
+        mode = LBMode(mode)
         self.settings = self.settings.model_copy(update={"lb_mode": mode})
         self._write_nginx_conf(mode)
         self._save()

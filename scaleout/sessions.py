@@ -15,9 +15,10 @@ from typing import Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from scaleout.store import StoreUnavailable
+from scaleout.store import redis_call
+
+UNAVAILABLE = "session store unavailable"
 
 _SID = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32): 32 bytes -> 43 characters
 
@@ -111,10 +112,7 @@ class RedisSessions:
 
     async def get(self, sid: str) -> Session | None:
         key = session_key(sid)
-        try:
-            raw = await self.redis.getex(key, ex=self.idle_ttl)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("session store unavailable") from exc
+        raw = await redis_call(lambda: self.redis.getex(key, ex=self.idle_ttl), UNAVAILABLE)
         if raw is None:
             return None
         session = Session.from_json(raw)
@@ -124,13 +122,7 @@ class RedisSessions:
         return session
 
     async def put(self, sid: str, session: Session) -> None:
-        try:
-            await self.redis.set(session_key(sid), session.to_json(), ex=self.idle_ttl)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("session store unavailable") from exc
+        await redis_call(lambda: self.redis.set(session_key(sid), session.to_json(), ex=self.idle_ttl), UNAVAILABLE)
 
     async def delete(self, sid: str) -> None:
-        try:
-            await self.redis.delete(session_key(sid))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable("session store unavailable") from exc
+        await redis_call(lambda: self.redis.delete(session_key(sid)), UNAVAILABLE)

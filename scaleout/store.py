@@ -7,11 +7,14 @@ down never lets anybody in.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -22,11 +25,14 @@ class StoreUnavailable(Exception):
     pass
 
 
+T = TypeVar("T")
+
+
 def make_redis(settings: Settings) -> Redis:
     """An async client with a connection pool; hiredis parses replies when installed.
 
-    No retries and short timeouts: when Redis is down a request should fail fast with 503, and the pool
-    reconnects by itself once Redis is back.
+    Short timeouts and no retries of its own (see `redis_call`): when Redis is down a request fails fast
+    with 503, and the pool reconnects by itself once Redis is back.
     """
     return Redis.from_url(
         settings.redis_dsn,
@@ -38,8 +44,19 @@ def make_redis(settings: Settings) -> Redis:
     )
 
 
-def _unavailable(exc: Exception) -> StoreUnavailable:
-    return StoreUnavailable("shared store unavailable")
+async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store unavailable") -> T:
+    """Run one Redis operation; a dead connection is retried once, any other failure is StoreUnavailable.
+
+    After a Redis restart every pooled connection is dead, and redis-py raises on the first use of each
+    instead of reconnecting; one retry on a fresh connection heals that without failing a request.
+    """
+    try:
+        try:
+            return await op()
+        except RedisConnectionError:
+            return await op()
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(what) from exc
 
 
 class Denylist:
@@ -50,16 +67,10 @@ class Denylist:
 
     async def add(self, jti: str, exp: int) -> None:
         ttl = max(1, exp - int(time.time()) + 1)
-        try:
-            await self.redis.set(f"deny:{jti}", b"1", ex=ttl)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await redis_call(lambda: self.redis.set(f"deny:{jti}", b"1", ex=ttl))
 
     async def contains(self, jti: str) -> bool:
-        try:
-            return bool(await self.redis.exists(f"deny:{jti}"))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        return bool(await redis_call(lambda: self.redis.exists(f"deny:{jti}")))
 
 
 class RefreshOutcome(StrEnum):
@@ -93,23 +104,14 @@ class RefreshTokens:
         self._spend = redis.register_script(_SPEND)
 
     async def remember(self, jti: str) -> None:
-        try:
-            await self.redis.set(f"rt:{jti}", b"live", ex=self.ttl)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await redis_call(lambda: self.redis.set(f"rt:{jti}", b"live", ex=self.ttl))
 
     async def spend(self, jti: str, fam: str) -> RefreshOutcome:
-        try:
-            result = await self._spend(keys=[f"rt:{jti}", f"rf:{fam}"], args=[self.ttl])
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        result = await redis_call(lambda: self._spend(keys=[f"rt:{jti}", f"rf:{fam}"], args=[self.ttl]))
         return RefreshOutcome(result.decode() if isinstance(result, bytes) else result)
 
     async def revoke_family(self, fam: str) -> None:
-        try:
-            await self.redis.set(f"rf:{fam}", b"1", ex=self.ttl)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await redis_call(lambda: self.redis.set(f"rf:{fam}", b"1", ex=self.ttl))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,40 +120,50 @@ class Verdict:
     retry_after: int = 0
 
 
+# Scripts rather than pipelines: a script call is one command, which the client retries on a stale
+# connection after a Redis restart (pipelines fail once instead).
+_THROTTLE_CHECK = """
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[i]) then
+    local ttl = redis.call('TTL', key)
+    if ttl < 1 then ttl = tonumber(ARGV[#ARGV]) end
+    if ttl > wait then wait = ttl end
+  end
+end
+return wait
+"""
+
+_THROTTLE_RECORD = """
+for _, key in ipairs(KEYS) do
+  redis.call('INCR', key)
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ARGV[1]) end
+end
+return 1
+"""
+
+
 class Throttle:
     """Failed logins counted per account and per client address, shared by every process through Redis."""
 
     def __init__(self, redis: Redis, window: int, account_max: int, ip_max: int) -> None:
         self.redis = redis
         self.window = window
-        self.limits = {"acct": account_max, "ip": ip_max}
+        self.account_max = account_max
+        self.ip_max = ip_max
+        self._check = redis.register_script(_THROTTLE_CHECK)
+        self._record = redis.register_script(_THROTTLE_RECORD)
 
-    def _keys(self, username: str, client_ip: str) -> dict[str, str]:
-        return {"acct": f"thr:acct:{username}", "ip": f"thr:ip:{client_ip}"}
+    @staticmethod
+    def _keys(username: str, client_ip: str) -> list[str]:
+        return [f"thr:acct:{username}", f"thr:ip:{client_ip}"]
 
     async def check(self, username: str, client_ip: str) -> Verdict:
-        keys = self._keys(username, client_ip)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys.values():
-                    pipe.get(key)
-                    pipe.ttl(key)
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        retry_after = 0
-        for i, kind in enumerate(keys):
-            count, ttl = replies[2 * i], replies[2 * i + 1]
-            if count is not None and int(count) >= self.limits[kind]:
-                retry_after = max(retry_after, ttl if ttl and ttl > 0 else self.window)
-        return Verdict(allowed=retry_after == 0, retry_after=retry_after)
+        wait = await redis_call(
+            lambda: self._check(keys=self._keys(username, client_ip), args=[self.account_max, self.ip_max, self.window])
+        )
+        return Verdict(allowed=int(wait) == 0, retry_after=int(wait))
 
     async def record_failure(self, username: str, client_ip: str) -> None:
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key in self._keys(username, client_ip).values():
-                    pipe.incr(key)
-                    pipe.expire(key, self.window, nx=True)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        await redis_call(lambda: self._record(keys=self._keys(username, client_ip), args=[self.window]))

@@ -7,9 +7,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,8 +29,17 @@ STORE_LATENCY = Histogram(
 )
 
 
-def error(status: int, detail: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
-    return ORJSONResponse({"detail": detail}, status_code=status, headers=headers)
+class JSONResponse(Response):
+    """orjson-rendered JSON (FastAPI deprecated its own JSONResponse)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 class IdentityMiddleware:
@@ -68,7 +78,7 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(
         title=f"scaleout {service}",
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONResponse,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -76,17 +86,17 @@ def create_app(
     )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default echoes the input back (passwords included); say where, not what.
         fields = sorted({".".join(str(p) for p in e.get("loc", ())[1:]) or "body" for e in exc.errors()})
         return error(422, "invalid request: " + ", ".join(fields))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(StoreUnavailable)
-    async def _store_down(request: Request, exc: StoreUnavailable) -> ORJSONResponse:
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
         return error(503, str(exc), {"Retry-After": "1", "Cache-Control": "no-store"})
 
     @app.get("/healthz")

@@ -11,8 +11,8 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-
 from helpers import HOST, cluster_settings, free_ports, wait_for_port
+
 from scaleout.runner import Cluster, redis_args, require_program
 
 

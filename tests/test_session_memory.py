@@ -10,8 +10,8 @@ from collections import Counter, defaultdict
 
 import httpx
 import pytest
-
 from helpers import client, login, new_user, spread
+
 from scaleout.config import LBMode
 from scaleout.runner import Cluster
 
@@ -55,7 +55,7 @@ def test_round_robin_session_lives_only_on_the_replica_that_logged_in(cluster: C
 def test_sticky_pins_each_user_and_spreads_users(cluster: Cluster, lb) -> None:
     lb("sticky")
     with client(cluster) as c:
-        _, login = new_user(c)
+        new_user(c)
         assert "lb_route" in c.cookies
         responses = [c.get("/api/me") for _ in range(30)]
     assert {r.status_code for r in responses} == {200}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from scaleout.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, get_settings
 from scaleout.credentials import Ambiguous, bearer_token, header_value, single_cookie
@@ -22,7 +22,7 @@ from scaleout.schemas import Credentials, LoginCredentials, RefreshRequest
 from scaleout.sessions import MemorySessions, RedisSessions, Session, is_well_formed
 from scaleout.store import Denylist, StoreUnavailable, make_redis
 from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
-from scaleout.web import AUTH_FAILURES, add_identity, create_app, error, timed
+from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, timed
 
 settings = get_settings()
 REPLICA = settings.replica_id
@@ -80,7 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = create_app(REPLICA, lifespan=lifespan)
 
 
-def unauthorized(reason: str) -> ORJSONResponse:
+def unauthorized(reason: str) -> JSONResponse:
     AUTH_FAILURES.labels(reason).inc()
     return error(401, "not authenticated", {"WWW-Authenticate": CHALLENGE, **NO_STORE})
 
@@ -137,7 +137,7 @@ async def _call_auth(request: Request, path: str, json: dict[str, object], **kw:
         raise StoreUnavailable("auth service unavailable") from exc
 
 
-def _relay_error(upstream: httpx.Response) -> ORJSONResponse:
+def _relay_error(upstream: httpx.Response) -> JSONResponse:
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
     if upstream.status_code >= 500:
         return error(503, "auth service unavailable", {"Retry-After": "1"})
@@ -172,7 +172,7 @@ async def register(body: Credentials, request: Request) -> Response:
     upstream = await _call_auth(request, "/register", body.model_dump())
     if upstream.status_code != 201:
         return _relay_error(upstream)
-    return ORJSONResponse(upstream.json(), status_code=201)
+    return JSONResponse(upstream.json(), status_code=201)
 
 
 @app.post("/api/login")
@@ -183,7 +183,7 @@ async def login(body: LoginCredentials, request: Request) -> Response:
         return _relay_error(upstream)
     data = upstream.json()
     if JWT:
-        return ORJSONResponse({**data, "replica": REPLICA}, headers=NO_STORE)
+        return JSONResponse({**data, "replica": REPLICA}, headers=NO_STORE)
 
     # A session ID the client brought along (perhaps planted) is dropped: login always gets a fresh one.
     try:
@@ -194,7 +194,7 @@ async def login(body: LoginCredentials, request: Request) -> Response:
         pass
     if settings.session_store is SessionStore.memory:
         await state.sessions.put(data["sid"], Session(data["username"], data["csrf"], data["created"]))
-    response = ORJSONResponse(
+    response = JSONResponse(
         {"auth_mode": "session", "replica": REPLICA, "expires_in": data["expires_in"]}, headers=NO_STORE
     )
     lifetime = settings.session_absolute_ttl
@@ -209,7 +209,7 @@ async def me(request: Request) -> Response:
         principal = await authenticate(request)
     except NotAuthenticated as exc:
         return unauthorized(exc.reason)
-    return ORJSONResponse(
+    return JSONResponse(
         {
             "username": principal.username,
             "replica": REPLICA,
@@ -259,7 +259,7 @@ async def refresh(body: RefreshRequest, request: Request) -> Response:
     upstream = await _call_auth(request, "/refresh", body.model_dump())
     if upstream.status_code != 200:
         return _relay_error(upstream)
-    return ORJSONResponse({**upstream.json(), "replica": REPLICA}, headers=NO_STORE)
+    return JSONResponse({**upstream.json(), "replica": REPLICA}, headers=NO_STORE)
 
 
 add_identity(app, REPLICA, {"X-Replica": REPLICA})

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from scaleout.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, get_settings
 from scaleout.keys import BoundKey, KeyRing, hs256_key
@@ -22,7 +22,7 @@ from scaleout.sessions import RedisSessions, Session, new_csrf_token, new_sessio
 from scaleout.store import Denylist, RefreshOutcome, RefreshTokens, Throttle, make_redis
 from scaleout.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier
 from scaleout.users import UsernameTaken, Users
-from scaleout.web import AUTH_FAILURES, add_identity, create_app, error
+from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error
 
 settings = get_settings()
 NO_STORE = {"Cache-Control": "no-store"}
@@ -123,13 +123,13 @@ async def login(body: LoginRequest, request: Request) -> Response:
         return error(401, BAD_LOGIN)
 
     if settings.auth_mode is AuthMode.jwt:
-        return ORJSONResponse(await _token_pair(request, user.username, new_session_id()), headers=NO_STORE)
+        return JSONResponse(await _token_pair(request, user.username, new_session_id()), headers=NO_STORE)
 
     sid, session = new_session_id(), Session(user.username, new_csrf_token(), time.time())
     if settings.session_store is SessionStore.redis:
         await state.sessions.put(sid, session)
     # With the memory store the replica that asked keeps the session: nobody else ever learns of it.
-    return ORJSONResponse(
+    return JSONResponse(
         {
             "auth_mode": "session",
             "sid": sid,
@@ -156,7 +156,7 @@ async def refresh(body: RefreshRequest, request: Request) -> Response:
     if outcome is not RefreshOutcome.ok:
         AUTH_FAILURES.labels(f"refresh_{outcome}").inc()
         return error(401, "invalid refresh token")
-    return ORJSONResponse(await _token_pair(request, claims.sub, claims.fam), headers=NO_STORE)
+    return JSONResponse(await _token_pair(request, claims.sub, claims.fam), headers=NO_STORE)
 
 
 @app.post("/logout", status_code=204)

@@ -1,0 +1,78 @@
+"""session / redis (session clustering): every replica sees every session; Redis down means 503."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import client, new_user, spread
+
+from scaleout.runner import Cluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(start_cluster) -> Cluster:
+    return start_cluster(auth_mode="session", session_store="redis", lb_mode="round_robin")
+
+
+def test_every_replica_knows_the_session(cluster: Cluster) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        counts = spread([c.get("/api/me") for _ in range(30)])
+    assert counts == {("api-1", 200): 10, ("api-2", 200): 10, ("api-3", 200): 10}
+
+
+@pytest.mark.parametrize("lb_mode", ["sticky", "ip_hash", "round_robin"])
+def test_every_request_succeeds_in_every_balancer_mode(cluster: Cluster, lb_mode: str) -> None:
+    cluster.lb(lb_mode)  # type: ignore[arg-type]
+    with client(cluster) as c:
+        new_user(c)
+        statuses = {c.get("/api/me").status_code for _ in range(15)}
+    assert statuses == {200}
+
+
+def test_redis_down_gives_503_and_recovers_without_restarts(cluster: Cluster) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        pids_before = {name: svc.pid for name, svc in cluster.services.items() if name != "redis"}
+        cluster.stop("redis")
+        try:
+            down = [c.get("/api/me") for _ in range(9)]
+            assert {r.status_code for r in down} == {503}
+            assert {r.headers["x-replica"] for r in down} == {"api-1", "api-2", "api-3"}
+            assert all(r.json() == {"detail": "session store unavailable"} for r in down)
+        finally:
+            cluster.start("redis")
+        # Redis keeps no data across the restart, so the old session is gone (401, never 200 by accident)...
+        assert c.get("/api/me").status_code == 401
+        # ...and a new login works on every replica with nothing else restarted.
+        new_user(c)
+        assert spread([c.get("/api/me") for _ in range(9)]) == {
+            ("api-1", 200): 3,
+            ("api-2", 200): 3,
+            ("api-3", 200): 3,
+        }
+    assert {name: svc.pid for name, svc in cluster.services.items() if name != "redis"} == pids_before
+
+
+def test_logout_kills_the_session_on_every_replica(cluster: Cluster) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        sid = c.cookies["sid"]
+        csrf = c.cookies["csrf_token"]
+        r = c.post("/api/logout", headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 204
+        assert 'sid=""' in r.headers.get("set-cookie", "") or "sid=;" in r.headers.get("set-cookie", "")
+    with client(cluster) as replay:
+        replay.cookies.set("sid", sid)
+        counts = spread([replay.get("/api/me") for _ in range(9)])
+    assert counts == {("api-1", 401): 3, ("api-2", 401): 3, ("api-3", 401): 3}
+
+
+def test_cookie_logout_without_matching_csrf_token_is_403_and_changes_nothing(cluster: Cluster) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        assert c.post("/api/logout").status_code == 403
+        assert c.post("/api/logout", headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+        assert c.post("/api/logout", headers={"X-CSRF-Token": b"\xe9\xff"}).status_code == 403
+        assert {c.get("/api/me").status_code for _ in range(3)} == {200}
