@@ -71,7 +71,8 @@ class KeyRing:
         self.alg = alg
         self.grace = grace
         self._entries: list[dict[str, Any]] = []
-        self._keys: dict[str, BoundKey] = {}
+        self._keys: dict[str, BoundKey] = {}  # private keys, for signing
+        self._public: dict[str, BoundKey] = {}  # their public halves, for verifying and the JWKS
         self.reload()
         if not self._active_entries():
             self.rotate()
@@ -87,10 +88,13 @@ class KeyRing:
         ring = self._ring_file()
         self._entries = json.loads(ring.read_text())["keys"] if ring.exists() else []
         self._prune()
-        self._keys = {}
+        self._keys, self._public = {}, {}
         for e in self._entries:
             pem = (self.directory / f"{e['kid']}.pem").read_bytes()
-            self._keys[e["kid"]] = BoundKey(e["kid"], e["alg"], jwk.construct(pem, e["alg"]))
+            private = jwk.construct(pem, e["alg"])
+            self._keys[e["kid"]] = BoundKey(e["kid"], e["alg"], private)
+            # A private EC key object cannot verify in python-jose: always verify with the public half.
+            self._public[e["kid"]] = BoundKey(e["kid"], e["alg"], private.public_key())
 
     def _prune(self) -> None:
         now = time.time()
@@ -126,12 +130,12 @@ class KeyRing:
 
     @property
     def verifiers(self) -> dict[str, BoundKey]:
-        return dict(self._keys)
+        return dict(self._public)
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         keys = []
-        for bound in self._keys.values():
-            public = bound.key.public_key().to_dict()
+        for bound in self._public.values():
+            public = bound.key.to_dict()
             public.update({"kid": bound.kid, "alg": bound.alg, "use": "sig"})
             keys.append(public)
         return {"keys": keys}

@@ -90,3 +90,54 @@ def bearer(token: str) -> dict[str, str]:
 def spread(responses: list[httpx.Response]) -> Counter[tuple[str, int]]:
     """(replica, status) counts: the tests' view of which replica answered what."""
     return Counter((r.headers.get("x-replica", "-"), r.status_code) for r in responses)
+
+
+def b64(data: bytes | dict) -> str:
+    import base64
+
+    import orjson
+
+    raw = orjson.dumps(data) if isinstance(data, dict) else data
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def forge(header: dict, payload: dict, sign_with=None) -> str:
+    """A compact JWS built by hand; signed with `sign_with` (a BoundKey) when given, else unsigned."""
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    signature = sign_with.key.sign(signing_input.encode()) if sign_with is not None else b""
+    return f"{signing_input}.{b64(signature)}"
+
+
+def decode_part(token: str, index: int) -> dict:
+    import base64
+
+    import orjson
+
+    part = token.split(".")[index]
+    return orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def signing_key(cluster: Cluster):
+    """The auth service's current signing key, read from the cluster's key ring on disk."""
+    from scaleout.keys import KeyRing, hs256_key
+
+    s = cluster.settings
+    if s.jwt_alg == "HS256":
+        return hs256_key(s.jwt_secret)
+    return KeyRing(s.keys_path, s.jwt_alg, grace=s.refresh_ttl).signer
+
+
+def valid_claims(cluster: Cluster, sub: str, **changes: object) -> dict:
+    now = int(time.time())
+    s = cluster.settings
+    claims = {
+        "iss": s.jwt_issuer,
+        "aud": s.jwt_audience,
+        "sub": sub,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(16),
+        "fam": secrets.token_urlsafe(16),
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not ...}
