@@ -62,7 +62,7 @@ def test_forged_tokens_are_refused_on_every_replica(cluster: Cluster) -> None:
     with client(cluster) as c:
         name, login = new_user(c)
         good = login.json()["access_token"]
-        h, p, s = good.split(".")
+        s = good.rsplit(".", 1)[1]
         header = decode_part(good, 0)
         edited = forge(header, {**decode_part(good, 1), "sub": "admin"})
         forged = {
