@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test demo up down status lb stop start bench lint clean
+.PHONY: setup system test demo up down status lb stop start bench lint clean compose-up compose-lb compose-down
 
 setup: system $(STAMP)
 
@@ -14,6 +14,7 @@ system:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) scripts/fetch_compose_schema.py $(VENV)/share/compose_spec.json
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
@@ -51,3 +52,16 @@ start: setup
 
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache
+
+# The container path: the same variables, template and renderer as the local one.
+compose-up:
+	docker compose up -d --build
+
+compose-lb:
+	@test -n "$(MODE)" || { echo "usage: make compose-lb MODE=round_robin|sticky|ip_hash" >&2; exit 2; }
+	LB_MODE=$(MODE) docker compose run --rm nginx-config
+	docker compose exec nginx nginx -t -c /etc/scaleout-nginx/nginx.conf
+	docker compose exec nginx nginx -s reload -c /etc/scaleout-nginx/nginx.conf
+
+compose-down:
+	docker compose down

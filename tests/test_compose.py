@@ -1,0 +1,138 @@
+"""docker-compose.yml, statically: no Docker engine runs here, so check everything that can drift.
+
+The schema, the build contexts and COPY sources, the commands (they must name modules that import and
+verbs the CLI has), the variables (each a Settings field, with the same defaults), and the nginx config
+rendered for compose passing `nginx -t` with the service names resolving to loopback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from scaleout.cli import app as cli_app
+from scaleout.config import ROOT, Settings
+from scaleout.runner import redis_args, require_program
+
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = Path(sys.prefix) / "share" / "compose_spec.json"
+CONTRACT_VARS = ("AUTH_MODE", "SESSION_STORE", "LB_MODE", "JWT_REVOCATION", "JWT_ALG")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _interpolate_defaults(value: object) -> str:
+    """`${VAR:-default}` as compose resolves it with VAR unset."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", str(value))
+
+
+def test_compose_file_is_valid_against_the_compose_schema(compose: dict) -> None:
+    import json
+
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft201909Validator(schema).validate(compose)
+
+
+def test_build_contexts_dockerfiles_and_copy_sources_exist(compose: dict) -> None:
+    builds = {
+        (svc["build"]["context"], svc["build"]["dockerfile"]) for svc in compose["services"].values() if "build" in svc
+    }
+    assert builds, "no service builds the project image"
+    for context, dockerfile in builds:
+        ctx = (ROOT / context).resolve()
+        assert ctx.is_dir()
+        docker = ctx / dockerfile
+        assert docker.is_file()
+        copies = [line.split()[1:-1] for line in docker.read_text().splitlines() if line.startswith("COPY ")]
+        assert copies
+        for sources in copies:
+            for source in sources:
+                assert (ctx / source).exists(), f"COPY source {source} missing"
+
+
+def test_every_service_command_names_a_module_that_imports(compose: dict) -> None:
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    checked = 0
+    for name, svc in compose["services"].items():
+        command = svc.get("command")
+        if not command or command[:3] != ["python", "-m", "scaleout"]:
+            continue
+        args = command[3:]
+        # The CLI accepts the verb and its arguments (`--help` parses them without running anything).
+        result = runner.invoke(cli_app, [*args, "--help"])
+        assert result.exit_code == 0, f"{name}: {result.output}"
+        if args[0] == "serve":
+            importlib.import_module(f"services.{args[1]}.main")
+        checked += 1
+    assert checked == 5  # auth, three replicas, nginx-config
+
+
+def test_redis_command_is_the_local_runners(compose: dict) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command == ["redis-server", *redis_args(Settings().redis_port)]
+
+
+def test_variables_are_settings_with_the_same_defaults(compose: dict) -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    defaults = Settings()
+    for name, svc in compose["services"].items():
+        for var, value in (svc.get("environment") or {}).items():
+            assert var in fields, f"{name}: {var} is not a setting"
+            if var in CONTRACT_VARS:
+                assert _interpolate_defaults(value) == str(getattr(defaults, var.lower())), var
+    replicas = [n for n in compose["services"] if n.startswith("api-")]
+    assert replicas == defaults.replica_names
+    for replica in replicas:
+        env = compose["services"][replica]["environment"]
+        assert env["REPLICA_ID"] == replica
+        port = defaults.api_port(replica)
+        assert f":{port}/healthz" in " ".join(compose["services"][replica]["healthcheck"]["test"])
+    assert compose["services"]["nginx"]["ports"] == [f"127.0.0.1:{defaults.nginx_port}:{defaults.nginx_port}"]
+
+
+@pytest.mark.parametrize("lb_mode", ["round_robin", "sticky", "ip_hash"])
+def test_nginx_config_rendered_for_compose_passes_nginx_t(compose: dict, lb_mode: str, tmp_path: Path) -> None:
+    svc = compose["services"]["nginx-config"]
+    env = {k: _interpolate_defaults(v) for k, v in svc["environment"].items()}
+    env["LB_MODE"] = lb_mode
+    out = tmp_path / "nginx.conf"
+    args = [a if a != "/etc/scaleout-nginx/nginx.conf" else str(out) for a in svc["command"][1:]]
+    subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, **env, "CLUSTER_DIR": str(tmp_path)},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    text = out.read_text()
+    assert f"X-LB-Mode {lb_mode}" in text
+    hosts = tmp_path / "hosts"
+    names = [n for n in compose["services"] if n not in ("nginx", "nginx-config")]
+    hosts.write_text("127.0.0.1 localhost " + " ".join(names) + "\n")
+    nginx = require_program("nginx")
+    test = f"{shlex.quote(nginx)} -t -q -p {tmp_path} -c {out}"
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        # A private mount namespace where /etc/hosts names the compose services: the host is untouched.
+        cmd = ["unshare", "--mount", "sh", "-c", f"mount --bind {hosts} /etc/hosts && {test}"]
+    else:
+        for n in names:
+            text = text.replace(f"server {n}:", "server 127.0.0.1:")
+        out.write_text(text)
+        cmd = shlex.split(test)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
