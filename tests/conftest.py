@@ -7,13 +7,21 @@ directories and ports.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import HOST, cluster_settings, free_ports, wait_for_port
 
+from scaleout.config import Settings
 from scaleout.runner import Cluster, redis_args, require_program
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests choose their own modes and ports: settings from the caller's environment must not leak in.
+    for name in Settings.model_fields:
+        os.environ.pop(name.upper(), None)
 
 
 @pytest.fixture(scope="module")

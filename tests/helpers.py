@@ -94,10 +94,9 @@ def spread(responses: list[httpx.Response]) -> Counter[tuple[str, int]]:
 
 def b64(data: bytes | dict) -> str:
     import base64
+    import json
 
-    import orjson
-
-    raw = orjson.dumps(data) if isinstance(data, dict) else data
+    raw = json.dumps(data, separators=(",", ":")).encode() if isinstance(data, dict) else data
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
