@@ -138,6 +138,16 @@ def start(service: str) -> None:
     console.print(f"started {service}")
 
 
+@app.command("rotate-keys")
+def rotate_keys() -> None:
+    """Give the auth service a new signing key (old tokens keep verifying until they expire)."""
+    try:
+        kid = _cluster().rotate_keys()
+    except ClusterError as exc:
+        _fail(exc)
+    console.print(f"auth service now signs with {kid}")
+
+
 @app.command()
 def serve(kind: Kind) -> None:
     """Run one service in the foreground (what the runner and compose both launch)."""
@@ -154,6 +164,9 @@ def serve(kind: Kind) -> None:
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=2,
+        # Longer than nginx's upstream keepalive_timeout: the side that closes idle connections must be
+        # nginx, or it races the replica's close and retries a request on another replica.
+        timeout_keep_alive=75,
         server_header=False,
     )
 

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     throttle_account_max: int = Field(default=5, ge=1)
     throttle_ip_max: int = Field(default=50, ge=1)
 
+    # nginx's request-rate limit on /api/login, per client address (a flood is refused before Python).
+    login_rate: int = Field(default=200, ge=1)
+    login_burst: int = Field(default=400, ge=0)
+
     # Argon2id, at least OWASP's minimum (m=19 MiB, t=2, p=1).
     argon2_time_cost: int = Field(default=2, ge=2)
     argon2_memory_kib: int = Field(default=19456, ge=19456)

@@ -55,8 +55,8 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
             auth_address=auth_address,
             listen=listen,
             workers=2,
-            login_rate=200,
-            login_burst=400,
+            login_rate=settings.login_rate,
+            login_burst=settings.login_burst,
             run_as_root=run_as_root,
             **paths,
         )

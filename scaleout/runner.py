@@ -272,6 +272,21 @@ class Cluster:
             time.sleep(0.02)
         raise ClusterError(f"nginx did not switch to {mode} within 10 s")
 
+    def rotate_keys(self) -> str:
+        """A new signing key for the auth service; the old one stays in the JWKS until its tokens expire.
+
+        Replicas learn the new `kid` from the JWKS the first time they meet a token signed with it.
+        """
+        from scaleout.keys import KeyRing
+
+        s = self.settings
+        if s.jwt_alg is JWTAlg.HS256:
+            raise ClusterError("HS256 has no key ring: change JWT_SECRET instead")
+        kid = KeyRing(s.keys_path, s.jwt_alg, max(s.access_ttl, s.refresh_ttl) + s.jwt_leeway).rotate().kid
+        self.stop("auth")
+        self.start("auth")
+        return kid
+
     def status(self) -> list[dict[str, object]]:
         rows = []
         for service in self._services.values():
