@@ -15,7 +15,7 @@ JWKS_PATH = "/.well-known/jwks.json"
 
 
 class JWKSClient:
-    def __init__(self, http: httpx.AsyncClient, alg: JWTAlg, verifier: TokenVerifier, min_interval: float = 5.0):
+    def __init__(self, http: httpx.AsyncClient, alg: JWTAlg, verifier: TokenVerifier, min_interval: float = 1.0):
         self.http = http
         self.alg = alg
         self.verifier = verifier
