@@ -194,5 +194,55 @@ def _interactive() -> bool:
     return sys.stdout.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
 
 
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option(help="small sizes, for tests (under a minute)")] = False,
+    scenario: Annotated[list[str] | None, typer.Option(help="run only this scenario (repeatable)")] = None,
+    users: Annotated[int | None, typer.Option(min=3, help="simulated users K")] = None,
+    requests: Annotated[int | None, typer.Option(min=2, help="requests per user M")] = None,
+    out: Annotated[Path, typer.Option(help="where to write demo.md, demo.json and the charts")] = Path("reports"),
+) -> None:
+    """Run the scenario matrix on local clusters and print the comparison table."""
+    import tempfile
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scaleout import demo as demo_mod
+    from scaleout import report
+
+    names = scenario or list(demo_mod.SCENARIOS)
+    unknown = [n for n in names if n not in demo_mod.SCENARIOS]
+    if unknown:
+        _fail(ValueError(f"unknown scenario {unknown}; choose from {', '.join(demo_mod.SCENARIOS)}"))
+    k = users or (6 if quick else 30)
+    m = requests or (8 if quick else 40)
+    interactive = _interactive()
+    with tempfile.TemporaryDirectory(prefix="scaleout-demo-") as workdir:
+        if interactive:
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
+            )
+            tasks = {n: progress.add_task(n, total=1) for n in names}
+            with progress:
+                ctx = demo_mod.Context(k, m, Path(workdir), say=lambda line: progress.console.print(line))
+                results = demo_mod.run(ctx, names, on_done=lambda n: progress.update(tasks[n], completed=1))
+        else:
+            # No terminal (CI): plain lines instead of live bars.
+            ctx = demo_mod.Context(k, m, Path(workdir), say=lambda line: print(line, flush=True))
+            results = demo_mod.run(ctx, names, on_done=lambda n: print(f"done: {n}", flush=True))
+    document = report.write(results, out, quick)
+    table = Table(*report.COLUMNS, title=f"scaleout demo (K={k} users, M={m} requests each)")
+    for row in document["rows"]:
+        table.add_row(*(row[c] for c in report.COLUMNS))
+    Console(width=max(console.width, 180), highlight=False).print(table)
+    for line in report.readings(results):
+        console.print("- " + line.replace("**", ""))
+    console.print(f"wrote {out / 'demo.md'}, {out / 'demo.json'} and {len(document['charts'])} charts")
+
+
 if __name__ == "__main__":
     app()

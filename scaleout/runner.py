@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -70,6 +71,33 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_ports(host: str, count: int, contiguous: int = 0) -> tuple[list[int], int]:
+    """`count` free ports, and a base such that base+1..base+contiguous are free too (for api-N ports)."""
+    rng = random.Random()
+    for _ in range(1000):
+        base = rng.randrange(20000, 60000)
+        wanted = [base + i for i in range(1, contiguous + 1)] + [rng.randrange(20000, 60000) for _ in range(count)]
+        if len(set(wanted)) == len(wanted) and all(port_is_free(host, p) for p in wanted):
+            return wanted[contiguous:], base
+    raise ClusterError("no free ports found")
+
+
+def isolated_settings(cluster_dir: Path, **overrides: object) -> Settings:
+    """Settings for a cluster of its own: its own directory and free ports, so it never meets `make up`'s."""
+    host = str(overrides.get("host", "127.0.0.1"))
+    replicas = int(overrides.get("replicas", Settings.model_fields["replicas"].default))  # type: ignore[call-overload]
+    (nginx_port, auth_port, redis_port), base = free_ports(host, 3, contiguous=replicas)
+    values: dict[str, object] = {
+        "cluster_dir": cluster_dir,
+        "nginx_port": nginx_port,
+        "auth_port": auth_port,
+        "redis_port": redis_port,
+        "api_port_base": base,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -215,7 +243,8 @@ class Cluster:
         self._write_nginx_conf(self.settings.lb_mode)
         self._save()
         try:
-            for group in (["redis"], ["auth"], self.settings.replica_names, ["nginx"]):
+            # Replicas start beside the auth service: in jwt mode they wait for its JWKS themselves.
+            for group in (["redis"], ["auth", *self.settings.replica_names], ["nginx"]):
                 for name in group:
                     self._spawn(self._services[name])
                 self._save()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import secrets
 import socket
 import time
@@ -12,37 +11,20 @@ from pathlib import Path
 import httpx
 
 from scaleout.config import Settings
-from scaleout.runner import Cluster, port_is_free
+from scaleout.runner import Cluster, isolated_settings
+from scaleout.runner import free_ports as runner_free_ports
 
 HOST = "127.0.0.1"
 PASSWORD = "correct horse battery"
 
 
 def free_ports(count: int, contiguous: int = 0) -> tuple[list[int], int]:
-    """`count` free ports, and a base such that base+1..base+contiguous are free too."""
-    rng = random.Random()
-    for _ in range(1000):
-        base = rng.randrange(20000, 60000)
-        wanted = [base + i for i in range(1, contiguous + 1)] + [rng.randrange(20000, 60000) for _ in range(count)]
-        if len(set(wanted)) == len(wanted) and all(port_is_free(HOST, p) for p in wanted):
-            return wanted[contiguous:], base
-    raise RuntimeError("no free ports")
+    return runner_free_ports(HOST, count, contiguous)
 
 
 def cluster_settings(tmp: Path, **overrides: object) -> Settings:
-    replicas = int(overrides.get("replicas", 3))  # type: ignore[call-overload]
-    (nginx_port, auth_port, redis_port), base = free_ports(3, contiguous=replicas)
-    values: dict[str, object] = {
-        "cluster_dir": tmp,
-        "nginx_port": nginx_port,
-        "auth_port": auth_port,
-        "redis_port": redis_port,
-        "api_port_base": base,
-        # Throttling per address has its own tests; the others log in many users from one address.
-        "throttle_ip_max": 10_000,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    # Throttling per address has its own tests; the others log in many users from one address.
+    return isolated_settings(tmp, **{"throttle_ip_max": 10_000, **overrides})
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -1,0 +1,396 @@
+"""`scaleout demo`: the scenario matrix that shows stateful against stateless scale-out, in numbers.
+
+Every scenario starts its own cluster (3 replicas, real nginx and Redis, free ports, a directory of its
+own) in the mode it needs, drives simulated users through nginx, injects its fault, and returns plain
+numbers. `report.py` turns them into the table, `reports/demo.md`, `demo.json` and the charts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scaleout.load import Hit, User, drive, imbalance, latency_ms, make_users, per_replica, success_rate
+from scaleout.runner import Cluster, isolated_settings
+from scaleout.sessions import new_csrf_token, new_session_id
+
+SCENARIOS = ("stateful_wall", "sticky", "clustering", "jwt", "revocation", "live_switch")
+
+
+@dataclass
+class Context:
+    users: int
+    requests: int
+    workdir: Path
+    say: Callable[[str], None] = print
+    started: list[Cluster] = field(default_factory=list)
+
+    @contextmanager
+    def cluster(self, **modes: object) -> Iterator[Cluster]:
+        directory = Path(tempfile.mkdtemp(prefix="cluster-", dir=self.workdir))
+        # Users all come from one address here; the per-address login throttle is not under study.
+        cluster = Cluster(isolated_settings(directory, throttle_ip_max=1_000_000, **modes))
+        label = "/".join(str(v) for v in modes.values())
+        self.say(f"starting a cluster: {label}")
+        cluster.up()
+        try:
+            yield cluster
+        finally:
+            cluster.down()
+
+
+def _timeline(hits: list[Hit], origin: float, step: float = 0.25) -> list[tuple[float, float]]:
+    """Success rate per time bin, seconds relative to `origin` (the fault)."""
+    bins: dict[int, list[int]] = {}
+    for h in hits:
+        bins.setdefault(int((h.at - origin) // step), []).append(h.status == 200)
+    return [(round(k * step, 3), round(sum(v) / len(v), 3)) for k, v in sorted(bins.items())]
+
+
+def _latencies(hits: list[Hit], limit: int = 2000) -> list[float]:
+    ok = [round(h.latency * 1000, 3) for h in hits if h.status == 200]
+    return ok[:: max(1, len(ok) // limit)]
+
+
+def _status_by_replica(hits: list[Hit]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for h in hits:
+        out.setdefault(h.replica, Counter())[str(h.status)] += 1  # type: ignore[index]
+    return {k: dict(v) for k, v in sorted(out.items())}
+
+
+class Looper:
+    """Users making requests in the background (round robin over them) until stopped: for faults."""
+
+    def __init__(self, users: list[User], on_hit: Callable[[User, Hit], None] = lambda u, h: None) -> None:
+        self.users = users
+        self.hits: list[Hit] = []
+        self.on_hit = on_hit
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(4)]
+
+    def _run(self, offset: int) -> None:
+        i = offset
+        while not self._stop.is_set():
+            user = self.users[i % len(self.users)]
+            hit = user.me()
+            self.hits.append(hit)
+            self.on_hit(user, hit)
+            i += 4
+
+    def __enter__(self) -> Looper:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+
+def stateful_wall(ctx: Context) -> dict[str, Any]:
+    with ctx.cluster(auth_mode="session", session_store="memory", lb_mode="round_robin") as c:
+        users = make_users(c.settings.public_url, ctx.users)
+        ctx.say(f"  {len(users)} users log in, then {ctx.requests} GET /api/me each")
+        hits = drive(users, ctx.requests)
+        for u in users:
+            u.close()
+    return {
+        "mode": "session/memory/round_robin",
+        "success_rate": success_rate(hits),
+        "requests_per_replica": per_replica(hits),
+        "status_by_replica": _status_by_replica(hits),
+        "latency_ms": latency_ms(hits),
+        "latencies_ms": _latencies(hits),
+    }
+
+
+def sticky(ctx: Context) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with ctx.cluster(auth_mode="session", session_store="memory", lb_mode="sticky") as c:
+        users = make_users(c.settings.public_url, ctx.users)
+        half = max(1, ctx.requests // 2)
+        before = drive(users, half)
+        homes = {u.index: Counter(h.replica for h in before if h.user == u.index).most_common(1)[0][0] for u in users}
+        users_per_replica = dict(sorted(Counter(homes.values()).items()))
+        busiest = max(users_per_replica, key=lambda r: users_per_replica[r])
+        ctx.say(f"  users per replica {users_per_replica}; killing the busiest, {busiest}")
+        killed_at = time.monotonic()
+        c.stop(busiest, kill=True)
+        after = drive(users, ctx.requests - half)
+        lost = sorted({h.user for h in after if h.status == 401})
+        pinned = sorted(i for i, r in homes.items() if r == busiest)
+        # The lost users log in again (now pinned to a live replica): how long until all are served?
+        for i in lost:
+            users[i].login()
+        relogin = [users[i].me() for i in lost]
+        recovered_at = max((h.at for h in relogin), default=killed_at)
+        for u in users:
+            u.close()
+        result["sticky"] = {
+            "mode": "session/memory/sticky",
+            "success_rate": success_rate(before),
+            "requests_per_replica": per_replica(before),
+            "users_per_replica": users_per_replica,
+            "request_imbalance": imbalance(per_replica(before)),
+            "user_imbalance": imbalance(users_per_replica),
+            "latency_ms": latency_ms(before),
+            "latencies_ms": _latencies(before),
+            "killed": busiest,
+            "pinned_users": pinned,
+            "lost_users": lost,
+            "sessions_lost": len(lost),
+            "failed_5xx": sum(h.status >= 500 for h in after),
+            "unaffected_success_rate": success_rate([h for h in after if h.user not in lost]),
+            "relogin_ok": all(h.status == 200 for h in relogin),
+            "recovery_s": round(recovered_at - killed_at, 3),
+            "timeline": _timeline(before + after + relogin, killed_at),
+        }
+
+    with ctx.cluster(auth_mode="session", session_store="memory", lb_mode="ip_hash") as c:
+        count = min(ctx.users, 200)
+        nat = make_users(c.settings.public_url, count, lambda i: f"127.0.200.{i + 2}")
+        spread = make_users(c.settings.public_url, count, lambda i: f"127.0.{i + 1}.2")
+        nat_hits, spread_hits = drive(nat, ctx.requests), drive(spread, ctx.requests)
+        for u in nat + spread:
+            u.close()
+
+    def users_by_replica(hits: list[Hit]) -> dict[str, int]:
+        first = {}
+        for h in hits:
+            first.setdefault(h.user, h.replica)
+        return dict(sorted(Counter(first.values()).items()))
+
+    result["ip_hash"] = {
+        "mode": "session/memory/ip_hash",
+        "success_rate": success_rate(nat_hits + spread_hits),
+        "requests_per_replica": per_replica(nat_hits + spread_hits),
+        "latency_ms": latency_ms(nat_hits + spread_hits),
+        "latencies_ms": _latencies(nat_hits + spread_hits),
+        "one_nat_users_per_replica": users_by_replica(nat_hits),
+        "many_networks_users_per_replica": users_by_replica(spread_hits),
+    }
+    return result
+
+
+def clustering(ctx: Context) -> dict[str, Any]:
+    with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin") as c:
+        users = make_users(c.settings.public_url, ctx.users)
+        hits = drive(users, ctx.requests)
+        phase = {"name": "before"}
+        served_again: set[int] = set()
+
+        def heal(user: User, hit: Hit) -> None:
+            # Redis keeps nothing across a restart (no persistence): once it is back users log in again.
+            if phase["name"] == "after":
+                if hit.status == 401:
+                    user.login()
+                elif hit.status == 200:
+                    served_again.add(user.index)
+
+        with Looper(users, heal) as loop:
+            loop.wait(lambda: len(loop.hits) >= 20, 10)
+            c.stop("redis")
+            down_at = time.monotonic()  # Redis is gone: every request starting from now has no store
+            ctx.say("  Redis stopped")
+            loop.wait(lambda: time.monotonic() - down_at > 1.5, 5)
+            up_at = time.monotonic()
+            phase["name"] = "after"
+            c.start("redis")
+            ctx.say("  Redis started again")
+            healed = loop.wait(lambda: len(served_again) == len(users), 30)
+            healed_at = time.monotonic()
+        for u in users:
+            u.close()
+    while_down = [h for h in loop.hits if down_at <= h.at and h.at + h.latency < up_at]
+    return {
+        "mode": "session/redis/round_robin",
+        "success_rate": success_rate(hits),
+        "requests_per_replica": per_replica(hits),
+        "latency_ms": latency_ms(hits),
+        "latencies_ms": _latencies(hits),
+        "redis_down": {
+            "seconds": round(up_at - down_at, 3),
+            "requests": len(while_down),
+            "status_503": sum(h.status == 503 for h in while_down),
+            "status_200": sum(h.status == 200 for h in while_down),
+            "other": sum(h.status not in (200, 503) for h in while_down),
+        },
+        "healed": healed,
+        "recovery_s": round(healed_at - up_at, 3),
+        "timeline": _timeline(loop.hits, down_at),
+        "fault_window": [0.0, round(up_at - down_at, 3)],
+    }
+
+
+def jwt(ctx: Context) -> dict[str, Any]:
+    with ctx.cluster(auth_mode="jwt", jwt_revocation="none", lb_mode="round_robin") as c:
+        users = make_users(c.settings.public_url, ctx.users)
+        before = drive(users, ctx.requests)
+        outage_at = time.monotonic()
+        c.stop("redis")
+        c.stop("auth")
+        ctx.say("  Redis and auth stopped")
+        during = drive(users, ctx.requests)
+        back_at = time.monotonic()
+        c.start("redis")
+        c.start("auth")
+        token = users[0].token or ""
+        for u in users:
+            u.close()
+    cookie = f"sid={new_session_id()}; csrf_token={new_csrf_token()}"
+    return {
+        "mode": "jwt/round_robin",
+        "success_rate": success_rate(before),
+        "success_rate_with_redis_and_auth_down": success_rate(during),
+        "requests_per_replica": per_replica(before),
+        "latency_ms": latency_ms(before),
+        "latencies_ms": _latencies(before),
+        "token_bytes": len(f"Bearer {token}"),
+        "session_cookie_bytes": len(cookie),
+        "timeline": _timeline(before + during, outage_at),
+        "fault_window": [0.0, round(back_at - outage_at, 3)],
+    }
+
+
+def _replay_after_logout(c: Cluster, replays: int) -> dict[str, Any]:
+    """A user logs out while an attacker replays the stolen credential on every replica."""
+    victim = make_users(c.settings.public_url, 1)[0]
+    thief = httpx.Client(base_url=c.settings.public_url, timeout=10.0)
+    for cookie in victim.client.cookies.jar:
+        thief.cookies.set(cookie.name, cookie.value or "")
+    headers = {"Authorization": f"Bearer {victim.token}"} if victim.token else {}
+    assert thief.get("/api/me", headers=headers).status_code == 200
+    logout_status = victim.logout()
+    replayed = [thief.get("/api/me", headers=headers) for _ in range(replays)]
+    accepted = [r for r in replayed if r.status_code == 200]
+    window = 0.0
+    if accepted and victim.token:
+        import base64
+        import json
+
+        payload = victim.token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
+        window = max(0.0, exp - time.time())
+    victim.close()
+    thief.close()
+    return {
+        "logout_status": logout_status,
+        "replays": replays,
+        "accepted_after_logout": len(accepted),
+        "accepted_by_replica": dict(Counter(r.headers.get("x-replica", "-") for r in accepted)),
+        "window_s": round(window, 1),
+    }
+
+
+def _me_p50(c: Cluster, n: int) -> float:
+    user = make_users(c.settings.public_url, 1)[0]
+    hits = [user.me() for _ in range(n)]
+    user.close()
+    return latency_ms(hits)["p50"]
+
+
+def revocation(ctx: Context) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    samples = max(50, ctx.requests * 5)
+    for key, modes in (
+        ("session/redis", {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin"}),
+        ("session/memory/sticky", {"auth_mode": "session", "session_store": "memory", "lb_mode": "sticky"}),
+        ("jwt/none", {"auth_mode": "jwt", "jwt_revocation": "none", "lb_mode": "round_robin"}),
+        ("jwt/denylist", {"auth_mode": "jwt", "jwt_revocation": "denylist", "lb_mode": "round_robin"}),
+    ):
+        with ctx.cluster(**modes) as c:
+            out[key] = _replay_after_logout(c, replays=9)
+            if key.startswith("jwt"):
+                out[key]["me_p50_ms"] = _me_p50(c, samples)
+    none_p50, deny_p50 = out["jwt/none"]["me_p50_ms"], out["jwt/denylist"]["me_p50_ms"]
+    out["denylist_cost_ms"] = round(deny_p50 - none_p50, 3)
+    return out
+
+
+def live_switch(ctx: Context) -> dict[str, Any]:
+    switches = []
+    with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin") as c:
+        url = c.settings.public_url
+        records: list[tuple[float, str, int]] = []
+        stop = threading.Event()
+
+        def loop(fresh: bool) -> None:
+            client = httpx.Client(base_url=url, timeout=5.0)
+            while not stop.is_set():
+                try:
+                    r = httpx.get(f"{url}/api/whoami", timeout=5.0) if fresh else client.get("/api/whoami")
+                    records.append((time.monotonic(), r.headers.get("x-replica", "-"), r.status_code))
+                except httpx.HTTPError:
+                    records.append((time.monotonic(), "-", 599))
+            client.close()
+
+        threads = [threading.Thread(target=loop, args=(i % 2 == 0,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            previous = "round_robin"
+            for mode in ("sticky", "ip_hash", "round_robin"):
+                time.sleep(0.5)  # a window of traffic under the current mode, for the "before" distribution
+                started = time.monotonic()
+                c.lb(mode)  # type: ignore[arg-type]
+                ended = time.monotonic()
+                time.sleep(0.5)
+                window = [r for r in records if started - 0.5 <= r[0] <= ended + 0.5]
+                switches.append(
+                    {
+                        "from": previous,
+                        "to": mode,
+                        "reload_s": round(ended - started, 3),
+                        "requests_around_reload": len(window),
+                        "failed": sum(r[2] != 200 for r in window),
+                        "before": dict(Counter(r[1] for r in records if started - 0.5 <= r[0] < started)),
+                        "after": dict(Counter(r[1] for r in records if ended < r[0] <= ended + 0.5)),
+                    }
+                )
+                ctx.say(f"  {previous} -> {mode}: {switches[-1]['failed']} failed")
+                previous = mode
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    return {"switches": switches, "requests": len(records), "failed": sum(r[2] != 200 for r in records)}
+
+
+RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "stateful_wall": stateful_wall,
+    "sticky": sticky,
+    "clustering": clustering,
+    "jwt": jwt,
+    "revocation": revocation,
+    "live_switch": live_switch,
+}
+
+
+def run(ctx: Context, names: list[str], on_done: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        started = time.monotonic()
+        ctx.say(f"scenario {name}")
+        results[name] = RUNNERS[name](ctx)
+        results[name]["duration_s"] = round(time.monotonic() - started, 2)
+        on_done(name)
+    return results

@@ -1,0 +1,117 @@
+"""Simulated users for the demo: each has its own client (cookie jar, source address) and records every
+request it makes, so scenarios can count what each replica answered and when."""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+PASSWORD = "demo password 1"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    at: float  # monotonic seconds when the request started
+    user: int
+    replica: str
+    status: int
+    latency: float
+
+
+@dataclass
+class User:
+    index: int
+    base_url: str
+    local_address: str | None = None
+    name: str = field(default_factory=lambda: "demo" + secrets.token_hex(5))
+    token: str | None = None
+    home: str | None = None  # the replica that answered its first /api/me
+
+    def __post_init__(self) -> None:
+        transport = httpx.HTTPTransport(local_address=self.local_address) if self.local_address else None
+        self.client = httpx.Client(base_url=self.base_url, timeout=10.0, transport=transport)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def register_and_login(self) -> None:
+        self.client.post("/api/register", json={"username": self.name, "password": PASSWORD})
+        self.login()
+
+    def login(self) -> bool:
+        r = self.client.post("/api/login", json={"username": self.name, "password": PASSWORD})
+        if r.status_code == 200 and r.json().get("auth_mode") == "jwt":
+            self.token = r.json()["access_token"]
+        return r.status_code == 200
+
+    def me(self) -> Hit:
+        start = time.perf_counter()
+        try:
+            r = self.client.get("/api/me", headers=self._headers())
+            status, replica = r.status_code, r.headers.get("x-replica", "-")
+        except httpx.HTTPError:
+            status, replica = 599, "-"  # no HTTP answer at all
+        latency = time.perf_counter() - start
+        return Hit(time.monotonic() - latency, self.index, replica, status, latency)
+
+    def logout(self) -> int:
+        headers = self._headers()
+        if not self.token:
+            headers["X-CSRF-Token"] = self.client.cookies.get("csrf_token", "")
+        return self.client.post("/api/logout", headers=headers).status_code
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_users(base_url: str, count: int, address: Callable[[int], str | None] = lambda _: None) -> list[User]:
+    users = [User(i, base_url, address(i)) for i in range(count)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(User.register_and_login, users))
+    return users
+
+
+def drive(users: Iterable[User], requests: int, workers: int = 8, tick: Callable[[], None] = lambda: None) -> list[Hit]:
+    """Each user makes `requests` GET /api/me in turn; users run concurrently."""
+
+    def run(user: User) -> list[Hit]:
+        hits = []
+        for _ in range(requests):
+            hits.append(user.me())
+            tick()
+        return hits
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [hit for hits in pool.map(run, list(users)) for hit in hits]
+
+
+def success_rate(hits: list[Hit]) -> float:
+    return round(sum(h.status == 200 for h in hits) / len(hits), 4) if hits else 0.0
+
+
+def per_replica(hits: list[Hit]) -> dict[str, int]:
+    return dict(sorted(Counter(h.replica for h in hits).items()))
+
+
+def imbalance(counts: dict[str, int]) -> float:
+    values = [v for k, v in counts.items() if k != "-"]
+    return round(max(values) / statistics.mean(values), 3) if values else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_ms(hits: list[Hit]) -> dict[str, float]:
+    ok = [h.latency * 1000 for h in hits if h.status == 200]
+    return {"p50": round(percentile(ok, 0.50), 3), "p99": round(percentile(ok, 0.99), 3)}

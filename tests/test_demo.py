@@ -1,0 +1,103 @@
+"""`scaleout demo --quick`: the shape of the truth, not exact numbers, and reports that agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaleout.config import ROOT
+from scaleout.report import COLUMNS, parse_markdown_table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    out = tmp_path_factory.mktemp("demo")
+    run = subprocess.run(
+        [sys.executable, "-m", "scaleout", "demo", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads((out / "demo.json").read_text()), out, run.stdout
+
+
+def test_the_stateful_wall_fails_about_two_requests_in_three(demo) -> None:
+    s = demo[0]["scenarios"]["stateful_wall"]
+    assert 0.2 <= s["success_rate"] <= 0.5
+    assert set(s["requests_per_replica"]) == {"api-1", "api-2", "api-3"}
+
+
+def test_sticky_redis_and_jwt_succeed_fully_before_faults(demo) -> None:
+    sc = demo[0]["scenarios"]
+    assert sc["sticky"]["sticky"]["success_rate"] == 1.0
+    assert sc["sticky"]["ip_hash"]["success_rate"] == 1.0
+    assert sc["clustering"]["success_rate"] == 1.0
+    assert sc["jwt"]["success_rate"] == 1.0
+
+
+def test_killing_a_sticky_replica_loses_exactly_its_users(demo) -> None:
+    s = demo[0]["scenarios"]["sticky"]["sticky"]
+    assert s["lost_users"] == s["pinned_users"] and s["lost_users"]
+    assert s["failed_5xx"] == 0
+    assert s["unaffected_success_rate"] == 1.0
+    assert s["relogin_ok"]
+
+
+def test_ip_hash_puts_one_nat_on_one_replica(demo) -> None:
+    s = demo[0]["scenarios"]["sticky"]["ip_hash"]
+    assert len(s["one_nat_users_per_replica"]) == 1
+    assert len(s["many_networks_users_per_replica"]) >= 2
+
+
+def test_redis_down_gives_503_and_never_lets_anyone_in(demo) -> None:
+    s = demo[0]["scenarios"]["clustering"]
+    down = s["redis_down"]
+    assert down["requests"] > 0 and down["status_503"] == down["requests"]
+    assert down["status_200"] == 0
+    assert s["healed"]
+
+
+def test_jwt_survives_redis_and_auth_down(demo) -> None:
+    s = demo[0]["scenarios"]["jwt"]
+    assert s["success_rate_with_redis_and_auth_down"] == 1.0
+    assert s["token_bytes"] > s["session_cookie_bytes"]
+
+
+def test_revocation_windows(demo) -> None:
+    r = demo[0]["scenarios"]["revocation"]
+    assert r["jwt/none"]["accepted_after_logout"] == r["jwt/none"]["replays"]
+    assert r["jwt/none"]["window_s"] > 0
+    for key in ("jwt/denylist", "session/redis", "session/memory/sticky"):
+        assert r[key]["accepted_after_logout"] == 0, key
+        assert r[key]["logout_status"] == 204, key
+
+
+def test_live_switch_loses_no_request(demo) -> None:
+    s = demo[0]["scenarios"]["live_switch"]
+    assert s["failed"] == 0 and s["requests"] > 0
+    assert [w["to"] for w in s["switches"]] == ["sticky", "ip_hash", "round_robin"]
+
+
+def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
+    document, out, stdout = demo
+    md = (out / "demo.md").read_text()
+    assert parse_markdown_table(md) == document["rows"]
+    assert len(document["rows"]) == 6
+    assert all(set(row) == set(COLUMNS) for row in document["rows"])
+    assert len(document["charts"]) == 3
+    for chart in document["charts"]:
+        data = (out / chart).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert f"]({chart})" in md
+    assert "session/memory/round_robin" in stdout  # the table was printed too
