@@ -195,6 +195,36 @@ def _interactive() -> bool:
 
 
 @app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="a smoke run of seconds (two modes, one pair)")] = False,
+    out: Annotated[Path, typer.Option(help="where to write bench.md, bench.json and bench.png")] = Path("reports"),
+) -> None:
+    """Measure what each auth mode costs per request against the no-auth baseline, in one run."""
+    from scaleout import bench as bench_mod
+
+    results = bench_mod.run(quick, say=lambda line: print(line, flush=True))
+    lines = bench_mod.write(results, out)
+    table = Table("mode", "/api/me req/s", "baseline req/s", "ratio", "p50 ms", "p99 ms", "errors")
+    for mode in bench_mod.MODES:
+        if mode in results:
+            r = results[mode]
+            table.add_row(
+                mode,
+                str(r["me"]["rps"]),
+                str(r["baseline"]["rps"]),
+                str(r["ratio_median"]),
+                str(r["me"]["p50_ms"]),
+                str(r["me"]["p99_ms"]),
+                str(r["me"]["errors"] + r["baseline"]["errors"]),
+            )
+    Console(width=max(console.width, 140), highlight=False).print(table)
+    for line in lines[-6:]:
+        if line and not line.startswith("!"):
+            console.print(line)
+    console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and {out / 'bench.png'}")
+
+
+@app.command()
 def demo(
     quick: Annotated[bool, typer.Option(help="small sizes, for tests (under a minute)")] = False,
     scenario: Annotated[list[str] | None, typer.Option(help="run only this scenario (repeatable)")] = None,

@@ -1,0 +1,413 @@
+"""`scaleout bench`: what each auth mode costs per request, as a ratio to a no-auth baseline in the same run.
+
+Each mode gets a cluster with one replica behind nginx. `wrk` drives `GET /api/whoami` (no auth: the
+baseline) and `GET /api/me` (with a cookie or bearer token of K pre-logged-in users) in interleaved pairs
+(A B A B …); the report gives the median of the per-pair throughput ratios, latency percentiles, errors,
+and server CPU per request for every process (from /proc/<pid>/stat).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scaleout.load import make_users
+from scaleout.runner import Cluster, free_ports, isolated_settings, port_is_free, require_program
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+MODES: dict[str, dict[str, object]] = {
+    "session/memory": {"auth_mode": "session", "session_store": "memory"},
+    "session/redis": {"auth_mode": "session", "session_store": "redis"},
+    "jwt RS256": {"auth_mode": "jwt", "jwt_alg": "RS256"},
+    "jwt ES256": {"auth_mode": "jwt", "jwt_alg": "ES256"},
+    "jwt HS256": {"auth_mode": "jwt", "jwt_alg": "HS256"},
+    "jwt RS256 + denylist": {"auth_mode": "jwt", "jwt_alg": "RS256", "jwt_revocation": "denylist"},
+}
+QUICK_MODES = ("session/redis", "jwt RS256")
+
+_LUA = """
+local creds = {%(creds)s}
+local i = 0
+request = function()
+  i = i + 1
+  local headers = {}
+  if #creds > 0 then headers["%(header)s"] = creds[(i %% #creds) + 1] end
+  return wrk.format("GET", "%(path)s", headers)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests":%%d,"duration_us":%%d,"errors":%%d,"non2xx":%%d,"p50_us":%%d,"p99_us":%%d,"p999_us":%%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+@dataclass
+class Target:
+    url: str
+    path: str
+    header: str = ""
+    creds: tuple[str, ...] = ()
+
+
+def _lua(target: Target, directory: Path) -> Path:
+    creds = ", ".join(json.dumps(c) for c in target.creds)
+    script = directory / f"wrk-{abs(hash((target.path, target.header, target.creds)))}.lua"
+    script.write_text(_LUA % {"creds": creds, "header": target.header, "path": target.path})
+    return script
+
+
+def _cpu_ticks(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError):
+            out[pid] = 0
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"\nPPid:\t{pid}\n" in (entry / "status").read_text():
+                    kids.append(int(entry.name))
+            except OSError:
+                continue
+    return kids
+
+
+def wrk_run(target: Target, seconds: float, processes: dict[str, list[int]], workdir: Path) -> dict[str, Any]:
+    script = _lua(target, workdir)
+    pids = [p for group in processes.values() for p in group]
+    before = _cpu_ticks(pids)
+    run = subprocess.run(
+        [
+            require_program("wrk"),
+            "-t1",
+            "-c32",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            target.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    after = _cpu_ticks(pids)
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if run.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {run.stdout[-500:]} {run.stderr[-500:]}")
+    r = json.loads(line.removeprefix("RESULT "))
+    n = max(1, r["requests"])
+    cpu = {
+        name: round(sum(after[p] - before[p] for p in group) / CLK_TCK / n * 1e6, 1)
+        for name, group in processes.items()
+    }
+    return {
+        "rps": round(r["requests"] / (r["duration_us"] / 1e6), 1),
+        "requests": r["requests"],
+        "errors": r["errors"] + r["non2xx"],
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "p999_ms": r["p999_us"] / 1000,
+        "cpu_us_per_request": cpu,
+    }
+
+
+def _processes(cluster: Cluster) -> dict[str, list[int]]:
+    s = cluster.services
+    nginx = s["nginx"].pid or 0
+    return {
+        "nginx": [nginx, *_children(nginx)],
+        "api": [s["api-1"].pid or 0],
+        "redis": [s["redis"].pid or 0],
+    }
+
+
+def _credentials(cluster: Cluster, users: int) -> tuple[str, tuple[str, ...]]:
+    people = make_users(cluster.settings.public_url, users)
+    try:
+        if people[0].token:
+            return "Authorization", tuple(f"Bearer {u.token}" for u in people)
+        return "Cookie", tuple(f"sid={u.client.cookies['sid']}" for u in people)
+    finally:
+        for u in people:
+            u.close()
+
+
+def pairs(a: Target, b: Target, n: int, seconds: float, procs: dict[str, list[int]], workdir: Path):
+    runs_a, runs_b = [], []
+    for _ in range(n):
+        runs_a.append(wrk_run(a, seconds, procs, workdir))
+        runs_b.append(wrk_run(b, seconds, procs, workdir))
+    ratios = [rb["rps"] / ra["rps"] for ra, rb in zip(runs_a, runs_b, strict=True)]
+    return runs_a, runs_b, ratios
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "rps": round(statistics.median(r["rps"] for r in runs), 1),
+        "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 3),
+        "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 3),
+        "p999_ms": round(statistics.median(r["p999_ms"] for r in runs), 3),
+        "errors": sum(r["errors"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "cpu_us_per_request": {
+            k: round(statistics.median(r["cpu_us_per_request"][k] for r in runs), 1)
+            for k in runs[0]["cpu_us_per_request"]
+        },
+    }
+
+
+REFERENCE_APP = textwrap.dedent(
+    '''
+    """FastAPI's tutorial pattern: OAuth2PasswordBearer and jwt.decode with a key string on every request."""
+    from typing import Annotated
+
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.security import OAuth2PasswordBearer
+    from jose import JWTError, jwt
+
+    PUBLIC_KEY = open(__file__.replace(".py", ".pem")).read()
+    oauth2_scheme = OAuth2PasswordBearer(tokenUrl="token")
+    app = FastAPI()
+
+
+    async def get_current_user(token: Annotated[str, Depends(oauth2_scheme)]) -> str:
+        try:
+            payload = jwt.decode(token, PUBLIC_KEY, algorithms=["RS256"], audience="scaleout-api")
+        except JWTError:
+            raise HTTPException(status_code=401, detail="Could not validate credentials")
+        return payload["sub"]
+
+
+    @app.get("/api/me")
+    async def me(user: Annotated[str, Depends(get_current_user)]) -> dict[str, str]:
+        return {"username": user}
+    '''
+)
+
+
+@contextmanager
+def reference_app(workdir: Path, public_pem: str) -> Iterator[str]:
+    (port,), _ = free_ports("127.0.0.1", 1)
+    (workdir / "reference_app.py").write_text(REFERENCE_APP)
+    (workdir / "reference_app.pem").write_text(public_pem)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "reference_app:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while port_is_free("127.0.0.1", port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("reference app did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def login_cost(cluster: Cluster, n: int) -> dict[str, Any]:
+    from scaleout.passwords import Passwords
+
+    url = cluster.settings.public_url
+    people = make_users(url, 1)
+    name = people[0].name
+    people[0].close()
+    times = []
+    with httpx.Client(base_url=url, timeout=10) as c:
+        for _ in range(n):
+            start = time.perf_counter()
+            assert c.post("/api/login", json={"username": name, "password": "demo password 1"}).status_code == 200
+            times.append(time.perf_counter() - start)
+    return {
+        "logins_per_s_sequential": round(n / sum(times), 1),
+        "p50_ms": round(statistics.median(times) * 1000, 2),
+        "argon2": Passwords(cluster.settings).parameters,
+    }
+
+
+def signing_cost(workdir: Path) -> dict[str, float]:
+    from scaleout.config import JWTAlg
+    from scaleout.keys import KeyRing, hs256_key
+    from scaleout.tokens import TokenIssuer, TokenKind
+
+    issuer = TokenIssuer("i", "a", 60, 60)
+    out = {}
+    for alg in ("RS256", "ES256", "HS256"):
+        key = (
+            hs256_key("k" * 8 + "0123456789abcdefghijklmnopqrstuv")
+            if alg == "HS256"
+            else (KeyRing(workdir / f"keys-{alg}", JWTAlg(alg), 60).signer)
+        )
+        start = time.perf_counter()
+        for _ in range(200):
+            issuer.issue(key, TokenKind.access, "alice", "f" * 22)
+        out[alg] = round((time.perf_counter() - start) / 200 * 1000, 3)
+    return out
+
+
+def run(quick: bool, say: Callable[[str], None] = print) -> dict[str, Any]:
+    seconds, n_pairs, users = (1.0, 1, 8) if quick else (3.0, 3, 32)
+    modes = QUICK_MODES if quick else tuple(MODES)
+    results: dict[str, Any] = {"settings": {"seconds": seconds, "pairs": n_pairs, "users": users, "wrk": "-t1 -c32"}}
+    with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
+        workdir = Path(tmp)
+        for mode in modes:
+            say(f"bench {mode}")
+            cluster = Cluster(
+                isolated_settings(
+                    workdir / mode.replace(" ", "_").replace("/", "-"),
+                    replicas=1,
+                    throttle_ip_max=1_000_000,
+                    **MODES[mode],
+                )
+            )
+            cluster.up()
+            try:
+                header, creds = _credentials(cluster, users)
+                base = Target(cluster.settings.public_url, "/api/whoami")
+                me = Target(cluster.settings.public_url, "/api/me", header, creds)
+                procs = _processes(cluster)
+                wrk_run(base, 0.5, procs, workdir)  # warm-up
+                wrk_run(me, 0.5, procs, workdir)
+                runs_a, runs_b, ratios = pairs(base, me, n_pairs, seconds, procs, workdir)
+                results[mode] = {
+                    "baseline": _summary(runs_a),
+                    "me": _summary(runs_b),
+                    "ratio_median": round(statistics.median(ratios), 3),
+                    "ratio_min": round(min(ratios), 3),
+                    "ratio_max": round(max(ratios), 3),
+                }
+                if mode == "jwt RS256":
+                    results["login"] = login_cost(cluster, 5 if quick else 20)
+                    direct = Target(f"http://127.0.0.1:{cluster.settings.api_port('api-1')}", "/api/me", header, creds)
+                    pem = httpx.get(f"{cluster.settings.public_url}/auth/.well-known/jwks.json").json()
+                    from jose import jwk as jose_jwk
+
+                    public_pem = jose_jwk.construct(pem["keys"][0], "RS256").to_pem().decode()
+                    with reference_app(workdir, public_pem) as ref_url:
+                        ref = Target(ref_url, "/api/me", header, creds)
+                        ours, theirs, ref_ratios = pairs(ref, direct, n_pairs, seconds, procs, workdir)
+                    results["reference"] = {
+                        "reference_rps": _summary(ours)["rps"],
+                        "ours_direct_rps": _summary(theirs)["rps"],
+                        "ours_over_reference": round(statistics.median(ref_ratios), 3),
+                        "reference_errors": _summary(ours)["errors"],
+                    }
+            finally:
+                cluster.down()
+        results["signing_ms"] = signing_cost(workdir)
+    return results
+
+
+def write(results: dict[str, Any], out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    modes = [m for m in MODES if m in results]
+    lines = [
+        "# scaleout bench",
+        "",
+        f"wrk {results['settings']['wrk']}, {results['settings']['seconds']} s per run, "
+        f"{results['settings']['pairs']} interleaved pairs per mode, one replica behind nginx.",
+        "",
+        "| mode | /api/me req/s | /api/whoami req/s | ratio (median) | min-max | p50 ms | p99 ms | p99.9 ms "
+        "| errors | CPU µs/req (api, nginx, redis) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in modes:
+        r = results[m]
+        cpu = r["me"]["cpu_us_per_request"]
+        me, errors = r["me"], r["me"]["errors"] + r["baseline"]["errors"]
+        lines.append(
+            f"| {m} | {me['rps']} | {r['baseline']['rps']} | {r['ratio_median']} | {r['ratio_min']}-{r['ratio_max']} "
+            f"| {me['p50_ms']} | {me['p99_ms']} | {me['p999_ms']} | {errors} "
+            f"| {cpu['api']}, {cpu['nginx']}, {cpu['redis']} |"
+        )
+    if ref := results.get("reference"):
+        lines += [
+            "",
+            f"Reference app (FastAPI tutorial pattern, RS256, direct): {ref['reference_rps']} req/s; "
+            f"ours direct: {ref['ours_direct_rps']} req/s; ours/reference = {ref['ours_over_reference']}.",
+        ]
+    if login := results.get("login"):
+        lines += [
+            "",
+            f"Login: {login['logins_per_s_sequential']} logins/s sequential, p50 {login['p50_ms']} ms, "
+            f"Argon2id {login['argon2']}. Signing (prepared keys): {results['signing_ms']} ms per token.",
+        ]
+    lines += ["", "![bench](bench.png)", ""]
+    (out / "bench.md").write_text("\n".join(lines))
+    _chart(results, modes, out)
+    return lines
+
+
+def _chart(results: dict[str, Any], modes: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    med = [results[m]["ratio_median"] for m in modes]
+    low = [results[m]["ratio_median"] - results[m]["ratio_min"] for m in modes]
+    high = [results[m]["ratio_max"] - results[m]["ratio_median"] for m in modes]
+    ax1.bar(modes, med, yerr=[low, high], capsize=4)
+    ax1.axhline(1.0, color="grey", linestyle="--", label="no-auth baseline")
+    ax1.set_ylabel("/api/me req/s ÷ /api/whoami req/s")
+    ax1.set_title("Throughput ratio per mode (median, min-max)")
+    ax1.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax1.legend()
+    bottom = [0.0] * len(modes)
+    for proc in ("api", "nginx", "redis"):
+        values = [results[m]["me"]["cpu_us_per_request"][proc] for m in modes]
+        ax2.bar(modes, values, bottom=bottom, label=proc)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax2.set_ylabel("server CPU per request (µs)")
+    ax2.set_title("CPU per /api/me request, by process")
+    ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=110)
+    plt.close(fig)

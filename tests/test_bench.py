@@ -1,0 +1,41 @@
+"""`scaleout bench --quick`: a smoke run; numbers were produced and no request failed (timing is not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scaleout.config import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "scaleout", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    for mode in ("session/redis", "jwt RS256"):
+        r = results[mode]
+        for side in ("baseline", "me"):
+            assert r[side]["rps"] > 0 and r[side]["requests"] > 0
+            assert r[side]["errors"] == 0, (mode, side)
+            assert r[side]["p50_ms"] > 0 and r[side]["p99_ms"] >= r[side]["p50_ms"]
+            assert r[side]["cpu_us_per_request"]["api"] > 0
+        assert r["ratio_min"] <= r["ratio_median"] <= r["ratio_max"]
+    assert results["reference"]["reference_rps"] > 0 and results["reference"]["reference_errors"] == 0
+    assert results["login"]["argon2"] == {"time_cost": 2, "memory_kib": 19456, "parallelism": 1}
+    assert all(ms < 1.0 for ms in results["signing_ms"].values())  # keys are built once
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| jwt RS256 |" in (tmp_path / "bench.md").read_text()
