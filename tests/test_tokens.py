@@ -62,12 +62,11 @@ def test_issued_tokens_verify_and_carry_the_required_claims(ring, issuer, verifi
     assert set(payload) == {"iss", "aud", "sub", "iat", "exp", "jti", "fam"}
 
 
-def test_signing_with_a_prepared_key_is_fast(ring, issuer) -> None:
-    # Keys are prepared once: re-parsing a PEM per call costs ~37 ms, so even a loaded machine stays far below.
-    start = time.perf_counter()
-    for _ in range(50):
-        issuer.issue(ring.signer, TokenKind.access, "alice", "f" * 22)
-    assert (time.perf_counter() - start) / 50 < 0.02
+def test_key_objects_are_built_once_not_per_token(ring, issuer) -> None:
+    # python-jose re-parses a PEM string on every call; the ring hands out the same prepared object.
+    assert ring.signer.key is ring.signer.key
+    assert ring.verifiers[ring.signer.kid].key is ring.verifiers[ring.signer.kid].key
+    assert not isinstance(ring.signer.key, (str, bytes))
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "nOnE", "", "HS256", "RS512", "ES256K"])
