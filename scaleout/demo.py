@@ -333,11 +333,24 @@ def live_switch(ctx: Context) -> dict[str, Any]:
         records: list[tuple[float, str, int]] = []
         stop = threading.Event()
 
+        retried = Counter[str]()
+
+        def get(client: httpx.Client, fresh: bool) -> httpx.Response:
+            if fresh:
+                return httpx.get(f"{url}/api/whoami", timeout=5.0)
+            try:
+                return client.get("/api/whoami")
+            except httpx.RemoteProtocolError:
+                # A retiring nginx worker closed this idle keep-alive connection as the request went out;
+                # like browsers (RFC 9112 9.3.1), retry an idempotent request once on a new connection.
+                retried["keepalive_closed"] += 1
+                return client.get("/api/whoami")
+
         def loop(fresh: bool) -> None:
             client = httpx.Client(base_url=url, timeout=5.0)
             while not stop.is_set():
                 try:
-                    r = httpx.get(f"{url}/api/whoami", timeout=5.0) if fresh else client.get("/api/whoami")
+                    r = get(client, fresh)
                     records.append((time.monotonic(), r.headers.get("x-replica", "-"), r.status_code))
                 except httpx.HTTPError:
                     records.append((time.monotonic(), "-", 599))
@@ -372,7 +385,12 @@ def live_switch(ctx: Context) -> dict[str, Any]:
             stop.set()
             for t in threads:
                 t.join()
-    return {"switches": switches, "requests": len(records), "failed": sum(r[2] != 200 for r in records)}
+    return {
+        "switches": switches,
+        "requests": len(records),
+        "failed": sum(r[2] != 200 for r in records),
+        "keepalive_retries": retried["keepalive_closed"],
+    }
 
 
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
