@@ -27,6 +27,23 @@ def _spread(counts: dict[str, int]) -> str:
     return "/".join(str(v) for k, v in sorted(counts.items()) if k != "-") or "-"
 
 
+def _row(mode: str, r: dict[str, Any], **rest: str) -> dict[str, str]:
+    """A table row from one scenario's measurements; `rest` fills the fault and revocation columns."""
+    row = {
+        "mode": mode,
+        "success": _pct(r["success_rate"]),
+        "requests per replica": _spread(r["requests_per_replica"]),
+        "p50 ms": f"{r['latency_ms']['p50']:.2f}",
+        "p99 ms": f"{r['latency_ms']['p99']:.2f}",
+        "5xx when a replica died": "-",
+        "sessions lost": "-",
+        "Redis down": "not used",
+        "revocation window": "-",
+    }
+    row.update({k.replace("_", " "): v for k, v in rest.items()})
+    return row
+
+
 def rows(results: dict[str, Any]) -> list[dict[str, str]]:
     """One row per mode, built only from what the run measured (absent scenarios give absent rows)."""
     out: list[dict[str, str]] = []
@@ -43,77 +60,29 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
         )
 
     if s := results.get("stateful_wall"):
-        out.append(
-            {
-                "mode": s["mode"],
-                "success": _pct(s["success_rate"]),
-                "requests per replica": _spread(s["requests_per_replica"]),
-                "p50 ms": f"{s['latency_ms']['p50']:.2f}",
-                "p99 ms": f"{s['latency_ms']['p99']:.2f}",
-                "5xx when a replica died": "-",
-                "sessions lost": "-",
-                "Redis down": "not used",
-                "revocation window": "-",
-            }
-        )
+        out.append(_row(s["mode"], s))
     if st := results.get("sticky"):
         s = st["sticky"]
-        out.append(
-            {
-                "mode": s["mode"],
-                "success": _pct(s["success_rate"]),
-                "requests per replica": _spread(s["requests_per_replica"]),
-                "p50 ms": f"{s['latency_ms']['p50']:.2f}",
-                "p99 ms": f"{s['latency_ms']['p99']:.2f}",
-                "5xx when a replica died": str(s["failed_5xx"]),
-                "sessions lost": f"{s['sessions_lost']} of {sum(s['users_per_replica'].values())}",
-                "Redis down": "not used",
-                "revocation window": window("session/memory/sticky"),
-            }
-        )
-        i = st["ip_hash"]
-        out.append(
-            {
-                "mode": i["mode"],
-                "success": _pct(i["success_rate"]),
-                "requests per replica": _spread(i["requests_per_replica"]),
-                "p50 ms": f"{i['latency_ms']['p50']:.2f}",
-                "p99 ms": f"{i['latency_ms']['p99']:.2f}",
-                "5xx when a replica died": "-",
-                "sessions lost": "-",
-                "Redis down": "not used",
-                "revocation window": "-",
-            }
-        )
+        lost = f"{s['sessions_lost']} of {sum(s['users_per_replica'].values())}"
+        died = {"5xx_when_a_replica_died": str(s["failed_5xx"])}
+        out.append(_row(s["mode"], s, sessions_lost=lost, revocation_window=window("session/memory/sticky"), **died))
+        out.append(_row(st["ip_hash"]["mode"], st["ip_hash"]))
     if s := results.get("clustering"):
         d = s["redis_down"]
+        down = f"{d['status_503']}x 503, {d['status_200']} let in"
         out.append(
-            {
-                "mode": s["mode"],
-                "success": _pct(s["success_rate"]),
-                "requests per replica": _spread(s["requests_per_replica"]),
-                "p50 ms": f"{s['latency_ms']['p50']:.2f}",
-                "p99 ms": f"{s['latency_ms']['p99']:.2f}",
-                "5xx when a replica died": "-",
-                "sessions lost": "all, on Redis restart",
-                "Redis down": f"{d['status_503']}x 503, {d['status_200']} let in",
-                "revocation window": window("session/redis"),
-            }
+            _row(
+                s["mode"],
+                s,
+                sessions_lost="all, on Redis restart",
+                Redis_down=down,
+                revocation_window=window("session/redis"),
+            )
         )
     if s := results.get("jwt"):
-        out.append(
-            {
-                "mode": s["mode"] + " (JWT_REVOCATION=none)",
-                "success": _pct(s["success_rate"]),
-                "requests per replica": _spread(s["requests_per_replica"]),
-                "p50 ms": f"{s['latency_ms']['p50']:.2f}",
-                "p99 ms": f"{s['latency_ms']['p99']:.2f}",
-                "5xx when a replica died": "-",
-                "sessions lost": "0",
-                "Redis down": f"{_pct(s['success_rate_with_redis_and_auth_down'])} served (auth down too)",
-                "revocation window": window("jwt/none"),
-            }
-        )
+        served = f"{_pct(s['success_rate_with_redis_and_auth_down'])} served (auth down too)"
+        mode = s["mode"] + " (JWT_REVOCATION=none)"
+        out.append(_row(mode, s, sessions_lost="0", Redis_down=served, revocation_window=window("jwt/none")))
     if "jwt/denylist" in rev:
         out.append(
             {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -122,3 +125,18 @@ def valid_claims(cluster: Cluster, sub: str, **changes: object) -> dict:
     }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not ...}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m scaleout …` as CI runs it: no terminal, CI=true, nothing on stdin."""
+    from scaleout.config import ROOT
+
+    return subprocess.run(
+        [sys.executable, "-m", "scaleout", *args],
+        cwd=ROOT,
+        env={**os.environ, "CI": "true"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )

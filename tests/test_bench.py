@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-from scaleout.config import ROOT
+from helpers import run_cli
 
 pytestmark = pytest.mark.integration
 
 
 def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "scaleout", "bench", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "CI": "true"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    run = run_cli("bench", "--quick", "--out", str(tmp_path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((tmp_path / "bench.json").read_text())
     for mode in ("session/redis", "jwt RS256"):

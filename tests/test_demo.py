@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
-from scaleout.config import ROOT
 from scaleout.report import COLUMNS, parse_markdown_table
 
 pytestmark = pytest.mark.integration
@@ -19,15 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
     out = tmp_path_factory.mktemp("demo")
-    run = subprocess.run(
-        [sys.executable, "-m", "scaleout", "demo", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "CI": "true"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    run = run_cli("demo", "--quick", "--out", str(out))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads((out / "demo.json").read_text()), out, run.stdout
 
