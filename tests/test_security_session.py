@@ -309,3 +309,19 @@ def test_login_flood_is_rate_limited_by_nginx(cluster: Cluster) -> None:
         t.join()
     assert statuses.count(429) > 0
     assert set(statuses) <= {422, 429}
+
+
+def test_secure_cookies_use_the_host_prefix(start_cluster) -> None:
+    secure = start_cluster(auth_mode="session", session_store="redis", cookie_secure=True, replicas=1)
+    with client(secure) as c:
+        _, r = new_user(c)
+        cookies = r.headers.get_list("set-cookie")
+        sid = next(h for h in cookies if h.startswith("__Host-sid="))
+        for attr in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
+            assert attr in sid
+        assert "Domain=" not in sid
+        assert all("Secure" in h for h in cookies)
+        value = sid.split(";")[0].removeprefix("__Host-sid=")
+        # The browser sends it back under its prefixed name; the plain name is not accepted.
+        assert c.get("/api/me", headers={"Cookie": f"__Host-sid={value}"}).status_code == 200
+        assert c.get("/api/me", headers={"Cookie": f"sid={value}"}).status_code == 401
