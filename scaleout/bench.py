@@ -288,9 +288,9 @@ def signing_cost(workdir: Path) -> dict[str, float]:
     return out
 
 
-def run(quick: bool, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None) -> dict[str, Any]:
     seconds, n_pairs, users = (1.0, 1, 8) if quick else (3.0, 3, 32)
-    modes = QUICK_MODES if quick else tuple(MODES)
+    modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
     results: dict[str, Any] = {"settings": {"seconds": seconds, "pairs": n_pairs, "users": users, "wrk": "-t1 -c32"}}
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
         workdir = Path(tmp)

@@ -197,12 +197,16 @@ def _interactive() -> bool:
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="a smoke run of seconds (two modes, one pair)")] = False,
+    mode: Annotated[list[str] | None, typer.Option(help="only this mode (repeatable), e.g. 'session/redis'")] = None,
     out: Annotated[Path, typer.Option(help="where to write bench.md, bench.json and bench.png")] = Path("reports"),
 ) -> None:
     """Measure what each auth mode costs per request against the no-auth baseline, in one run."""
     from scaleout import bench as bench_mod
 
-    results = bench_mod.run(quick, say=lambda line: print(line, flush=True))
+    unknown = [m for m in mode or [] if m not in bench_mod.MODES]
+    if unknown:
+        _fail(ValueError(f"unknown mode {unknown}; choose from {', '.join(bench_mod.MODES)}"))
+    results = bench_mod.run(quick, say=lambda line: print(line, flush=True), only=mode)
     lines = bench_mod.write(results, out)
     table = Table("mode", "/api/me req/s", "baseline req/s", "ratio", "p50 ms", "p99 ms", "errors")
     for mode in bench_mod.MODES:

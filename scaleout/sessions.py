@@ -16,7 +16,7 @@ from typing import Protocol
 import orjson
 from redis.asyncio import Redis
 
-from scaleout.store import redis_call
+from scaleout.store import Coalescer, redis_call
 
 UNAVAILABLE = "session store unavailable"
 
@@ -105,14 +105,15 @@ class MemorySessions:
 class RedisSessions:
     """Sessions in the shared Redis: one round trip per lookup (GETEX reads and renews the idle TTL)."""
 
-    def __init__(self, redis: Redis, idle_ttl: int, absolute_ttl: int) -> None:
+    def __init__(self, redis: Redis, idle_ttl: int, absolute_ttl: int, coalescer: Coalescer | None = None) -> None:
         self.redis = redis
+        self.coalescer = coalescer or Coalescer(redis)
         self.idle_ttl = idle_ttl
         self.absolute_ttl = absolute_ttl
 
     async def get(self, sid: str) -> Session | None:
         key = session_key(sid)
-        raw = await redis_call(lambda: self.redis.getex(key, ex=self.idle_ttl), UNAVAILABLE)
+        raw = await redis_call(lambda: self.coalescer.call("GETEX", key, "EX", self.idle_ttl), UNAVAILABLE)
         if raw is None:
             return None
         session = Session.from_json(raw)

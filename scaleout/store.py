@@ -6,6 +6,7 @@ down never lets anybody in.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,18 +60,70 @@ async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store u
         raise StoreUnavailable(what) from exc
 
 
-class Denylist:
-    """Revoked access-token IDs (`jti`), each kept until the token would have expired anyway."""
+class Coalescer:
+    """Sends the single-key commands that concurrent requests issue in one event-loop turn as one pipeline.
+
+    Under load a replica has many requests waiting on Redis at once; one round trip and one pipeline call
+    for all of them costs the client about a third of the CPU of one command each (see `make bench`).
+    Each caller still gets its own reply or its own exception.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._pending: list[tuple[tuple[object, ...], asyncio.Future[object]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references until each batch is done
+
+    def call(self, *command: object) -> asyncio.Future[object]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        self._pending.append((command, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)  # after the other requests already runnable in this turn
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending, self._scheduled = self._pending, [], False
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[tuple[object, ...], asyncio.Future[object]]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for command, _ in batch:
+            pipe.execute_command(*command)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller in the batch sees it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+class Denylist:
+    """Revoked access-token IDs (`jti`), each kept until the token would have expired anyway."""
+
+    def __init__(self, redis: Redis, coalescer: Coalescer | None = None) -> None:
+        self.redis = redis
+        self.coalescer = coalescer or Coalescer(redis)
 
     async def add(self, jti: str, exp: int) -> None:
         ttl = max(1, exp - int(time.time()) + 1)
         await redis_call(lambda: self.redis.set(f"deny:{jti}", b"1", ex=ttl))
 
     async def contains(self, jti: str) -> bool:
-        return bool(await redis_call(lambda: self.redis.exists(f"deny:{jti}")))
+        return bool(await redis_call(lambda: self.coalescer.call("EXISTS", f"deny:{jti}")))
 
 
 class RefreshOutcome(StrEnum):

@@ -22,7 +22,7 @@ from scaleout.schemas import Credentials, LoginCredentials, RefreshRequest
 from scaleout.sessions import MemorySessions, RedisSessions, Session, is_well_formed
 from scaleout.store import Denylist, StoreUnavailable, make_redis
 from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
-from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, timed
+from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap, timed
 
 settings = get_settings()
 REPLICA = settings.replica_id
@@ -72,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.jwks = JWKSClient(state.http, settings.jwt_alg, state.verifier)
         # Fetched once here: afterwards this replica verifies tokens with the auth service down.
         await state.jwks.fetch_until_ready(timeout=20.0)
+    settle_heap()
     yield
     await state.http.aclose()
     await state.redis.aclose()

@@ -22,7 +22,7 @@ from scaleout.sessions import RedisSessions, Session, new_csrf_token, new_sessio
 from scaleout.store import Denylist, RefreshOutcome, RefreshTokens, Throttle, make_redis
 from scaleout.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier
 from scaleout.users import UsernameTaken, Users
-from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error
+from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap
 
 settings = get_settings()
 NO_STORE = {"Cache-Control": "no-store"}
@@ -72,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.verifier = TokenVerifier(
         keys.verifiers, settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway, settings.jwt_max_bytes
     )
+    settle_heap()
     yield
     await redis.aclose()
     app.state.users.close()
