@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from helpers import client, new_user, spread
 
@@ -76,3 +77,25 @@ def test_cookie_logout_without_matching_csrf_token_is_403_and_changes_nothing(cl
         assert c.post("/api/logout", headers={"X-CSRF-Token": "x" * 43}).status_code == 403
         assert c.post("/api/logout", headers={"X-CSRF-Token": b"\xe9\xff"}).status_code == 403
         assert {c.get("/api/me").status_code for _ in range(3)} == {200}
+
+
+def test_health_and_metrics_on_every_service_directly(cluster: Cluster) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        c.get("/api/me")
+        c.get("/api/me", headers={"Cookie": "sid=garbage"})
+        assert c.get("/metrics").status_code == 404  # not published through nginx
+        assert c.get("/healthz").json()["lb_mode"] == "round_robin"
+    for name, service in cluster.services.items():
+        if name in ("redis", "nginx"):
+            continue
+        assert httpx.get(f"http://{service.address}/healthz").status_code == 200
+        metrics = httpx.get(f"http://{service.address}/metrics")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = "\n".join(
+        httpx.get(f"http://{cluster.services[n].address}/metrics").text for n in ("api-1", "api-2", "api-3")
+    )
+    assert 'scaleout_requests_total{path="/api/me",service="api-' in text
+    assert 'status="401"' in text and 'status="200"' in text
+    assert 'scaleout_auth_failures_total{reason="malformed"}' in text
+    assert 'scaleout_session_store_seconds_count{op="get",store="redis"}' in text
