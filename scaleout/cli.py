@@ -270,9 +270,10 @@ def demo(
             results = demo_mod.run(ctx, names, on_done=lambda n: print(f"done: {n}", flush=True))
     document = report.write(results, out, quick)
     table = Table(*report.COLUMNS, title=f"scaleout demo (K={k} users, M={m} requests each)")
+    table.columns[0].no_wrap = True
     for row in document["rows"]:
         table.add_row(*(row[c] for c in report.COLUMNS))
-    Console(width=max(console.width, 180), highlight=False).print(table)
+    Console(width=max(console.width, 220), highlight=False).print(table)
     for line in report.readings(results):
         console.print("- " + line.replace("**", ""))
     console.print(f"wrote {out / 'demo.md'}, {out / 'demo.json'} and {len(document['charts'])} charts")

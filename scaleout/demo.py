@@ -208,6 +208,7 @@ def clustering(ctx: Context) -> dict[str, Any]:
 
         with Looper(users, heal) as loop:
             loop.wait(lambda: len(loop.hits) >= 20, 10)
+            stop_at = time.monotonic()
             c.stop("redis")
             down_at = time.monotonic()  # Redis is gone: every request starting from now has no store
             ctx.say("  Redis stopped")
@@ -236,8 +237,8 @@ def clustering(ctx: Context) -> dict[str, Any]:
         },
         "healed": healed,
         "recovery_s": round(healed_at - up_at, 3),
-        "timeline": _timeline(loop.hits, down_at),
-        "fault_window": [0.0, round(up_at - down_at, 3)],
+        "timeline": _timeline(loop.hits, stop_at),
+        "fault_window": [0.0, round(up_at - stop_at, 3)],
     }
 
 
