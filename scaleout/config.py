@@ -150,10 +150,6 @@ class Settings(BaseSettings):
         return "__Host-sid" if self.cookie_secure else "sid"
 
 
-# Environment variable names of the modes, as the contract spells them.
-MODE_VARS = ("AUTH_MODE", "SESSION_STORE", "LB_MODE", "JWT_REVOCATION", "JWT_ALG", "REPLICAS")
-
-
 @lru_cache
 def get_settings() -> Settings:
     return Settings()

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from scaleout.config import JWTAlg
-from scaleout.keys import KeyError_, keys_from_jwks
+from scaleout.keys import KeyUnusable, keys_from_jwks
 from scaleout.tokens import TokenVerifier
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -31,7 +31,7 @@ class JWKSClient:
             response = await self.http.get(JWKS_PATH)
             response.raise_for_status()
             keys = keys_from_jwks(response.json(), self.alg)
-        except (httpx.HTTPError, ValueError, KeyError_):
+        except (httpx.HTTPError, ValueError, KeyUnusable):
             return False
         self.verifier.set_keys(keys)
         return True

@@ -23,7 +23,7 @@ from jose.backends.base import Key
 from scaleout.config import MIN_HS256_SECRET_BYTES, JWTAlg
 
 
-class KeyError_(Exception):
+class KeyUnusable(Exception):
     """A key that cannot be used (bad secret, unparsable JWKS entry)."""
 
 
@@ -42,7 +42,7 @@ def _new_private_pem(alg: JWTAlg) -> bytes:
     elif alg is JWTAlg.ES256:
         private = ec.generate_private_key(ec.SECP256R1())
     else:
-        raise KeyError_(f"{alg} has no key pair")
+        raise KeyUnusable(f"{alg} has no key pair")
     return private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -51,7 +51,7 @@ def _new_private_pem(alg: JWTAlg) -> bytes:
 def hs256_key(secret: str) -> BoundKey:
     raw = secret.encode()
     if len(raw) < MIN_HS256_SECRET_BYTES or len(set(raw)) < 16:
-        raise KeyError_(
+        raise KeyUnusable(
             f"JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} random bytes for HS256 "
             "(try: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
         )
@@ -148,7 +148,7 @@ def keys_from_jwks(document: Any, alg: JWTAlg) -> dict[str, BoundKey]:
     """Public keys from a JWKS, keeping only entries of the configured algorithm (never trusting `alg` alone)."""
     out: dict[str, BoundKey] = {}
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise KeyError_("JWKS without a keys list")
+        raise KeyUnusable("JWKS without a keys list")
     for entry in document["keys"]:
         if not isinstance(entry, dict):
             continue

@@ -13,7 +13,7 @@ from helpers import b64, forge
 from jose import jwk
 
 from scaleout.config import JWTAlg
-from scaleout.keys import BoundKey, KeyError_, KeyRing, hs256_key, keys_from_jwks
+from scaleout.keys import BoundKey, KeyRing, KeyUnusable, hs256_key, keys_from_jwks
 from scaleout.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, UnknownKid
 
 ISS, AUD = "scaleout-auth", "scaleout-api"
@@ -213,9 +213,9 @@ def test_cached_token_is_still_rechecked_for_expiry_and_key_removal(ring, issuer
 
 
 def test_hs256_refuses_short_or_low_entropy_secrets() -> None:
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyUnusable):
         hs256_key("too-short")
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyUnusable):
         hs256_key("a" * 64)
     assert hs256_key("k" * 8 + "0123456789abcdefghijklmnopqrstuv").alg == "HS256"
 
@@ -242,6 +242,6 @@ def test_jwks_parsing_keeps_only_public_keys_of_the_configured_algorithm(ring) -
     keys = keys_from_jwks(doc, ring.alg)
     assert set(keys) == {ring.signer.kid}
     assert all(isinstance(k, BoundKey) for k in keys.values())
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyUnusable):
         keys_from_jwks({"nokeys": 1}, ring.alg)
     assert jwk  # python-jose builds every key object

@@ -43,11 +43,17 @@ class Keys:
 
     @property
     def signer(self) -> BoundKey:
-        return self.hs if self.hs else self.ring.signer  # type: ignore[union-attr]
+        if self.hs:
+            return self.hs
+        assert self.ring is not None
+        return self.ring.signer
 
     @property
     def verifiers(self) -> dict[str, BoundKey]:
-        return {self.hs.kid: self.hs} if self.hs else self.ring.verifiers  # type: ignore[union-attr]
+        if self.hs:
+            return {self.hs.kid: self.hs}
+        assert self.ring is not None
+        return self.ring.verifiers
 
     def jwks(self) -> dict[str, list[dict[str, object]]]:
         return self.ring.jwks() if self.ring else {"keys": []}
@@ -82,14 +88,14 @@ app = create_app("auth", lifespan=lifespan)
 
 
 @app.post("/register", status_code=201)
-async def register(body: Credentials, request: Request) -> dict[str, str]:
+async def register(body: Credentials, request: Request) -> Response:
     state = request.app.state
     password_hash = await run_in_threadpool(state.passwords.hash, body.password)
     try:
         await run_in_threadpool(state.users.add, body.username, password_hash)
     except UsernameTaken:
-        return error(409, "username already taken")  # type: ignore[return-value]
-    return {"username": body.username}
+        return error(409, "username already taken")
+    return JSONResponse({"username": body.username}, status_code=201)
 
 
 async def _token_pair(request: Request, username: str, fam: str) -> dict[str, object]:
