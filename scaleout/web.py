@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -129,9 +130,15 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+@lru_cache(maxsize=64)
+def _store_timer(store: str, op: str) -> Any:
+    # Looked up once per (store, op), not on every request: labels() takes a lock and hashes its values.
+    return STORE_LATENCY.labels(store, op)
+
+
 async def timed(store: str, op: str, call: Awaitable[Any]) -> Any:
     start = time.perf_counter()
     try:
         return await call
     finally:
-        STORE_LATENCY.labels(store, op).observe(time.perf_counter() - start)
+        _store_timer(store, op).observe(time.perf_counter() - start)
