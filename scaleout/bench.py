@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from scaleout.load import make_users
-from scaleout.runner import Cluster, free_ports, isolated_settings, port_is_free, require_program
+from scaleout.runner import Cluster, free_ports, isolated_settings, nginx_workers, port_is_free, require_program
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -84,18 +84,6 @@ def _cpu_ticks(pids: list[int]) -> dict[int, int]:
     return out
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"\nPPid:\t{pid}\n" in (entry / "status").read_text():
-                    kids.append(int(entry.name))
-            except OSError:
-                continue
-    return kids
-
-
 def wrk_run(target: Target, seconds: float, processes: dict[str, list[int]], workdir: Path) -> dict[str, Any]:
     script = _lua(target, workdir)
     pids = [p for group in processes.values() for p in group]
@@ -141,7 +129,7 @@ def _processes(cluster: Cluster) -> dict[str, list[int]]:
     s = cluster.services
     nginx = s["nginx"].pid or 0
     return {
-        "nginx": [nginx, *_children(nginx)],
+        "nginx": [nginx, *nginx_workers(nginx)],
         "api": [s["api-1"].pid or 0],
         "redis": [s["redis"].pid or 0],
     }

@@ -288,16 +288,21 @@ class Cluster:
         self.settings = self.settings.model_copy(update={"lb_mode": mode})
         self._write_nginx_conf(mode)
         self._save()
+        previous = set(nginx_workers(service.pid))
         os.kill(service.pid, signal.SIGHUP)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                # A fresh connection is served by the new workers once the reload took effect.
-                r = httpx.get(f"http://{service.address}/healthz", timeout=1.0, headers={"Connection": "close"})
-                if r.json().get("lb_mode") == mode and not _retiring_workers(service.pid):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
+            # Done when every worker of the previous config has finished its requests and exited: until
+            # then a client on an old keep-alive connection is still balanced by the old config (and a
+            # reload to the same mode would otherwise look finished before it even started).
+            current = set(nginx_workers(service.pid))
+            if current and not current & previous:
+                try:
+                    r = httpx.get(f"http://{service.address}/healthz", timeout=1.0, headers={"Connection": "close"})
+                    if r.json().get("lb_mode") == mode:
+                        return
+                except (httpx.HTTPError, ValueError):
+                    pass
             time.sleep(0.02)
         raise ClusterError(f"nginx did not switch to {mode} within 10 s")
 
@@ -421,22 +426,17 @@ class Cluster:
         raise ClusterError(f"{service.name} not healthy after {HEALTH_TIMEOUT:.0f} s:\n{tail(service.log)}")
 
 
-def _retiring_workers(master: int) -> list[int]:
-    """nginx workers of the previous config still finishing their requests after a reload.
-
-    Until they exit, a client on an old keep-alive connection is still balanced by the old config.
-    """
+def nginx_workers(master: int) -> list[int]:
+    """The worker processes of an nginx master (those of a previous config included, until they exit)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            if f"\nPPid:\t{master}\n" in (entry / "status").read_text():
+                pids.append(int(entry.name))
         except OSError:
             continue
-        if f"\nPPid:\t{master}\n" in status and b"shutting down" in cmdline:
-            pids.append(int(entry.name))
     return pids
 
 

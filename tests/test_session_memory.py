@@ -34,8 +34,10 @@ def lb(cluster: Cluster):
 def test_round_robin_spreads_requests_evenly(cluster: Cluster, lb) -> None:
     lb("round_robin")
     with client(cluster) as c:
-        replicas = Counter(c.get("/api/whoami").json()["replica"] for _ in range(30))
-    assert replicas == {"api-1": 10, "api-2": 10, "api-3": 10}
+        responses = [c.get("/api/whoami") for _ in range(30)]
+    replicas = Counter(r.json()["replica"] for r in responses)
+    tried = [r.headers["x-upstream-addr"] for r in responses]
+    assert replicas == {"api-1": 10, "api-2": 10, "api-3": 10}, " ".join(tried)
 
 
 def test_round_robin_session_lives_only_on_the_replica_that_logged_in(cluster: Cluster, lb) -> None:
