@@ -277,7 +277,7 @@ def signing_cost(workdir: Path) -> dict[str, float]:
 
 
 def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None) -> dict[str, Any]:
-    seconds, n_pairs, users = (1.0, 1, 8) if quick else (3.0, 3, 32)
+    seconds, n_pairs, users = (1.0, 1, 8) if quick else (3.0, 5, 32)
     modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
     results: dict[str, Any] = {"settings": {"seconds": seconds, "pairs": n_pairs, "users": users, "wrk": "-t1 -c32"}}
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:

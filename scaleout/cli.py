@@ -168,6 +168,8 @@ def serve(kind: Kind) -> None:
         # nginx, or it races the replica's close and retries a request on another replica.
         timeout_keep_alive=75,
         server_header=False,
+        # The replicas read nginx's X-Real-IP themselves; uvicorn's proxy-header rewriting is not needed.
+        proxy_headers=False,
     )
 
 

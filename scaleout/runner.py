@@ -73,12 +73,22 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def _listening_range() -> tuple[int, int]:
+    """Ports outside the kernel's ephemeral range: an outgoing connection can never take one meanwhile."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return (10000, low - 1) if low > 12000 else (high + 1, 65000)
+
+
 def free_ports(host: str, count: int, contiguous: int = 0) -> tuple[list[int], int]:
     """`count` free ports, and a base such that base+1..base+contiguous are free too (for api-N ports)."""
     rng = random.Random()
+    first, last = _listening_range()
     for _ in range(1000):
-        base = rng.randrange(20000, 60000)
-        wanted = [base + i for i in range(1, contiguous + 1)] + [rng.randrange(20000, 60000) for _ in range(count)]
+        base = rng.randrange(first, last - contiguous)
+        wanted = [base + i for i in range(1, contiguous + 1)] + [rng.randrange(first, last) for _ in range(count)]
         if len(set(wanted)) == len(wanted) and all(port_is_free(host, p) for p in wanted):
             return wanted[contiguous:], base
     raise ClusterError("no free ports found")

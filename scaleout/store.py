@@ -6,7 +6,6 @@ down never lets anybody in.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from scaleout.config import Settings
+from scaleout.resp import PipelinedConnection
 
 
 class StoreUnavailable(Exception):
@@ -60,55 +60,18 @@ async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store u
         raise StoreUnavailable(what) from exc
 
 
-class Coalescer:
-    """Sends the single-key commands that concurrent requests issue in one event-loop turn as one pipeline.
+class Coalescer(PipelinedConnection):
+    """The per-request reads of one process, pipelined on one lean connection to the client's Redis.
 
-    Under load a replica has many requests waiting on Redis at once; one round trip and one pipeline call
-    for all of them costs the client about a third of the CPU of one command each (see `make bench`).
-    Each caller still gets its own reply or its own exception.
+    Under load a replica has many requests waiting on Redis at once; commands issued in one event-loop
+    turn share one write and one round trip (see `scaleout.resp`).
     """
 
     def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._pending: list[tuple[tuple[object, ...], asyncio.Future[object]]] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()  # strong references until each batch is done
-
-    def call(self, *command: object) -> asyncio.Future[object]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        self._pending.append((command, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)  # after the other requests already runnable in this turn
-        return future
-
-    def _flush(self) -> None:
-        batch, self._pending, self._scheduled = self._pending, [], False
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[tuple[object, ...], asyncio.Future[object]]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for command, _ in batch:
-            pipe.execute_command(*command)
-        try:
-            replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # the connection failed: every caller in the batch sees it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        kw = redis.connection_pool.connection_kwargs
+        super().__init__(
+            kw.get("host", "127.0.0.1"), kw.get("port", 6379), kw.get("db", 0), kw.get("socket_timeout") or 0.5
+        )
 
 
 class Denylist:
