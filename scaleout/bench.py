@@ -308,6 +308,12 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
                     "ratio_min": round(min(ratios), 3),
                     "ratio_max": round(max(ratios), 3),
                 }
+                # The price of the check itself: the replica's CPU per /api/me beyond the no-auth request.
+                results[mode]["auth_check_us"] = round(
+                    results[mode]["me"]["cpu_us_per_request"]["api"]
+                    - results[mode]["baseline"]["cpu_us_per_request"]["api"],
+                    1,
+                )
                 if mode == "jwt RS256":
                     results["login"] = login_cost(cluster, 5 if quick else 20)
                     direct = Target(f"http://127.0.0.1:{cluster.settings.api_port('api-1')}", "/api/me", header, creds)
@@ -341,8 +347,8 @@ def write(results: dict[str, Any], out: Path) -> list[str]:
         f"{results['settings']['pairs']} interleaved pairs per mode, one replica behind nginx.",
         "",
         "| mode | /api/me req/s | /api/whoami req/s | ratio (median) | min-max | p50 ms | p99 ms | p99.9 ms "
-        "| errors | CPU µs/req (api, nginx, redis) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| errors | CPU µs/req (api, nginx, redis) | auth check µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in modes:
         r = results[m]
@@ -351,7 +357,7 @@ def write(results: dict[str, Any], out: Path) -> list[str]:
         lines.append(
             f"| {m} | {me['rps']} | {r['baseline']['rps']} | {r['ratio_median']} | {r['ratio_min']}-{r['ratio_max']} "
             f"| {me['p50_ms']} | {me['p99_ms']} | {me['p999_ms']} | {errors} "
-            f"| {cpu['api']}, {cpu['nginx']}, {cpu['redis']} |"
+            f"| {cpu['api']}, {cpu['nginx']}, {cpu['redis']} | {r['auth_check_us']} |"
         )
     if ref := results.get("reference"):
         lines += [
