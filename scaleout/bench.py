@@ -323,12 +323,13 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
                     public_pem = jose_jwk.construct(pem["keys"][0], "RS256").to_pem().decode()
                     with reference_app(workdir, public_pem) as ref_url:
                         ref = Target(ref_url, "/api/me", header, creds)
-                        ours, theirs, ref_ratios = pairs(ref, direct, n_pairs, seconds, procs, workdir)
+                        ref_runs, our_runs, ref_ratios = pairs(ref, direct, n_pairs, seconds, procs, workdir)
+                    reference = _summary(ref_runs)
                     results["reference"] = {
-                        "reference_rps": _summary(ours)["rps"],
-                        "ours_direct_rps": _summary(theirs)["rps"],
+                        "reference_rps": reference["rps"],
+                        "ours_direct_rps": _summary(our_runs)["rps"],
                         "ours_over_reference": round(statistics.median(ref_ratios), 3),
-                        "reference_errors": _summary(ours)["errors"],
+                        "reference_errors": reference["errors"],
                     }
             finally:
                 cluster.down()

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ class Context:
     requests: int
     workdir: Path
     say: Callable[[str], None] = print
-    started: list[Cluster] = field(default_factory=list)
 
     @contextmanager
     def cluster(self, **modes: object) -> Iterator[Cluster]:

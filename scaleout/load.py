@@ -78,14 +78,13 @@ def make_users(base_url: str, count: int, address: Callable[[int], str | None] =
     return users
 
 
-def drive(users: Iterable[User], requests: int, workers: int = 8, tick: Callable[[], None] = lambda: None) -> list[Hit]:
+def drive(users: Iterable[User], requests: int, workers: int = 8) -> list[Hit]:
     """Each user makes `requests` GET /api/me in turn; users run concurrently."""
 
     def run(user: User) -> list[Hit]:
         hits = []
         for _ in range(requests):
             hits.append(user.me())
-            tick()
         return hits
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

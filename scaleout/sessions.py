@@ -105,9 +105,9 @@ class MemorySessions:
 class RedisSessions:
     """Sessions in the shared Redis: one round trip per lookup (GETEX reads and renews the idle TTL)."""
 
-    def __init__(self, redis: Redis, idle_ttl: int, absolute_ttl: int, coalescer: Coalescer | None = None) -> None:
+    def __init__(self, redis: Redis, coalescer: Coalescer, idle_ttl: int, absolute_ttl: int) -> None:
         self.redis = redis
-        self.coalescer = coalescer or Coalescer(redis)
+        self.coalescer = coalescer
         self.idle_ttl = idle_ttl
         self.absolute_ttl = absolute_ttl
 

@@ -77,9 +77,9 @@ class Coalescer(PipelinedConnection):
 class Denylist:
     """Revoked access-token IDs (`jti`), each kept until the token would have expired anyway."""
 
-    def __init__(self, redis: Redis, coalescer: Coalescer | None = None) -> None:
+    def __init__(self, redis: Redis, coalescer: Coalescer) -> None:
         self.redis = redis
-        self.coalescer = coalescer or Coalescer(redis)
+        self.coalescer = coalescer
 
     async def add(self, jti: str, exp: int) -> None:
         ttl = max(1, exp - int(time.time()) + 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache
@@ -17,8 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scaleout.store import StoreUnavailable
-
-log = logging.getLogger("scaleout")
 
 REQUESTS = Counter("scaleout_requests_total", "HTTP requests served", ["service", "path", "status"])
 AUTH_FAILURES = Counter("scaleout_auth_failures_total", "Refused credentials by reason", ["reason"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import statistics
 import threading
 import time
@@ -15,6 +14,7 @@ from helpers import PASSWORD, client, login, new_user, new_username, register
 
 from scaleout.runner import Cluster
 from scaleout.sessions import new_session_id
+from scaleout.users import Users
 
 pytestmark = pytest.mark.integration
 GENERIC_401 = {"detail": "not authenticated"}
@@ -188,10 +188,9 @@ def test_unknown_user_wrong_password_and_disabled_account_look_the_same(cluster:
     with client(cluster, local_address="127.0.7.1") as c:
         disabled = new_username("dis")
         register(c, disabled)
-        db = sqlite3.connect(cluster.settings.users_db_path)
-        db.execute("UPDATE users SET disabled = 1 WHERE username = ?", (disabled,))
-        db.commit()
-        db.close()
+        users = Users(cluster.settings.users_db_path)
+        users.set_disabled(disabled, True)
+        users.close()
         known = new_username("known")
         register(c, known)
         timings: dict[str, list[float]] = {"unknown": [], "wrong": [], "disabled": []}

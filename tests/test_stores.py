@@ -18,7 +18,7 @@ from scaleout.sessions import (
     new_session_id,
     session_key,
 )
-from scaleout.store import Denylist, RefreshOutcome, RefreshTokens, StoreUnavailable, Throttle, make_redis
+from scaleout.store import Coalescer, Denylist, RefreshOutcome, RefreshTokens, StoreUnavailable, Throttle, make_redis
 
 
 def run(coro):
@@ -69,7 +69,7 @@ def test_memory_store_is_bounded() -> None:
 def test_redis_store_round_trip_idle_ttl_and_absolute_lifetime(redis_url: str) -> None:
     async def scenario() -> None:
         redis = Redis.from_url(redis_url)
-        store = RedisSessions(redis, idle_ttl=30, absolute_ttl=60)
+        store = RedisSessions(redis, Coalescer(redis), idle_ttl=30, absolute_ttl=60)
         sid = new_session_id()
         await store.put(sid, Session("alice", "c", time.time()))
         assert (await store.get(sid)).username == "alice"
@@ -90,12 +90,12 @@ def test_unreachable_redis_is_store_unavailable_quickly() -> None:
 
         (port,), _ = free_ports(1)
         redis = make_redis(Settings(redis_port=port))
-        store = RedisSessions(redis, 30, 60)
+        store = RedisSessions(redis, Coalescer(redis), 30, 60)
         start = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await store.get(new_session_id())
         with pytest.raises(StoreUnavailable):
-            await Denylist(redis).contains("x" * 22)
+            await Denylist(redis, Coalescer(redis)).contains("x" * 22)
         return time.monotonic() - start
 
     assert run(scenario()) < 3
@@ -141,7 +141,7 @@ def test_throttle_counts_failures_per_account_and_address(redis_url: str) -> Non
 def test_denylist_entries_expire_with_the_token(redis_url: str) -> None:
     async def scenario() -> None:
         redis = Redis.from_url(redis_url)
-        deny = Denylist(redis)
+        deny = Denylist(redis, Coalescer(redis))
         await deny.add("j" * 22, int(time.time()) + 5)
         assert await deny.contains("j" * 22)
         assert 0 < await redis.ttl("deny:" + "j" * 22) <= 6

@@ -20,7 +20,7 @@ from scaleout.jwks import JWKSClient
 from scaleout.keys import hs256_key
 from scaleout.schemas import Credentials, LoginCredentials, RefreshRequest
 from scaleout.sessions import MemorySessions, RedisSessions, Session, is_well_formed
-from scaleout.store import Denylist, StoreUnavailable, make_redis
+from scaleout.store import Coalescer, Denylist, StoreUnavailable, make_redis
 from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
 from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap, timed
 
@@ -58,11 +58,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
     )
     state.redis = make_redis(settings)
+    reads = Coalescer(state.redis)  # the per-request reads: one lean pipelined connection per process
     if settings.session_store is SessionStore.redis:
-        state.sessions = RedisSessions(state.redis, settings.session_idle_ttl, settings.session_absolute_ttl)
+        state.sessions = RedisSessions(state.redis, reads, settings.session_idle_ttl, settings.session_absolute_ttl)
     else:
         state.sessions = MemorySessions(settings.session_idle_ttl, settings.session_absolute_ttl)
-    state.denylist = Denylist(state.redis) if settings.jwt_revocation is JWTRevocation.denylist else None
+    state.denylist = Denylist(state.redis, reads) if settings.jwt_revocation is JWTRevocation.denylist else None
     state.verifier = TokenVerifier(
         {}, settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway, settings.jwt_max_bytes
     )
@@ -77,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settle_heap()
     yield
     await state.http.aclose()
+    await reads.aclose()
     await state.redis.aclose()
 
 

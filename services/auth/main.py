@@ -19,7 +19,7 @@ from scaleout.keys import BoundKey, KeyRing, hs256_key
 from scaleout.passwords import Passwords
 from scaleout.schemas import Credentials, LoginRequest, RefreshRequest
 from scaleout.sessions import RedisSessions, Session, new_csrf_token, new_session_id
-from scaleout.store import Denylist, RefreshOutcome, RefreshTokens, Throttle, make_redis
+from scaleout.store import Coalescer, Denylist, RefreshOutcome, RefreshTokens, Throttle, make_redis
 from scaleout.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier
 from scaleout.users import UsernameTaken, Users
 from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap
@@ -68,9 +68,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.throttle = Throttle(
         redis, settings.throttle_window, settings.throttle_account_max, settings.throttle_ip_max
     )
-    app.state.sessions = RedisSessions(redis, settings.session_idle_ttl, settings.session_absolute_ttl)
+    reads = Coalescer(redis)  # the stores' read path; the auth service only writes, so it never connects
+    app.state.sessions = RedisSessions(redis, reads, settings.session_idle_ttl, settings.session_absolute_ttl)
     app.state.refresh = RefreshTokens(redis, settings.refresh_ttl)
-    app.state.denylist = Denylist(redis)
+    app.state.denylist = Denylist(redis, reads)
     keys = app.state.keys = Keys()
     app.state.issuer = TokenIssuer(
         settings.jwt_issuer, settings.jwt_audience, settings.access_ttl, settings.refresh_ttl
@@ -80,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     settle_heap()
     yield
+    await reads.aclose()
     await redis.aclose()
     app.state.users.close()
 
