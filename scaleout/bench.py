@@ -147,10 +147,16 @@ def _credentials(cluster: Cluster, users: int) -> tuple[str, tuple[str, ...]]:
 
 
 def pairs(a: Target, b: Target, n: int, seconds: float, procs: dict[str, list[int]], workdir: Path):
+    """n pairs in A B, B A, A B … order, so that whatever favours the first (or second) run of a pair
+    favours both sides equally; returns both sides' runs and the per-pair ratios b/a."""
     runs_a, runs_b = [], []
-    for _ in range(n):
-        runs_a.append(wrk_run(a, seconds, procs, workdir))
-        runs_b.append(wrk_run(b, seconds, procs, workdir))
+    for i in range(n):
+        if i % 2:
+            runs_b.append(wrk_run(b, seconds, procs, workdir))
+            runs_a.append(wrk_run(a, seconds, procs, workdir))
+        else:
+            runs_a.append(wrk_run(a, seconds, procs, workdir))
+            runs_b.append(wrk_run(b, seconds, procs, workdir))
     ratios = [rb["rps"] / ra["rps"] for ra, rb in zip(runs_a, runs_b, strict=True)]
     return runs_a, runs_b, ratios
 
@@ -277,7 +283,9 @@ def signing_cost(workdir: Path) -> dict[str, float]:
 
 
 def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None) -> dict[str, Any]:
-    seconds, n_pairs, users = (1.0, 1, 8) if quick else (3.0, 5, 32)
+    # Many short pairs rather than a few long ones: on a shared 2-vCPU machine the speed of the same
+    # endpoint drifts by +-20% from one run to the next, and the median of more pairs moves less.
+    seconds, n_pairs, users = (1.0, 1, 8) if quick else (2.0, 10, 32)
     modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
     results: dict[str, Any] = {"settings": {"seconds": seconds, "pairs": n_pairs, "users": users, "wrk": "-t1 -c32"}}
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
@@ -300,6 +308,15 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
                 procs = _processes(cluster)
                 wrk_run(base, 0.5, procs, workdir)  # warm-up
                 wrk_run(me, 0.5, procs, workdir)
+                if not quick and "control" not in results:
+                    # The same endpoint against itself: how far from 1.0 a ratio strays by noise alone.
+                    _, _, noise = pairs(base, base, n_pairs, seconds, procs, workdir)
+                    results["control"] = {
+                        "mode": mode,
+                        "ratio_median": round(statistics.median(noise), 3),
+                        "ratio_min": round(min(noise), 3),
+                        "ratio_max": round(max(noise), 3),
+                    }
                 runs_a, runs_b, ratios = pairs(base, me, n_pairs, seconds, procs, workdir)
                 results[mode] = {
                     "baseline": _summary(runs_a),
@@ -345,7 +362,7 @@ def write(results: dict[str, Any], out: Path) -> list[str]:
         "# scaleout bench",
         "",
         f"wrk {results['settings']['wrk']}, {results['settings']['seconds']} s per run, "
-        f"{results['settings']['pairs']} interleaved pairs per mode, one replica behind nginx.",
+        f"{results['settings']['pairs']} interleaved pairs per mode (A B, B A, ...), one replica behind nginx.",
         "",
         "| mode | /api/me req/s | /api/whoami req/s | ratio (median) | min-max | p50 ms | p99 ms | p99.9 ms "
         "| errors | CPU µs/req (api, nginx, redis) | auth check µs/req |",
@@ -360,6 +377,12 @@ def write(results: dict[str, Any], out: Path) -> list[str]:
             f"| {me['p50_ms']} | {me['p99_ms']} | {me['p999_ms']} | {errors} "
             f"| {cpu['api']}, {cpu['nginx']}, {cpu['redis']} | {r['auth_check_us']} |"
         )
+    if control := results.get("control"):
+        lines += [
+            "",
+            f"Noise control ({control['mode']} cluster): /api/whoami against itself, same pairs: median "
+            f"{control['ratio_median']}, min-max {control['ratio_min']}-{control['ratio_max']}.",
+        ]
     if ref := results.get("reference"):
         lines += [
             "",
@@ -390,6 +413,10 @@ def _chart(results: dict[str, Any], modes: list[str], out: Path) -> None:
     high = [results[m]["ratio_max"] - results[m]["ratio_median"] for m in modes]
     ax1.bar(modes, med, yerr=[low, high], capsize=4)
     ax1.axhline(1.0, color="grey", linestyle="--", label="no-auth baseline")
+    if control := results.get("control"):
+        ax1.axhspan(
+            control["ratio_min"], control["ratio_max"], color="grey", alpha=0.15, label="noise: baseline vs itself"
+        )
     ax1.set_ylabel("/api/me req/s ÷ /api/whoami req/s")
     ax1.set_title("Throughput ratio per mode (median, min-max)")
     ax1.tick_params(axis="x", labelrotation=30, labelsize=8)

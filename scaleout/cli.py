@@ -224,8 +224,8 @@ def bench(
                 str(r["me"]["errors"] + r["baseline"]["errors"]),
             )
     Console(width=max(console.width, 140), highlight=False).print(table)
-    for line in lines[-6:]:
-        if line and not line.startswith("!"):
+    for line in lines:
+        if line.startswith(("Noise control", "Reference app", "Login:")):
             console.print(line)
     console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and {out / 'bench.png'}")
 

@@ -13,6 +13,10 @@ class Ambiguous(Exception):
     """The same credential came twice (two `sid` cookies, two Authorization headers)."""
 
 
+class Malformed(Exception):
+    """The credential is not even of the right shape, so no store is asked about it."""
+
+
 def cookie_values(headers: Iterable[tuple[bytes, bytes]], name: str) -> list[str]:
     wanted = name.encode()
     found: list[str] = []
@@ -27,10 +31,22 @@ def cookie_values(headers: Iterable[tuple[bytes, bytes]], name: str) -> list[str
 
 
 def single_cookie(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
-    values = cookie_values(headers, name)
-    if len(values) > 1:
-        raise Ambiguous(name)
-    return values[0] if values else None
+    raw = single_cookie_raw(headers, name.encode())
+    return None if raw is None else raw.decode("latin-1")
+
+
+def single_cookie_raw(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """`single_cookie` without building a list or decoding: the session check runs it on every request."""
+    found: bytes | None = None
+    for key, value in headers:
+        if key == b"cookie":
+            for part in value.split(b";"):
+                k, sep, v = part.strip().partition(b"=")
+                if sep and k == name:
+                    if found is not None:
+                        raise Ambiguous(name.decode())
+                    found = v
+    return found
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -14,7 +14,9 @@ futures in order straight from `data_received` (parsed by hiredis). Failure rule
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -73,8 +75,17 @@ class _Protocol(asyncio.Protocol):
 class PipelinedConnection:
     """Commands issued in one event-loop turn go out together; each caller awaits its own reply."""
 
-    def __init__(self, host: str, port: int, db: int = 0, timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int = 0,
+        timeout: float = 0.5,
+        on_round_trip: Callable[[float], None] | None = None,
+    ) -> None:
         self.host, self.port, self.db, self.timeout = host, port, db, timeout
+        # Told each answered batch's round-trip time in seconds: one observation per write, not per caller.
+        self.on_round_trip = on_round_trip
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._pending: list[tuple[Command, asyncio.Future[object]]] = []
@@ -83,7 +94,7 @@ class PipelinedConnection:
 
     def call(self, *command: object) -> asyncio.Future[object]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
+        future = loop.create_future()
         self._pending.append((command, future))
         if not self._scheduled:
             self._scheduled = True
@@ -138,8 +149,18 @@ class PipelinedConnection:
             protocol.fail(RedisConnectionError(f"write to Redis failed: {exc}"))
             return
         timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, protocol, futures)
-        # Replies arrive in order, so the last one answered means the whole batch was.
-        futures[-1].add_done_callback(lambda f: None if f.cancelled() else timer.cancel())
+        started = time.perf_counter()
+        observe = self.on_round_trip
+
+        def answered(last: asyncio.Future[object]) -> None:
+            # Replies arrive in order, so the last one answered means the whole batch was.
+            if last.cancelled():
+                return
+            timer.cancel()
+            if observe is not None and last.exception() is None:
+                observe(time.perf_counter() - started)
+
+        futures[-1].add_done_callback(answered)
 
     def _expire(self, protocol: _Protocol, futures: list[asyncio.Future[object]]) -> None:
         if any(not f.done() for f in futures):

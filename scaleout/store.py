@@ -67,11 +67,25 @@ class Coalescer(PipelinedConnection):
     turn share one write and one round trip (see `scaleout.resp`).
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_round_trip: Callable[[float], None] | None = None) -> None:
         kw = redis.connection_pool.connection_kwargs
         super().__init__(
-            kw.get("host", "127.0.0.1"), kw.get("port", 6379), kw.get("db", 0), kw.get("socket_timeout") or 0.5
+            kw.get("host", "127.0.0.1"),
+            kw.get("port", 6379),
+            kw.get("db", 0),
+            kw.get("socket_timeout") or 0.5,
+            on_round_trip=on_round_trip,
         )
+
+    async def read(self, *command: object, what: str = "shared store unavailable") -> object:
+        """One pipelined command under `redis_call`'s rules, inlined: this runs on every request."""
+        try:
+            try:
+                return await self.call(*command)
+            except RedisConnectionError:
+                return await self.call(*command)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(what) from exc
 
 
 class Denylist:
@@ -86,7 +100,7 @@ class Denylist:
         await redis_call(lambda: self.redis.set(f"deny:{jti}", b"1", ex=ttl))
 
     async def contains(self, jti: str) -> bool:
-        return bool(await redis_call(lambda: self.coalescer.call("EXISTS", f"deny:{jti}")))
+        return bool(await self.coalescer.read("EXISTS", "deny:" + jti))
 
 
 class RefreshOutcome(StrEnum):

@@ -81,6 +81,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # FastAPI's OpenTelemetry bridge asks the OTel API (environment lookups) on every request whether a
+        # provider is configured; the services export Prometheus metrics, not OTel, so it is switched off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
     @app.exception_handler(RequestValidationError)
@@ -128,7 +131,7 @@ def settle_heap() -> None:
 
 
 @lru_cache(maxsize=64)
-def _store_timer(store: str, op: str) -> Any:
+def store_timer(store: str, op: str) -> Any:
     # Looked up once per (store, op), not on every request: labels() takes a lock and hashes its values.
     return STORE_LATENCY.labels(store, op)
 
@@ -138,4 +141,4 @@ async def timed(store: str, op: str, call: Awaitable[Any]) -> Any:
     try:
         return await call
     finally:
-        _store_timer(store, op).observe(time.perf_counter() - start)
+        store_timer(store, op).observe(time.perf_counter() - start)

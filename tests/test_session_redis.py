@@ -98,4 +98,4 @@ def test_health_and_metrics_on_every_service_directly(cluster: Cluster) -> None:
     assert 'scaleout_requests_total{path="/api/me",service="api-' in text
     assert 'status="401"' in text and 'status="200"' in text
     assert 'scaleout_auth_failures_total{reason="malformed"}' in text
-    assert 'scaleout_session_store_seconds_count{op="get",store="redis"}' in text
+    assert 'scaleout_session_store_seconds_count{op="read",store="redis"}' in text

@@ -9,13 +9,16 @@ import pytest
 from redis.asyncio import Redis
 
 from scaleout.config import Settings
-from scaleout.credentials import Ambiguous, bearer_token, single_cookie
+from scaleout.credentials import Ambiguous, Malformed, bearer_token, single_cookie
 from scaleout.sessions import (
     MemorySessions,
     RedisSessions,
     Session,
+    SessionCookie,
     is_well_formed,
+    memory_key,
     new_session_id,
+    redis_key,
     session_key,
 )
 from scaleout.store import Coalescer, Denylist, RefreshOutcome, RefreshTokens, StoreUnavailable, Throttle, make_redis
@@ -183,3 +186,55 @@ def test_settings_defaults_match_the_contract() -> None:
         Settings(auth_mode="cookie")
     with pytest.raises(ValueError):
         Settings(argon2_memory_kib=1024)  # below OWASP's minimum
+
+
+def test_session_cookie_reader_memoises_only_what_the_header_says() -> None:
+    reader = SessionCookie("sid", memory_key, max_entries=4)
+    sid = new_session_id()
+    header = [(b"host", b"x"), (b"cookie", f"lb_route=api-1; sid={sid}".encode())]
+    first = reader.read(header)
+    assert first == (sid, memory_key(sid.encode()))
+    assert reader.read(header) is first  # the second request with the same header: one dict lookup
+    assert reader.read([(b"cookie", b"other=1")]) is None
+    assert reader.read([]) is None
+    with pytest.raises(Malformed):
+        reader.read([(b"cookie", b"sid=../../etc/passwd")])
+    with pytest.raises(Ambiguous):
+        reader.read([(b"cookie", f"sid={sid}; sid={new_session_id()}".encode())])
+    # Two Cookie headers are read together every time, even when one of them alone is remembered.
+    with pytest.raises(Ambiguous):
+        reader.read([*header, (b"cookie", f"sid={new_session_id()}".encode())])
+    for _ in range(10):
+        reader.read([(b"cookie", f"sid={new_session_id()}".encode())])
+    assert len(reader._memo) <= 4
+
+
+def test_memory_store_forgets_a_deleted_session_even_after_the_cookie_was_read() -> None:
+    async def scenario() -> None:
+        store = MemorySessions(idle_ttl=60, absolute_ttl=120)
+        reader = SessionCookie("sid", store.key)
+        sid = new_session_id()
+        await store.put(sid, Session("alice", "c", time.time()))
+        header = [(b"cookie", f"sid={sid}".encode())]
+        _, key = reader.read(header)
+        assert store.lookup(key).username == "alice"
+        await store.delete(sid)
+        _, key = reader.read(header)
+        assert store.lookup(key) is None
+
+    run(scenario())
+
+
+def test_redis_store_forgets_a_deleted_session_although_its_bytes_were_decoded_before(redis_url: str) -> None:
+    async def scenario() -> None:
+        redis = Redis.from_url(redis_url)
+        store = RedisSessions(redis, Coalescer(redis), idle_ttl=30, absolute_ttl=60)
+        sid = new_session_id()
+        await store.put(sid, Session("alice", "c", time.time()))
+        for _ in range(2):  # the second read decodes from the memo
+            assert (await store.lookup(redis_key(sid.encode()))).username == "alice"
+        await store.delete(sid)
+        assert await store.lookup(redis_key(sid.encode())) is None
+        await redis.aclose()
+
+    run(scenario())

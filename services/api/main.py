@@ -8,27 +8,36 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from scaleout.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, get_settings
-from scaleout.credentials import Ambiguous, bearer_token, header_value, single_cookie
+from scaleout.credentials import Ambiguous, Malformed, bearer_token, header_value, single_cookie
 from scaleout.jwks import JWKSClient
 from scaleout.keys import hs256_key
 from scaleout.schemas import Credentials, LoginCredentials, RefreshRequest
-from scaleout.sessions import MemorySessions, RedisSessions, Session, is_well_formed
+from scaleout.sessions import (
+    MemorySessions,
+    RedisSessions,
+    Session,
+    SessionCookie,
+    is_well_formed,
+    memory_key,
+    redis_key,
+)
 from scaleout.store import Coalescer, Denylist, StoreUnavailable, make_redis
 from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
-from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap, timed
+from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap, store_timer, timed
 
 settings = get_settings()
 REPLICA = settings.replica_id
 JWT = settings.auth_mode is AuthMode.jwt
 MEMORY = settings.session_store is SessionStore.memory
 COOKIE = settings.cookie_name
+SESSION_COOKIE = SessionCookie(COOKIE, memory_key if MEMORY else redis_key)
 CSRF_COOKIE = "csrf_token"
 NO_STORE = {"Cache-Control": "no-store"}
 NO_STORE_RAW = (b"cache-control", b"no-store")
@@ -41,12 +50,24 @@ class NotAuthenticated(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
+class Principal(NamedTuple):  # a NamedTuple builds in a third of a frozen dataclass's time
     username: str
     sid: str | None = None  # session mode
     csrf: str | None = None  # session mode
     bearer: str | None = None  # jwt mode
+
+
+class Stores:
+    """What every request reads, built once by `lifespan`: plain slots, not Starlette's `State` lookups."""
+
+    __slots__ = ("denylist", "jwks", "sessions", "verifier")
+    sessions: MemorySessions | RedisSessions
+    denylist: Denylist | None
+    verifier: TokenVerifier
+    jwks: JWKSClient | None
+
+
+STORES = Stores()
 
 
 @asynccontextmanager
@@ -58,23 +79,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
     )
     state.redis = make_redis(settings)
-    reads = Coalescer(state.redis)  # the per-request reads: one lean pipelined connection per process
+    # The per-request reads: one lean pipelined connection per process, timed once per round trip.
+    reads = Coalescer(state.redis, on_round_trip=store_timer("redis", "read").observe)
+    stores = STORES
     if settings.session_store is SessionStore.redis:
-        state.sessions = RedisSessions(state.redis, reads, settings.session_idle_ttl, settings.session_absolute_ttl)
+        stores.sessions = RedisSessions(state.redis, reads, settings.session_idle_ttl, settings.session_absolute_ttl)
     else:
-        state.sessions = MemorySessions(settings.session_idle_ttl, settings.session_absolute_ttl)
-    state.denylist = Denylist(state.redis, reads) if settings.jwt_revocation is JWTRevocation.denylist else None
-    state.verifier = TokenVerifier(
+        stores.sessions = MemorySessions(settings.session_idle_ttl, settings.session_absolute_ttl)
+    stores.denylist = Denylist(state.redis, reads) if settings.jwt_revocation is JWTRevocation.denylist else None
+    stores.verifier = TokenVerifier(
         {}, settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway, settings.jwt_max_bytes
     )
-    state.jwks = None
+    stores.jwks = None
     if JWT and settings.jwt_alg is JWTAlg.HS256:
         key = hs256_key(settings.jwt_secret)
-        state.verifier.set_keys({key.kid: key})
+        stores.verifier.set_keys({key.kid: key})
     elif JWT:
-        state.jwks = JWKSClient(state.http, settings.jwt_alg, state.verifier)
+        stores.jwks = JWKSClient(state.http, settings.jwt_alg, stores.verifier)
         # Fetched once here: afterwards this replica verifies tokens with the auth service down.
-        await state.jwks.fetch_until_ready(timeout=20.0)
+        await stores.jwks.fetch_until_ready(timeout=20.0)
     settle_heap()
     yield
     await state.http.aclose()
@@ -90,18 +113,18 @@ def unauthorized(reason: str) -> JSONResponse:
     return error(401, "not authenticated", {"WWW-Authenticate": CHALLENGE, **NO_STORE})
 
 
-async def _verify_jwt(request: Request, token: str) -> Principal:
-    state = request.app.state
+async def _verify_jwt(token: str) -> Principal:
+    stores = STORES
     try:
         try:
-            claims = state.verifier.verify(token, TokenKind.access)
+            claims = stores.verifier.verify(token, TokenKind.access)
         except UnknownKid as exc:
-            if state.jwks is None or not await state.jwks.refresh_for_unknown_kid(exc.kid):
+            if stores.jwks is None or not await stores.jwks.refresh_for_unknown_kid(exc.kid):
                 raise
-            claims = state.verifier.verify(token, TokenKind.access)
+            claims = stores.verifier.verify(token, TokenKind.access)
     except TokenError as exc:
         raise NotAuthenticated(exc.reason) from exc
-    if state.denylist is not None and await timed("redis", "denylist", state.denylist.contains(claims.jti)):
+    if stores.denylist is not None and await stores.denylist.contains(claims.jti):
         raise NotAuthenticated("revoked")
     return Principal(claims.sub, bearer=token)
 
@@ -114,18 +137,17 @@ async def authenticate(request: Request) -> Principal:
             token = bearer_token(headers)
             if token is None:
                 raise NotAuthenticated("missing")
-            return await _verify_jwt(request, token)
-        sid = single_cookie(headers, COOKIE)
+            return await _verify_jwt(token)
+        found = SESSION_COOKIE.read(headers)
     except Ambiguous as exc:
         raise NotAuthenticated("ambiguous") from exc
-    if sid is None:
+    except Malformed as exc:  # never send junk to the store
+        raise NotAuthenticated("malformed") from exc
+    if found is None:
         raise NotAuthenticated("missing")
-    if not is_well_formed(sid):  # never send junk to the store
-        raise NotAuthenticated("malformed")
-    sessions = request.app.state.sessions
-    # Only a store behind the network has a latency worth a histogram; a dict lookup would just pay for it.
-    lookup = sessions.get(sid)
-    session = await (lookup if MEMORY else timed("redis", "get", lookup))
+    sid, key = found
+    sessions = STORES.sessions
+    session = sessions.lookup(key) if MEMORY else await sessions.lookup(key)  # type: ignore[misc]
     if session is None:
         raise NotAuthenticated("unknown_session")
     return Principal(session.username, sid=sid, csrf=session.csrf)
@@ -175,7 +197,12 @@ def _cookie(name: str, value: str, max_age: int, http_only: bool) -> str:
 # (~45 µs per session request in `make bench`). Both get the same treatment, so the benchmark's baseline
 # stays comparable.
 async def whoami(request: Request) -> Response:
-    return JSONResponse({"replica": REPLICA, "auth_mode": settings.auth_mode, "session_store": settings.session_store})
+    response = JSONResponse(
+        {"replica": REPLICA, "auth_mode": settings.auth_mode, "session_store": settings.session_store}
+    )
+    # Not cacheable either: the answer is which replica answered, and a cache in between would hide the balancer.
+    response.raw_headers.append(NO_STORE_RAW)
+    return response
 
 
 @app.post("/api/register", status_code=201)
@@ -188,7 +215,6 @@ async def register(body: Credentials, request: Request) -> Response:
 
 @app.post("/api/login")
 async def login(body: LoginCredentials, request: Request) -> Response:
-    state = request.app.state
     upstream = await _call_auth(request, "/login", {**body.model_dump(), "client_ip": _client_ip(request)})
     if upstream.status_code != 200:
         return _relay_error(upstream)
@@ -200,11 +226,11 @@ async def login(body: LoginCredentials, request: Request) -> Response:
     try:
         old = single_cookie(request.scope["headers"], COOKIE)
         if old and is_well_formed(old):
-            await state.sessions.delete(old)
+            await STORES.sessions.delete(old)
     except (Ambiguous, StoreUnavailable):
         pass
     if settings.session_store is SessionStore.memory:
-        await state.sessions.put(data["sid"], Session(data["username"], data["csrf"], data["created"]))
+        await STORES.sessions.put(data["sid"], Session(data["username"], data["csrf"], data["created"]))
     response = JSONResponse(
         {"auth_mode": "session", "replica": REPLICA, "expires_in": data["expires_in"]}, headers=NO_STORE
     )
@@ -233,7 +259,6 @@ async def me(request: Request) -> Response:
 
 @app.post("/api/logout")
 async def logout(request: Request) -> Response:
-    state = request.app.state
     try:
         principal = await authenticate(request)
     except NotAuthenticated as exc:
@@ -256,7 +281,7 @@ async def logout(request: Request) -> Response:
         AUTH_FAILURES.labels("csrf").inc()
         return error(403, "CSRF token missing or wrong", NO_STORE)
     assert principal.sid is not None
-    await timed(settings.session_store, "delete", state.sessions.delete(principal.sid))
+    await timed(settings.session_store, "delete", STORES.sessions.delete(principal.sid))
     response = Response(status_code=204, headers=NO_STORE)
     response.headers.append("Set-Cookie", _cookie(COOKIE, "", 0, http_only=True))
     response.headers.append("Set-Cookie", _cookie(CSRF_COOKIE, "", 0, http_only=False))
