@@ -13,6 +13,7 @@ from typing import NamedTuple
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scaleout.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, get_settings
 from scaleout.credentials import Ambiguous, Malformed, bearer_token, header_value, single_cookie
@@ -129,9 +130,8 @@ async def _verify_jwt(token: str) -> Principal:
     return Principal(claims.sub, bearer=token)
 
 
-async def authenticate(request: Request) -> Principal:
+async def authenticate(headers: list[tuple[bytes, bytes]]) -> Principal:
     """The caller's identity, or NotAuthenticated; StoreUnavailable when the store cannot say."""
-    headers = request.scope["headers"]
     try:
         if JWT:
             token = bearer_token(headers)
@@ -151,6 +151,41 @@ async def authenticate(request: Request) -> Principal:
     if session is None:
         raise NotAuthenticated("unknown_session")
     return Principal(session.username, sid=sid, csrf=session.csrf)
+
+
+AUTH_OUTCOME = "scaleout.auth"
+AUTHENTICATED_ROUTES = frozenset({("GET", "/api/me"), ("HEAD", "/api/me"), ("POST", "/api/logout")})
+
+
+class Authenticate:
+    """Resolves the credential at the top of the middleware stack, for the routes that need one.
+
+    As with Starlette's AuthenticationMiddleware, the outcome goes into the scope for the endpoint. Doing it
+    here matters for a store behind the network: a request waiting on Redis is suspended and resumed through
+    every frame between the event loop and its `await`, a handful here against about twenty inside the
+    endpoint (`make bench`, session/redis).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["method"], scope["path"]) in AUTHENTICATED_ROUTES:
+            try:
+                scope[AUTH_OUTCOME] = await authenticate(scope["headers"])
+            except (NotAuthenticated, StoreUnavailable) as exc:
+                scope[AUTH_OUTCOME] = exc
+        await self.app(scope, receive, send)
+
+
+async def current_principal(request: Request) -> Principal:
+    """What `Authenticate` found (raising what it caught), or a fresh check on a route it does not cover."""
+    outcome = request.scope.get(AUTH_OUTCOME)
+    if outcome is None:
+        return await authenticate(request.scope["headers"])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _client_ip(request: Request) -> str:
@@ -242,7 +277,7 @@ async def login(body: LoginCredentials, request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     try:
-        principal = await authenticate(request)
+        principal = await current_principal(request)
     except NotAuthenticated as exc:
         return unauthorized(exc.reason)
     response = JSONResponse(
@@ -260,7 +295,7 @@ async def me(request: Request) -> Response:
 @app.post("/api/logout")
 async def logout(request: Request) -> Response:
     try:
-        principal = await authenticate(request)
+        principal = await current_principal(request)
     except NotAuthenticated as exc:
         return unauthorized(exc.reason)
 
@@ -301,3 +336,4 @@ async def refresh(body: RefreshRequest, request: Request) -> Response:
 app.add_route("/api/whoami", whoami, methods=["GET"])
 app.add_route("/api/me", me, methods=["GET"])
 add_identity(app, REPLICA, {"X-Replica": REPLICA})
+app.add_middleware(Authenticate)  # outermost of ours: see its docstring
