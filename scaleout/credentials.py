@@ -51,15 +51,18 @@ def single_cookie_raw(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> by
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The token of a single `Authorization: Bearer` header; None when there is none or it is another scheme."""
-    values = [v for k, v in headers if k == b"authorization"]
-    if not values:
+    found: bytes | None = None
+    for key, value in headers:
+        if key == b"authorization":
+            if found is not None:
+                raise Ambiguous("authorization")
+            found = value
+    if found is None:
         return None
-    if len(values) > 1:
-        raise Ambiguous("authorization")
-    scheme, _, token = values[0].decode("latin-1").partition(" ")
-    if scheme.lower() != "bearer":
+    scheme, _, token = found.partition(b" ")
+    if scheme.lower() != b"bearer":
         return None
-    return token.strip() or None
+    return token.strip().decode("latin-1") or None
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
