@@ -296,74 +296,83 @@ def signing_cost(workdir: Path) -> dict[str, float]:
     return out
 
 
+def _ratio_summary(ratios: list[float]) -> dict[str, float]:
+    return {
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+    }
+
+
 def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None) -> dict[str, Any]:
-    # Many short pairs rather than a few long ones: on a shared 2-vCPU machine the speed of the same
-    # endpoint drifts by +-20% from one run to the next, and the median of more pairs moves less.
-    seconds, n_pairs, users = (1.0, 1, 8) if quick else (2.0, 10, 32)
+    # Many short pairs on several fresh clusters per mode, rather than a few long runs on one: on a shared
+    # 2-vCPU machine the CPU cost of the very same request drifts by +-20% within seconds (even with the
+    # replica alone on a pinned CPU), and one replica process can run 10-15% slower than the next for its
+    # whole life. So the two runs of a pair are close in time, and the pairs of a mode come from 3 processes.
+    seconds, n_pairs, clusters, users = (1.0, 1, 1, 8) if quick else (1.0, 7, 3, 32)
     modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
-    results: dict[str, Any] = {"settings": {"seconds": seconds, "pairs": n_pairs, "users": users, "wrk": "-t1 -c32"}}
+    results: dict[str, Any] = {
+        "settings": {"seconds": seconds, "pairs": n_pairs * clusters, "clusters": clusters, "users": users},
+    }
+    results["settings"]["wrk"] = "-t1 -c32"
+    control: list[float] = []
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
         workdir = Path(tmp)
         for mode in modes:
-            say(f"bench {mode}")
-            cluster = Cluster(
-                isolated_settings(
-                    workdir / mode.replace(" ", "_").replace("/", "-"),
-                    replicas=1,
-                    throttle_ip_max=1_000_000,
-                    **MODES[mode],
+            runs_a: list[dict[str, Any]] = []
+            runs_b: list[dict[str, Any]] = []
+            ratios: list[float] = []
+            ref_runs: list[dict[str, Any]] = []
+            our_runs: list[dict[str, Any]] = []
+            ref_ratios: list[float] = []
+            for k in range(clusters):
+                say(f"bench {mode} ({k + 1}/{clusters})")
+                slug = mode.replace(" ", "_").replace("/", "-")
+                cluster = Cluster(
+                    isolated_settings(workdir / f"{slug}-{k}", replicas=1, throttle_ip_max=1_000_000, **MODES[mode])
                 )
-            )
-            cluster.up()
-            try:
-                header, creds = _credentials(cluster, users)
-                base = Target(cluster.settings.public_url, "/api/whoami")
-                me = Target(cluster.settings.public_url, "/api/me", header, creds)
-                procs = _processes(cluster)
-                wrk_run(base, 0.5, procs, workdir)  # warm-up
-                wrk_run(me, 0.5, procs, workdir)
-                if not quick and "control" not in results:
-                    # The same endpoint against itself: how far from 1.0 a ratio strays by noise alone.
-                    _, _, noise = pairs(base, base, n_pairs, seconds, procs, workdir)
-                    results["control"] = {
-                        "mode": mode,
-                        "ratio_median": round(statistics.median(noise), 3),
-                        "ratio_min": round(min(noise), 3),
-                        "ratio_max": round(max(noise), 3),
-                    }
-                runs_a, runs_b, ratios = pairs(base, me, n_pairs, seconds, procs, workdir)
-                results[mode] = {
-                    "baseline": _summary(runs_a),
-                    "me": _summary(runs_b),
-                    "ratio_median": round(statistics.median(ratios), 3),
-                    "ratio_min": round(min(ratios), 3),
-                    "ratio_max": round(max(ratios), 3),
-                }
-                # The price of the check itself: the replica's CPU per /api/me beyond the no-auth request.
-                results[mode]["auth_check_us"] = round(
-                    results[mode]["me"]["cpu_us_per_request"]["api"]
-                    - results[mode]["baseline"]["cpu_us_per_request"]["api"],
-                    1,
-                )
-                if mode == "jwt RS256":
-                    results["login"] = login_cost(cluster, 5 if quick else 20)
-                    direct = Target(f"http://127.0.0.1:{cluster.settings.api_port('api-1')}", "/api/me", header, creds)
-                    pem = httpx.get(f"{cluster.settings.public_url}/auth/.well-known/jwks.json").json()
-                    from jose import jwk as jose_jwk
+                cluster.up()
+                try:
+                    header, creds = _credentials(cluster, users)
+                    base = Target(cluster.settings.public_url, "/api/whoami")
+                    me = Target(cluster.settings.public_url, "/api/me", header, creds)
+                    procs = _processes(cluster)
+                    wrk_run(base, 0.5, procs, workdir)  # warm-up
+                    wrk_run(me, 0.5, procs, workdir)
+                    if not quick and mode == modes[0]:
+                        # The same endpoint against itself: how far from 1.0 a ratio strays by noise alone.
+                        control += pairs(base, base, n_pairs, seconds, procs, workdir)[2]
+                    a, b, r = pairs(base, me, n_pairs, seconds, procs, workdir)
+                    runs_a, runs_b, ratios = runs_a + a, runs_b + b, ratios + r
+                    if mode == "jwt RS256":
+                        if k == 0:
+                            results["login"] = login_cost(cluster, 5 if quick else 20)
+                        port = cluster.settings.api_port("api-1")
+                        direct = Target(f"http://127.0.0.1:{port}", "/api/me", header, creds)
+                        jwks = httpx.get(f"{cluster.settings.public_url}/auth/.well-known/jwks.json").json()
+                        from jose import jwk as jose_jwk
 
-                    public_pem = jose_jwk.construct(pem["keys"][0], "RS256").to_pem().decode()
-                    with reference_app(workdir, public_pem) as ref_url:
-                        ref = Target(ref_url, "/api/me", header, creds)
-                        ref_runs, our_runs, ref_ratios = pairs(ref, direct, n_pairs, seconds, procs, workdir)
-                    reference = _summary(ref_runs)
-                    results["reference"] = {
-                        "reference_rps": reference["rps"],
-                        "ours_direct_rps": _summary(our_runs)["rps"],
-                        "ours_over_reference": round(statistics.median(ref_ratios), 3),
-                        "reference_errors": reference["errors"],
-                    }
-            finally:
-                cluster.down()
+                        public_pem = jose_jwk.construct(jwks["keys"][0], "RS256").to_pem().decode()
+                        with reference_app(workdir, public_pem) as ref_url:
+                            ref = Target(ref_url, "/api/me", header, creds)
+                            a, b, r = pairs(ref, direct, n_pairs, seconds, procs, workdir)
+                        ref_runs, our_runs, ref_ratios = ref_runs + a, our_runs + b, ref_ratios + r
+                finally:
+                    cluster.down()
+            results[mode] = {"baseline": _summary(runs_a), "me": _summary(runs_b), **_ratio_summary(ratios)}
+            # The price of the check itself: the replica's CPU per /api/me beyond the no-auth request.
+            cpu_me, cpu_base = (results[mode][side]["cpu_us_per_request"]["api"] for side in ("me", "baseline"))
+            results[mode]["auth_check_us"] = round(cpu_me - cpu_base, 1)
+            if control and "control" not in results:
+                results["control"] = {"mode": mode, **_ratio_summary(control)}
+            if ref_runs:
+                reference = _summary(ref_runs)
+                results["reference"] = {
+                    "reference_rps": reference["rps"],
+                    "ours_direct_rps": _summary(our_runs)["rps"],
+                    "ours_over_reference": round(statistics.median(ref_ratios), 3),
+                    "reference_errors": reference["errors"],
+                }
         results["signing_ms"] = signing_cost(workdir)
     return results
 
@@ -376,7 +385,8 @@ def write(results: dict[str, Any], out: Path) -> list[str]:
         "# scaleout bench",
         "",
         f"wrk {results['settings']['wrk']}, {results['settings']['seconds']} s per run, "
-        f"{results['settings']['pairs']} interleaved pairs per mode (A B, B A, ...), one replica behind nginx.",
+        f"{results['settings']['pairs']} interleaved pairs per mode (A B, B A, ...) from "
+        f"{results['settings']['clusters']} fresh clusters, each one replica behind nginx.",
         "",
         "| mode | /api/me req/s | /api/whoami req/s | ratio (median) | min-max | p50 ms | p99 ms | p99.9 ms "
         "| errors | CPU µs/req (api, nginx, redis; wrk) | auth check µs/req |",

@@ -21,6 +21,7 @@ def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:
             assert r[side]["errors"] == 0, (mode, side)
             assert r[side]["p50_ms"] > 0 and r[side]["p99_ms"] >= r[side]["p50_ms"]
             assert r[side]["cpu_us_per_request"]["api"] > 0
+            assert r[side]["cpu_us_per_request"]["wrk (client)"] > 0
         assert r["ratio_min"] <= r["ratio_median"] <= r["ratio_max"]
     assert results["reference"]["reference_rps"] > 0 and results["reference"]["reference_errors"] == 0
     assert results["login"]["argon2"] == {"time_cost": 2, "memory_kib": 19456, "parallelism": 1}
