@@ -26,8 +26,6 @@ from scaleout.sessions import (
     Session,
     SessionCookie,
     is_well_formed,
-    memory_key,
-    redis_key,
 )
 from scaleout.store import Coalescer, Denylist, StoreUnavailable, make_redis
 from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
@@ -38,7 +36,7 @@ REPLICA = settings.replica_id
 JWT = settings.auth_mode is AuthMode.jwt
 MEMORY = settings.session_store is SessionStore.memory
 COOKIE = settings.cookie_name
-SESSION_COOKIE = SessionCookie(COOKIE, memory_key if MEMORY else redis_key)
+SESSION_COOKIE = SessionCookie(COOKIE, (MemorySessions if MEMORY else RedisSessions).key)
 CSRF_COOKIE = "csrf_token"
 NO_STORE = {"Cache-Control": "no-store"}
 NO_STORE_RAW = (b"cache-control", b"no-store")
