@@ -331,6 +331,7 @@ def live_switch(ctx: Context) -> dict[str, Any]:
     with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin") as c:
         url = c.settings.public_url
         records: list[tuple[float, str, int]] = []
+        failures = Counter[str]()  # what went wrong, by status code or exception, for the report
         stop = threading.Event()
 
         retried = Counter[str]()
@@ -340,9 +341,10 @@ def live_switch(ctx: Context) -> dict[str, Any]:
                 return httpx.get(f"{url}/api/whoami", timeout=5.0)
             try:
                 return client.get("/api/whoami")
-            except httpx.RemoteProtocolError:
-                # A retiring nginx worker closed this idle keep-alive connection as the request went out;
-                # like browsers (RFC 9112 9.3.1), retry an idempotent request once on a new connection.
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # A retiring nginx worker closed (or reset) this idle keep-alive connection as the request
+                # went out; like browsers (RFC 9112 9.3.1), retry an idempotent request once on a new
+                # connection. Counted, and reported: it is the client's side of a reload.
                 retried["keepalive_closed"] += 1
                 return client.get("/api/whoami")
 
@@ -352,8 +354,11 @@ def live_switch(ctx: Context) -> dict[str, Any]:
                 try:
                     r = get(client, fresh)
                     records.append((time.monotonic(), r.headers.get("x-replica", "-"), r.status_code))
-                except httpx.HTTPError:
+                    if r.status_code != 200:
+                        failures[f"{'fresh' if fresh else 'keep-alive'}: HTTP {r.status_code}"] += 1
+                except httpx.HTTPError as exc:
                     records.append((time.monotonic(), "-", 599))
+                    failures[f"{'fresh' if fresh else 'keep-alive'}: {type(exc).__name__}"] += 1
             client.close()
 
         threads = [threading.Thread(target=loop, args=(i % 2 == 0,)) for i in range(4)]
@@ -389,6 +394,7 @@ def live_switch(ctx: Context) -> dict[str, Any]:
         "switches": switches,
         "requests": len(records),
         "failed": sum(r[2] != 200 for r in records),
+        "failures": dict(failures),
         "keepalive_retries": retried["keepalive_closed"],
     }
 

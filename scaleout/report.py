@@ -171,9 +171,12 @@ def readings(results: dict[str, Any]) -> list[str]:
         steps = ", ".join(
             f"{w['from']}→{w['to']}: {w['failed']} failed of {w['requests_around_reload']}" for w in s["switches"]
         )
+        failures = "; ".join(f"{n} x {what}" for what, n in s.get("failures", {}).items())
         out.append(
-            f"**Live balancer switch** under load ({s['requests']} requests in all, {s['failed']} failed): {steps}. "
-            "nginx tests the new config, reloads gracefully, and old workers finish their requests."
+            f"**Live balancer switch** under load ({s['requests']} requests in all, {s['failed']} failed"
+            f"{': ' + failures if failures else ''}): {steps}. nginx tests the new config, reloads gracefully, and "
+            f"old workers finish their requests; {s.get('keepalive_retries', 0)} keep-alive request(s) met a "
+            "connection a retiring worker had just closed and were retried once on a new one, as browsers do."
         )
     return out
 
