@@ -17,19 +17,6 @@ class Malformed(Exception):
     """The credential is not even of the right shape, so no store is asked about it."""
 
 
-def cookie_values(headers: Iterable[tuple[bytes, bytes]], name: str) -> list[str]:
-    wanted = name.encode()
-    found: list[str] = []
-    for key, value in headers:
-        if key != b"cookie":
-            continue
-        for part in value.split(b";"):
-            k, sep, v = part.strip().partition(b"=")
-            if sep and k == wanted:
-                found.append(v.decode("latin-1"))
-    return found
-
-
 def single_cookie(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
     raw = single_cookie_raw(headers, name.encode())
     return None if raw is None else raw.decode("latin-1")
