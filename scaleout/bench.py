@@ -312,9 +312,14 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
     seconds, n_pairs, clusters, users = (1.0, 1, 1, 8) if quick else (1.0, 7, 3, 32)
     modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
     results: dict[str, Any] = {
-        "settings": {"seconds": seconds, "pairs": n_pairs * clusters, "clusters": clusters, "users": users},
+        "settings": {
+            "seconds": seconds,
+            "pairs": n_pairs * clusters,
+            "clusters": clusters,
+            "users": users,
+            "wrk": "-t1 -c32",
+        },
     }
-    results["settings"]["wrk"] = "-t1 -c32"
     control: list[float] = []
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
         workdir = Path(tmp)

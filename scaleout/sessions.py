@@ -190,7 +190,7 @@ class RedisSessions:
         return await self.lookup(session_key(sid))
 
     async def lookup(self, key: str) -> Session | None:
-        raw = await self.coalescer.read("GETEX", key, "EX", self.idle_ttl, what=UNAVAILABLE)
+        raw = await redis_call(lambda: self.coalescer.call("GETEX", key, "EX", self.idle_ttl), UNAVAILABLE)
         if raw is None:
             return None
         session = self._decoded.get(raw)  # type: ignore[call-overload]

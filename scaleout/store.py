@@ -77,16 +77,6 @@ class Coalescer(PipelinedConnection):
             on_round_trip=on_round_trip,
         )
 
-    async def read(self, *command: object, what: str = "shared store unavailable") -> object:
-        """One pipelined command under `redis_call`'s rules, inlined: this runs on every request."""
-        try:
-            try:
-                return await self.call(*command)
-            except RedisConnectionError:
-                return await self.call(*command)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(what) from exc
-
 
 class Denylist:
     """Revoked access-token IDs (`jti`), each kept until the token would have expired anyway."""
@@ -100,7 +90,7 @@ class Denylist:
         await redis_call(lambda: self.redis.set(f"deny:{jti}", b"1", ex=ttl))
 
     async def contains(self, jti: str) -> bool:
-        return bool(await self.coalescer.read("EXISTS", "deny:" + jti))
+        return bool(await redis_call(lambda: self.coalescer.call("EXISTS", "deny:" + jti)))
 
 
 class RefreshOutcome(StrEnum):
