@@ -1,3 +1,3 @@
-from scaleout.cli import app
+from scaleout.lab.cli import app
 
 app()

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from helpers import HOST, cluster_settings, free_ports, wait_for_port
 
-from scaleout.config import Settings
-from scaleout.runner import Cluster, redis_args, require_program
+from scaleout.core.config import Settings
+from scaleout.lab.runner import Cluster, redis_args, require_program
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from scaleout.config import Settings
-from scaleout.runner import Cluster, isolated_settings
-from scaleout.runner import free_ports as runner_free_ports
+from scaleout.core.config import Settings
+from scaleout.lab.runner import Cluster, isolated_settings
+from scaleout.lab.runner import free_ports as runner_free_ports
 
 HOST = "127.0.0.1"
 PASSWORD = "correct horse battery"
@@ -103,7 +103,7 @@ def decode_part(token: str, index: int) -> dict:
 
 def signing_key(cluster: Cluster):
     """The auth service's current signing key, read from the cluster's key ring on disk."""
-    from scaleout.keys import KeyRing, hs256_key
+    from scaleout.core.keys import KeyRing, hs256_key
 
     s = cluster.settings
     if s.jwt_alg == "HS256":
@@ -129,7 +129,7 @@ def valid_claims(cluster: Cluster, sub: str, **changes: object) -> dict:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`python -m scaleout …` as CI runs it: no terminal, CI=true, nothing on stdin."""
-    from scaleout.config import ROOT
+    from scaleout.core.config import ROOT
 
     return subprocess.run(
         [sys.executable, "-m", "scaleout", *args],

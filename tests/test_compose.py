@@ -20,9 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
-from scaleout.cli import app as cli_app
-from scaleout.config import ROOT, Settings
-from scaleout.runner import redis_args, require_program
+from scaleout.core.config import ROOT, Settings
+from scaleout.lab.cli import app as cli_app
+from scaleout.lab.runner import redis_args, require_program
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(sys.prefix) / "share" / "compose_spec.json"

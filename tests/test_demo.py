@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from scaleout.report import COLUMNS, parse_markdown_table
+from scaleout.lab.report import COLUMNS, parse_markdown_table
 
 pytestmark = pytest.mark.integration
 

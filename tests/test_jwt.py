@@ -8,7 +8,7 @@ import time
 import pytest
 from helpers import bearer, client, decode_part, forge, new_user, signing_key, spread, valid_claims
 
-from scaleout.runner import Cluster
+from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import bearer, client, decode_part, new_user, spread
 
-from scaleout.runner import Cluster
+from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
 

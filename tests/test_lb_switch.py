@@ -12,7 +12,7 @@ import httpx
 import pytest
 from helpers import client
 
-from scaleout.runner import Cluster
+from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import cluster_settings
 
-from scaleout.config import LBMode
-from scaleout.nginx import render
-from scaleout.runner import Cluster, ClusterError, require_program, settings_env
+from scaleout.core.config import LBMode
+from scaleout.lab.nginx import render
+from scaleout.lab.runner import Cluster, ClusterError, require_program, settings_env
 
 
 def test_a_missing_program_is_named_with_the_fix() -> None:

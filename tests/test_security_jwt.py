@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from helpers import b64, bearer, client, decode_part, forge, new_user, signing_key, valid_claims
 
-from scaleout.runner import Cluster, ClusterError
+from scaleout.lab.runner import Cluster, ClusterError
 
 pytestmark = pytest.mark.integration
 

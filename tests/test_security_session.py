@@ -12,9 +12,9 @@ import pytest
 import redis
 from helpers import PASSWORD, client, login, new_user, new_username, register
 
-from scaleout.runner import Cluster
-from scaleout.sessions import new_session_id
-from scaleout.users import Users
+from scaleout.core.sessions import new_session_id
+from scaleout.core.users import Users
+from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
 GENERIC_401 = {"detail": "not authenticated"}

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from helpers import client, login, new_user, spread
 
-from scaleout.config import LBMode
-from scaleout.runner import Cluster
+from scaleout.core.config import LBMode
+from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
 

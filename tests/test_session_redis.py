@@ -6,7 +6,7 @@ import httpx
 import pytest
 from helpers import client, new_user, spread
 
-from scaleout.runner import Cluster
+from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
 

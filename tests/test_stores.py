@@ -8,9 +8,9 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from scaleout.config import Settings
-from scaleout.credentials import Ambiguous, Malformed, bearer_token, single_cookie
-from scaleout.sessions import (
+from scaleout.core.config import Settings
+from scaleout.core.credentials import Ambiguous, Malformed, bearer_token, single_cookie
+from scaleout.core.sessions import (
     MemorySessions,
     RedisSessions,
     Session,
@@ -21,7 +21,15 @@ from scaleout.sessions import (
     redis_key,
     session_key,
 )
-from scaleout.store import Coalescer, Denylist, RefreshOutcome, RefreshTokens, StoreUnavailable, Throttle, make_redis
+from scaleout.core.store import (
+    Coalescer,
+    Denylist,
+    RefreshOutcome,
+    RefreshTokens,
+    StoreUnavailable,
+    Throttle,
+    make_redis,
+)
 
 
 def run(coro):

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import serialization
 from helpers import b64, forge
 from jose import jwk
 
-from scaleout.config import JWTAlg
-from scaleout.keys import BoundKey, KeyRing, KeyUnusable, hs256_key, keys_from_jwks
-from scaleout.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, UnknownKid
+from scaleout.core.config import JWTAlg
+from scaleout.core.keys import BoundKey, KeyRing, KeyUnusable, hs256_key, keys_from_jwks
+from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, UnknownKid
 
 ISS, AUD = "scaleout-auth", "scaleout-api"
 

@@ -1,337 +1,367 @@
 """An API replica: answers `/api/*`, checks credentials itself, and asks the auth service to log people in.
 
-Which replica answered is in every response (`X-Replica`), so the demo and the tests can see the balancer.
+What "checks credentials" means is the `Authenticator` chosen once at start-up from the settings
+(`scaleout.core.authn`); nothing below asks which mode it is in. Which replica answered is in every response
+(`X-Replica`), so the demo and the tests can see the balancer.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import Annotated
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Path, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from scaleout.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, get_settings
-from scaleout.credentials import Ambiguous, Malformed, bearer_token, header_value, single_cookie
-from scaleout.jwks import JWKSClient
-from scaleout.keys import hs256_key
-from scaleout.schemas import Credentials, LoginCredentials, RefreshRequest
-from scaleout.sessions import (
-    MemorySessions,
-    RedisSessions,
-    Session,
-    SessionCookie,
-    is_well_formed,
+from scaleout.core.authn import (
+    NO_STORE,
+    Authenticator,
+    JWTAuthenticator,
+    LoginGrant,
+    MemorySessionAuthenticator,
+    NotAuthenticated,
+    Principal,
+    RedisSessionAuthenticator,
+    forget_cookies,
 )
-from scaleout.store import Coalescer, Denylist, StoreUnavailable, make_redis
-from scaleout.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
-from scaleout.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap, store_timer, timed
+from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, Settings, get_settings
+from scaleout.core.credentials import header_value
+from scaleout.core.jwks import JWKSClient
+from scaleout.core.keys import hs256_key
+from scaleout.core.schemas import (
+    Credentials,
+    LoginCredentials,
+    LogoutAll,
+    Me,
+    PasswordConfirmation,
+    RefreshRequest,
+    SessionList,
+    TokenPair,
+    WhoAmI,
+)
+from scaleout.core.sessions import HANDLE, MemorySessions, RedisSessions, SessionMAC
+from scaleout.core.store import Coalescer, Denylist, RefreshTokens, StoreUnavailable, make_redis
+from scaleout.core.tokens import TokenKind, TokenVerifier
+from scaleout.core.web import (
+    AUTH_FAILURES,
+    JSONResponse,
+    add_identity,
+    create_app,
+    error,
+    install_docs,
+    settle_heap,
+    store_timer,
+)
 
-settings = get_settings()
-REPLICA = settings.replica_id
-JWT = settings.auth_mode is AuthMode.jwt
-MEMORY = settings.session_store is SessionStore.memory
-COOKIE = settings.cookie_name
-SESSION_COOKIE = SessionCookie(COOKIE, (MemorySessions if MEMORY else RedisSessions).key)
-CSRF_COOKIE = "csrf_token"
-NO_STORE = {"Cache-Control": "no-store"}
 NO_STORE_RAW = (b"cache-control", b"no-store")
-CHALLENGE = 'Bearer realm="scaleout"' if JWT else 'Cookie realm="scaleout", cookie-name="sid"'
-
-
-class NotAuthenticated(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Principal(NamedTuple):  # a NamedTuple builds in a third of a frozen dataclass's time
-    username: str
-    sid: str | None = None  # session mode
-    csrf: str | None = None  # session mode
-    bearer: str | None = None  # jwt mode
-
-
-class Stores:
-    """What every request reads, built once by `lifespan`: plain slots, not Starlette's `State` lookups."""
-
-    __slots__ = ("denylist", "jwks", "sessions", "verifier")
-    sessions: MemorySessions | RedisSessions
-    denylist: Denylist | None
-    verifier: TokenVerifier
-    jwks: JWKSClient | None
-
-
-STORES = Stores()
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state = app.state
-    state.http = httpx.AsyncClient(
-        base_url=settings.auth_base_url,
-        timeout=httpx.Timeout(10.0, connect=1.0),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-    )
-    state.redis = make_redis(settings)
-    # The per-request reads: one lean pipelined connection per process, timed once per round trip.
-    reads = Coalescer(state.redis, on_round_trip=store_timer("redis", "read").observe)
-    stores = STORES
-    if settings.session_store is SessionStore.redis:
-        stores.sessions = RedisSessions(state.redis, reads, settings.session_idle_ttl, settings.session_absolute_ttl)
-    else:
-        stores.sessions = MemorySessions(settings.session_idle_ttl, settings.session_absolute_ttl)
-    stores.denylist = Denylist(state.redis, reads) if settings.jwt_revocation is JWTRevocation.denylist else None
-    stores.verifier = TokenVerifier(
-        {}, settings.jwt_issuer, settings.jwt_audience, settings.jwt_leeway, settings.jwt_max_bytes
-    )
-    stores.jwks = None
-    if JWT and settings.jwt_alg is JWTAlg.HS256:
-        key = hs256_key(settings.jwt_secret)
-        stores.verifier.set_keys({key.kid: key})
-    elif JWT:
-        stores.jwks = JWKSClient(state.http, settings.jwt_alg, stores.verifier)
-        # Fetched once here: afterwards this replica verifies tokens with the auth service down.
-        await stores.jwks.fetch_until_ready(timeout=20.0)
-    settle_heap()
-    yield
-    await state.http.aclose()
-    await reads.aclose()
-    await state.redis.aclose()
-
-
-app = create_app(REPLICA, lifespan=lifespan)
-
-
-def unauthorized(reason: str) -> JSONResponse:
-    AUTH_FAILURES.labels(reason).inc()
-    return error(401, "not authenticated", {"WWW-Authenticate": CHALLENGE, **NO_STORE})
-
-
-async def _verify_jwt(token: str) -> Principal:
-    stores = STORES
-    try:
-        try:
-            claims = stores.verifier.verify(token, TokenKind.access)
-        except UnknownKid as exc:
-            if stores.jwks is None or not await stores.jwks.refresh_for_unknown_kid(exc.kid):
-                raise
-            claims = stores.verifier.verify(token, TokenKind.access)
-    except TokenError as exc:
-        raise NotAuthenticated(exc.reason) from exc
-    if stores.denylist is not None and await stores.denylist.contains(claims.jti):
-        raise NotAuthenticated("revoked")
-    return Principal(claims.sub, bearer=token)
-
-
-async def authenticate(headers: list[tuple[bytes, bytes]]) -> Principal:
-    """The caller's identity, or NotAuthenticated; StoreUnavailable when the store cannot say."""
-    try:
-        if JWT:
-            token = bearer_token(headers)
-            if token is None:
-                raise NotAuthenticated("missing")
-            return await _verify_jwt(token)
-        found = SESSION_COOKIE.read(headers)
-    except Ambiguous as exc:
-        raise NotAuthenticated("ambiguous") from exc
-    except Malformed as exc:  # never send junk to the store
-        raise NotAuthenticated("malformed") from exc
-    if found is None:
-        raise NotAuthenticated("missing")
-    sid, key = found
-    sessions = STORES.sessions
-    session = sessions.lookup(key) if MEMORY else await sessions.lookup(key)  # type: ignore[misc]
-    if session is None:
-        raise NotAuthenticated("unknown_session")
-    return Principal(session.username, sid=sid, csrf=session.csrf)
-
-
 AUTH_OUTCOME = "scaleout.auth"
 AUTHENTICATED_ROUTES = frozenset({("GET", "/api/me"), ("HEAD", "/api/me"), ("POST", "/api/logout")})
+
+
+def token_verifier(settings: Settings) -> TokenVerifier:
+    return TokenVerifier(
+        {},
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        settings.jwt_leeway,
+        settings.jwt_max_bytes,
+        {TokenKind.access: settings.access_ttl, TokenKind.refresh: settings.refresh_ttl},
+    )
+
+
+async def build_authenticator(
+    settings: Settings, redis: object, reads: Coalescer, http: httpx.AsyncClient
+) -> Authenticator:
+    """The one place that looks at AUTH_MODE and SESSION_STORE."""
+    from redis.asyncio import Redis
+
+    assert isinstance(redis, Redis)
+    if settings.auth_mode is AuthMode.jwt:
+        verifier = token_verifier(settings)
+        jwks = None
+        if settings.jwt_alg is JWTAlg.HS256:
+            key = hs256_key(settings.hs256_secret())
+            verifier.set_keys({key.kid: key})
+        else:
+            jwks = JWKSClient(http, settings.jwt_alg, verifier, refresh_interval=settings.jwks_refresh_interval)
+            # Fetched here first: afterwards this replica verifies tokens with the auth service down.
+            await jwks.fetch_until_ready(timeout=20.0)
+            jwks.start()
+        denylist = (
+            Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway)
+            if settings.jwt_revocation is JWTRevocation.denylist
+            else None
+        )
+        refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user)
+        return JWTAuthenticator(verifier, jwks, denylist, refresh)
+    if settings.session_store is SessionStore.memory:
+        memory = MemorySessions(
+            settings.session_idle_ttl, settings.session_absolute_ttl, settings.max_sessions_per_user
+        )
+        return MemorySessionAuthenticator(settings, memory)
+    mac = SessionMAC(settings.secret("session_key").encode())
+    shared = RedisSessions(
+        redis,
+        reads,
+        settings.session_idle_ttl,
+        settings.session_absolute_ttl,
+        mac,
+        settings.max_sessions_per_user,
+    )
+    return RedisSessionAuthenticator(settings, shared)
+
+
+class Replica:
+    """What every request reads, built once by the lifespan: plain slots, not Starlette's `State` lookups."""
+
+    __slots__ = ("authn", "http")
+    authn: Authenticator
+    http: httpx.AsyncClient
 
 
 class Authenticate:
     """Resolves the credential at the top of the middleware stack, for the routes that need one.
 
-    As with Starlette's AuthenticationMiddleware, the outcome goes into the scope for the endpoint. Doing it
-    here matters for a store behind the network: a request waiting on Redis is suspended and resumed through
-    every frame between the event loop and its `await`, a handful here against about twenty inside the
-    endpoint (`make bench`, session/redis).
+    As with Starlette's AuthenticationMiddleware, the backend is handed in and the outcome goes into the
+    scope for the endpoint. Doing it here matters for a store behind the network: a request waiting on
+    Redis is suspended and resumed through every frame between the event loop and its `await`, a handful
+    here against about twenty inside the endpoint.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, replica: Replica) -> None:
         self.app = app
+        self.replica = replica
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (scope["method"], scope["path"]) in AUTHENTICATED_ROUTES:
             try:
-                scope[AUTH_OUTCOME] = await authenticate(scope["headers"])
+                scope[AUTH_OUTCOME] = await self.replica.authn.authenticate(scope["headers"])
             except (NotAuthenticated, StoreUnavailable) as exc:
                 scope[AUTH_OUTCOME] = exc
         await self.app(scope, receive, send)
 
 
-async def current_principal(request: Request) -> Principal:
-    """What `Authenticate` found (raising what it caught), or a fresh check on a route it does not cover."""
-    outcome = request.scope.get(AUTH_OUTCOME)
-    if outcome is None:
-        return await authenticate(request.scope["headers"])
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+def create_api_app(settings: Settings) -> FastAPI:
+    name = settings.replica_id
+    replica = Replica()
+    mode_fields = {"auth_mode": settings.auth_mode, "session_store": settings.session_store}
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        replica.http = httpx.AsyncClient(
+            base_url=settings.auth_base_url,
+            timeout=httpx.Timeout(10.0, connect=1.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        redis = make_redis(settings)
+        # The per-request reads: one lean pipelined connection per process, timed once per round trip.
+        reads = Coalescer(redis, on_round_trip=store_timer("redis", "read").observe)
+        replica.authn = await build_authenticator(settings, redis, reads, replica.http)
+        settle_heap()
+        yield
+        await replica.authn.aclose()
+        await replica.http.aclose()
+        await reads.aclose()
+        await redis.aclose()
 
-def _client_ip(request: Request) -> str:
-    # nginx overwrites X-Real-IP with the address it saw; X-Forwarded-For is the client's to forge.
-    return header_value(request.scope["headers"], b"x-real-ip") or (
-        request.client.host if request.client else "unknown"
-    )
+    app = create_app(name, lifespan=lifespan)
 
+    def unauthorized(reason: str) -> JSONResponse:
+        AUTH_FAILURES.labels(reason).inc()
+        return error(401, "not authenticated", {"WWW-Authenticate": replica.authn.challenge, **NO_STORE})
 
-async def _call_auth(request: Request, path: str, json: dict[str, object], **kw: object) -> httpx.Response:
-    try:
-        return await request.app.state.http.post(path, json=json, **kw)
-    except httpx.HTTPError as exc:
-        raise StoreUnavailable("auth service unavailable") from exc
+    async def current_principal(request: Request) -> Principal:
+        """What `Authenticate` found (raising what it caught), or a fresh check on a route it does not cover."""
+        outcome = request.scope.get(AUTH_OUTCOME)
+        if outcome is None:
+            return await replica.authn.authenticate(request.scope["headers"])
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert isinstance(outcome, Principal)
+        return outcome
 
+    async def writer(request: Request) -> Principal | Response:
+        """The caller of a state-changing request, or the 401/403 that refuses it."""
+        try:
+            principal = await current_principal(request)
+        except NotAuthenticated as exc:
+            return unauthorized(exc.reason)
+        if not replica.authn.allows_write(request.scope["headers"], principal):
+            AUTH_FAILURES.labels("csrf").inc()
+            return error(403, "CSRF token missing or wrong", NO_STORE)
+        return principal
 
-def _relay_error(upstream: httpx.Response) -> JSONResponse:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
-    if upstream.status_code >= 500:
-        return error(503, "auth service unavailable", {"Retry-After": "1"})
-    try:
-        detail = str(upstream.json().get("detail", "request refused"))
-    except ValueError:
-        detail = "request refused"
-    return error(upstream.status_code, detail, headers)
+    def client_ip(request: Request) -> str:
+        # nginx overwrites X-Real-IP with the address it saw; X-Forwarded-For is the client's to forge.
+        return (
+            header_value(request.scope["headers"], b"x-real-ip") or (request.client.host if request.client else "")
+        )[:64] or "unknown"
 
+    def user_agent(request: Request) -> str:
+        return (header_value(request.scope["headers"], b"user-agent") or "")[:256]
 
-def _same(a: str, b: str) -> bool:
-    # compare_digest refuses non-ASCII str; header bytes arrive as latin-1, so compare those bytes.
-    return secrets.compare_digest(a.encode("latin-1", "replace"), b.encode("latin-1", "replace"))
+    async def call_auth(path: str, json: dict[str, object], headers: dict[str, str]) -> Response | None:
+        """POST to the auth service: None when it agreed, else the error response to hand on."""
+        upstream = await post_auth(path, json, headers)
+        return None if upstream.status_code in (200, 201, 204) else relay_error(upstream)
 
+    async def post_auth(path: str, json: dict[str, object], headers: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            return await replica.http.post(path, json=json, headers=headers)
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable("auth service unavailable") from exc
 
-def _cookie(name: str, value: str, max_age: int, http_only: bool) -> str:
-    parts = [f"{name}={value}", "Path=/", "SameSite=Lax", f"Max-Age={max_age}"]
-    if http_only:
-        parts.append("HttpOnly")
-    if settings.cookie_secure:
-        parts.append("Secure")
-    return "; ".join(parts)
+    def relay_error(upstream: httpx.Response) -> JSONResponse:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
+        if upstream.status_code >= 500:
+            return error(503, "auth service unavailable", {"Retry-After": upstream.headers.get("retry-after", "1")})
+        try:
+            detail = str(upstream.json().get("detail", "request refused"))
+        except ValueError:
+            detail = "request refused"
+        return error(upstream.status_code, detail, headers)
 
+    # The two read endpoints are plain Starlette routes: FastAPI's dependency solving would parse every
+    # request's Cookie header with a pure-Python parser even though nothing here declares a cookie
+    # parameter. Both get the same treatment, so the benchmark's baseline stays comparable; the OpenAPI
+    # document describes them all the same (`install_docs`).
+    whoami_body = {"replica": name, **mode_fields}
 
-# The two read endpoints are plain Starlette routes: FastAPI's dependency solving would parse every
-# request's Cookie header with a pure-Python parser even though nothing here declares a cookie parameter
-# (~45 µs per session request in `make bench`). Both get the same treatment, so the benchmark's baseline
-# stays comparable.
-async def whoami(request: Request) -> Response:
-    response = JSONResponse(
-        {"replica": REPLICA, "auth_mode": settings.auth_mode, "session_store": settings.session_store}
-    )
-    # Not cacheable either: the answer is which replica answered, and a cache in between would hide the balancer.
-    response.raw_headers.append(NO_STORE_RAW)
-    return response
+    async def whoami(request: Request) -> Response:
+        response = JSONResponse(whoami_body)
+        # Not cacheable: the answer is which replica answered, and a cache in between would hide the balancer.
+        response.raw_headers.append(NO_STORE_RAW)
+        return response
 
+    async def me(request: Request) -> Response:
+        try:
+            principal = await current_principal(request)
+        except NotAuthenticated as exc:
+            return unauthorized(exc.reason)
+        response = JSONResponse({"username": principal.username, "replica": name, **mode_fields})
+        response.raw_headers.append(NO_STORE_RAW)  # the hot path: skip re-encoding a headers dict per request
+        return response
 
-@app.post("/api/register", status_code=201)
-async def register(body: Credentials, request: Request) -> Response:
-    upstream = await _call_auth(request, "/register", body.model_dump())
-    if upstream.status_code != 201:
-        return _relay_error(upstream)
-    return JSONResponse(upstream.json(), status_code=201)
+    @app.post("/api/register", status_code=201, responses={409: {}, 422: {}, 429: {}})
+    async def register(body: Credentials, request: Request) -> Response:
+        """Create an account (Argon2id hash on the auth service)."""
+        upstream = await post_auth("/register", {**body.model_dump(), "client_ip": client_ip(request)})
+        if upstream.status_code != 201:
+            return relay_error(upstream)
+        return JSONResponse({"username": upstream.json()["username"]}, status_code=201)
 
+    @app.post("/api/login", responses={200: {"model": TokenPair}, 401: {}, 429: {}})
+    async def login(body: LoginCredentials, request: Request) -> Response:
+        """Session mode: sets the `sid` and `csrf_token` cookies. JWT mode: an access and a refresh token."""
+        upstream = await post_auth(
+            "/login",
+            {**body.model_dump(), "client_ip": client_ip(request), "user_agent": user_agent(request)},
+        )
+        if upstream.status_code != 200:
+            return relay_error(upstream)
+        data = upstream.json()
+        grant = LoginGrant(data.pop("uid"), data.pop("username"), data)
+        return await replica.authn.login(request.scope["headers"], grant, name)
 
-@app.post("/api/login")
-async def login(body: LoginCredentials, request: Request) -> Response:
-    upstream = await _call_auth(request, "/login", {**body.model_dump(), "client_ip": _client_ip(request)})
-    if upstream.status_code != 200:
-        return _relay_error(upstream)
-    data = upstream.json()
-    if JWT:
-        return JSONResponse({**data, "replica": REPLICA}, headers=NO_STORE)
+    @app.post("/api/logout", status_code=204, responses={401: {}, 403: {}})
+    async def logout(request: Request) -> Response:
+        """Ends this login: the session everywhere (session mode), the refresh family (jwt mode)."""
+        found = await writer(request)
+        if isinstance(found, Response):
+            return found
+        return await replica.authn.logout(found, call_auth)
 
-    # A session ID the client brought along (perhaps planted) is dropped: login always gets a fresh one.
-    try:
-        old = single_cookie(request.scope["headers"], COOKIE)
-        if old and is_well_formed(old):
-            await STORES.sessions.delete(old)
-    except (Ambiguous, StoreUnavailable):
-        pass
-    if settings.session_store is SessionStore.memory:
-        await STORES.sessions.put(data["sid"], Session(data["username"], data["csrf"], data["created"]))
-    response = JSONResponse(
-        {"auth_mode": "session", "replica": REPLICA, "expires_in": data["expires_in"]}, headers=NO_STORE
-    )
-    lifetime = settings.session_absolute_ttl
-    response.headers.append("Set-Cookie", _cookie(COOKIE, data["sid"], lifetime, http_only=True))
-    response.headers.append("Set-Cookie", _cookie(CSRF_COOKIE, data["csrf"], lifetime, http_only=False))
-    return response
+    @app.post("/api/refresh", responses={200: {"model": TokenPair}, 401: {}, 429: {}})
+    async def refresh(body: RefreshRequest, request: Request) -> Response:
+        """JWT mode: a new token pair for a refresh token, which is spent (single use)."""
+        if not isinstance(replica.authn, JWTAuthenticator):
+            return error(400, "refresh tokens exist only in jwt mode")
+        upstream = await post_auth("/refresh", {**body.model_dump(), "client_ip": client_ip(request)})
+        if upstream.status_code != 200:
+            return relay_error(upstream)
+        data = upstream.json()
+        data.pop("uid", None)
+        data.pop("username", None)
+        return JSONResponse({**data, "replica": name}, headers=NO_STORE)
 
-
-async def me(request: Request) -> Response:
-    try:
-        principal = await current_principal(request)
-    except NotAuthenticated as exc:
-        return unauthorized(exc.reason)
-    response = JSONResponse(
-        {
-            "username": principal.username,
-            "replica": REPLICA,
-            "auth_mode": settings.auth_mode,
-            "session_store": settings.session_store,
+    @app.get("/api/sessions", response_model=SessionList, responses={401: {}})
+    async def sessions(request: Request) -> Response:
+        """The caller's sessions (jwt mode: its refresh families, one per login). Memory store: this replica's."""
+        try:
+            principal = await current_principal(request)
+        except NotAuthenticated as exc:
+            return unauthorized(exc.reason)
+        views = await replica.authn.sessions(principal)
+        body = {
+            "sessions": [
+                {
+                    "id": v.id,
+                    "created": int(v.created),
+                    "last_seen": int(v.last_seen),
+                    "current": v.current,
+                    "user_agent": v.user_agent,
+                    "ip": v.ip,
+                }
+                for v in views
+            ]
         }
-    )
-    response.raw_headers.append(NO_STORE_RAW)  # the hot path: skip re-encoding a headers dict per request
-    return response
+        return JSONResponse(body, headers=NO_STORE)
+
+    @app.delete("/api/sessions/{session_id}", status_code=204, responses={401: {}, 403: {}, 404: {}})
+    async def end_session(session_id: Annotated[str, Path(max_length=64)], request: Request) -> Response:
+        """End one of the caller's sessions, on every replica (memory store: on this one)."""
+        found = await writer(request)
+        if isinstance(found, Response):
+            return found
+        if not HANDLE.fullmatch(session_id) or not await replica.authn.end(found, session_id):
+            return error(404, "no such session", NO_STORE)
+        response = Response(status_code=204, headers=NO_STORE)
+        if session_id == found.handle:
+            forget_cookies(replica.authn, response)
+        return response
+
+    @app.post("/api/logout-all", status_code=204, responses={401: {}, 403: {}})
+    async def logout_all(request: Request, body: Annotated[LogoutAll | None, Body()] = None) -> Response:
+        """End every session of the caller, or every other one with `keep_current`."""
+        found = await writer(request)
+        if isinstance(found, Response):
+            return found
+        keep = body.keep_current if body is not None else False
+        await replica.authn.end_all(found, keep_current=keep)
+        response = Response(status_code=204, headers=NO_STORE)
+        if not keep:
+            forget_cookies(replica.authn, response)
+        return response
+
+    @app.delete("/api/me", status_code=204, responses={401: {}, 403: {}, 429: {}})
+    async def delete_me(body: PasswordConfirmation, request: Request) -> Response:
+        """Delete the caller's account (password required) and end all its sessions and refresh families."""
+        found = await writer(request)
+        if isinstance(found, Response):
+            return found
+        refused = await call_auth(
+            "/delete-account",
+            {"uid": found.uid, "username": found.username, "password": body.password, "client_ip": client_ip(request)},
+            {},
+        )
+        if refused is not None:
+            if refused.status_code == 401:  # the caller is who they say; only the password was wrong
+                return error(403, "wrong password", NO_STORE)
+            return refused
+        await replica.authn.end_all(found, keep_current=False)
+        response = Response(status_code=204, headers=NO_STORE)
+        forget_cookies(replica.authn, response)
+        return response
+
+    app.add_route("/api/whoami", whoami, methods=["GET"])
+    app.add_route("/api/me", me, methods=["GET"])
+    install_docs(app, {("GET", "/api/whoami"): WhoAmI, ("GET", "/api/me"): Me}, settings.cookie_name)
+    add_identity(app, name, {"X-Replica": name})
+    app.add_middleware(Authenticate, replica=replica)  # outermost of ours: see its docstring
+    return app
 
 
-@app.post("/api/logout")
-async def logout(request: Request) -> Response:
-    try:
-        principal = await current_principal(request)
-    except NotAuthenticated as exc:
-        return unauthorized(exc.reason)
-
-    if principal.bearer is not None:
-        upstream = await _call_auth(request, "/logout", {}, headers={"Authorization": f"Bearer {principal.bearer}"})
-        if upstream.status_code != 204:
-            return _relay_error(upstream)
-        return Response(status_code=204, headers=NO_STORE)
-
-    # Cookie-authenticated write: the double-submitted CSRF token must match the cookie and the session.
-    sent = header_value(request.scope["headers"], b"x-csrf-token") or ""
-    try:
-        cookie = single_cookie(request.scope["headers"], CSRF_COOKIE) or ""
-    except Ambiguous:
-        cookie = ""
-    expected = principal.csrf or ""
-    if not (sent and _same(sent, cookie) and _same(sent, expected)):
-        AUTH_FAILURES.labels("csrf").inc()
-        return error(403, "CSRF token missing or wrong", NO_STORE)
-    assert principal.sid is not None
-    await timed(settings.session_store, "delete", STORES.sessions.delete(principal.sid))
-    response = Response(status_code=204, headers=NO_STORE)
-    response.headers.append("Set-Cookie", _cookie(COOKIE, "", 0, http_only=True))
-    response.headers.append("Set-Cookie", _cookie(CSRF_COOKIE, "", 0, http_only=False))
-    return response
-
-
-@app.post("/api/refresh")
-async def refresh(body: RefreshRequest, request: Request) -> Response:
-    if not JWT:
-        return error(400, "refresh tokens exist only in jwt mode")
-    upstream = await _call_auth(request, "/refresh", body.model_dump())
-    if upstream.status_code != 200:
-        return _relay_error(upstream)
-    return JSONResponse({**upstream.json(), "replica": REPLICA}, headers=NO_STORE)
-
-
-app.add_route("/api/whoami", whoami, methods=["GET"])
-app.add_route("/api/me", me, methods=["GET"])
-add_identity(app, REPLICA, {"X-Replica": REPLICA})
-app.add_middleware(Authenticate)  # outermost of ours: see its docstring
+app = create_api_app(get_settings())

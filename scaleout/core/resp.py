@@ -8,7 +8,9 @@ futures in order straight from `data_received` (parsed by hiredis). Failure rule
 - connect, write or read errors, and a reply later than `timeout`, fail every caller waiting on the
   connection with redis-py's `ConnectionError`/`TimeoutError` and drop the connection (replies are matched
   to callers by order, so after a timeout the stream cannot be trusted); the next call reconnects;
-- a Redis error reply fails only its own caller (as `ResponseError`).
+- a Redis error reply fails only its own caller (as `ResponseError`);
+- a connection authenticates (`AUTH user password`) and selects its database before any caller's command
+  goes out; a refusal there fails the batch waiting for it.
 """
 
 from __future__ import annotations
@@ -82,8 +84,11 @@ class PipelinedConnection:
         db: int = 0,
         timeout: float = 0.5,
         on_round_trip: Callable[[float], None] | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host, self.port, self.db, self.timeout = host, port, db, timeout
+        self.username, self.password = username, password
         # Told each answered batch's round-trip time in seconds: one observation per write, not per caller.
         self.on_round_trip = on_round_trip
         self._protocol: _Protocol | None = None
@@ -133,10 +138,20 @@ class PipelinedConnection:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(_Protocol, self.host, self.port), timeout=self.timeout
         )
+        setup: list[tuple[object, ...]] = []
+        if self.password:
+            setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
-            selected: asyncio.Future[object] = loop.create_future()
-            protocol.send(hiredis.pack_command(("SELECT", self.db)), [selected])
-            await asyncio.wait_for(selected, timeout=self.timeout)
+            setup.append(("SELECT", self.db))
+        if setup:
+            replies: list[asyncio.Future[object]] = [loop.create_future() for _ in setup]
+            protocol.send(b"".join(hiredis.pack_command(c) for c in setup), replies)
+            try:
+                for reply in replies:
+                    await asyncio.wait_for(reply, timeout=self.timeout)
+            except BaseException:
+                protocol.fail(RedisConnectionError("Redis refused the connection's setup"))
+                raise
         self._protocol = protocol
         return protocol
 

@@ -6,10 +6,12 @@ Every key object is built once (python-jose re-parses a PEM on every call when h
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import secrets
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk
 from jose.backends.base import Key
 
-from scaleout.config import MIN_HS256_SECRET_BYTES, JWTAlg
+from scaleout.core.config import MIN_HS256_SECRET_BYTES, JWTAlg
+
+_B64URL = frozenset(string.ascii_letters + string.digits + "-_")
 
 
 class KeyUnusable(Exception):
@@ -49,11 +53,19 @@ def _new_private_pem(alg: JWTAlg) -> bytes:
 
 
 def hs256_key(secret: str) -> BoundKey:
-    raw = secret.encode()
-    if len(raw) < MIN_HS256_SECRET_BYTES or len(set(raw)) < 16:
+    """The HS256 key from JWT_SECRET: base64url (unpadded or padded) of at least 32 random bytes."""
+    how = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    text = secret.strip()
+    try:
+        if not text or any(c not in _B64URL for c in text.rstrip("=")):
+            raise ValueError("not base64url")
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise KeyUnusable(f"JWT_SECRET must be base64url-encoded random bytes for HS256; {how}") from exc
+    # Random bytes of this length repeat little; a pattern, a word or a counter does.
+    if len(raw) < MIN_HS256_SECRET_BYTES or len(set(raw)) < len(raw) // 2:
         raise KeyUnusable(
-            f"JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} random bytes for HS256 "
-            "(try: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            f"JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} random bytes (base64url) for HS256; {how}"
         )
     kid = "hs-" + hashlib.sha256(raw).hexdigest()[:12]
     return BoundKey(kid, "HS256", jwk.construct(raw, "HS256"))
@@ -71,6 +83,7 @@ class KeyRing:
         self.alg = alg
         self.grace = grace
         self._entries: list[dict[str, Any]] = []
+        self._mtime = 0
         self._keys: dict[str, BoundKey] = {}  # private keys, for signing
         self._public: dict[str, BoundKey] = {}  # their public halves, for verifying and the JWKS
         self.reload()
@@ -87,6 +100,7 @@ class KeyRing:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         ring = self._ring_file()
         self._entries = json.loads(ring.read_text())["keys"] if ring.exists() else []
+        self._mtime = ring.stat().st_mtime_ns if ring.exists() else 0
         self._prune()
         self._keys, self._public = {}, {}
         for e in self._entries:
@@ -123,6 +137,28 @@ class KeyRing:
         self._save()
         self.reload()
         return self.signer
+
+    def revoke(self, kid: str) -> None:
+        """Distrust a key at once (it is compromised): gone from the JWKS, its file deleted."""
+        if not any(e["kid"] == kid for e in self._entries):
+            raise KeyError(kid)
+        self._entries = [e for e in self._entries if e["kid"] != kid]
+        (self.directory / f"{kid}.pem").unlink(missing_ok=True)
+        self._save()
+        self.reload()
+        if not self._active_entries():
+            self.rotate()
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the ring when another process (`scaleout rotate-keys`, `revoke-key`) changed it."""
+        try:
+            mtime = self._ring_file().stat().st_mtime_ns
+        except OSError:
+            return False
+        if mtime == self._mtime:
+            return False
+        self.reload()
+        return True
 
     @property
     def signer(self) -> BoundKey:

@@ -1,31 +1,45 @@
-"""A replica's view of the auth service's public keys: fetched at start, refreshed on an unknown `kid`."""
+"""A replica's view of the auth service's public keys: fetched at start, refreshed periodically and on an
+unknown `kid`, so a rotated-out or revoked key stops verifying on every replica within seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
 
-from scaleout.config import JWTAlg
-from scaleout.keys import KeyUnusable, keys_from_jwks
-from scaleout.tokens import TokenVerifier
+from scaleout.core.config import JWTAlg
+from scaleout.core.keys import KeyUnusable, keys_from_jwks
+from scaleout.core.tokens import TokenVerifier
 
 JWKS_PATH = "/.well-known/jwks.json"
 
 
 class JWKSClient:
-    def __init__(self, http: httpx.AsyncClient, alg: JWTAlg, verifier: TokenVerifier, min_interval: float = 1.0):
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        alg: JWTAlg,
+        verifier: TokenVerifier,
+        min_interval: float = 1.0,
+        refresh_interval: float = 5.0,
+    ) -> None:
         self.http = http
         self.alg = alg
         self.verifier = verifier
         # A flood of tokens with made-up `kid`s must not become a flood of requests to the auth service.
         self.min_interval = min_interval
+        self.refresh_interval = refresh_interval
         self._last_fetch = 0.0
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
 
     async def fetch(self) -> bool:
-        """Replace the verifier's keys with the current JWKS; False when the auth service did not answer."""
+        """Replace the verifier's keys with the current JWKS; False when the auth service did not answer.
+
+        An unreachable auth service leaves the keys as they were: replicas keep verifying without it.
+        """
         self._last_fetch = time.monotonic()
         try:
             response = await self.http.get(JWKS_PATH)
@@ -44,6 +58,16 @@ class JWKSClient:
             await asyncio.sleep(0.2)
         return False
 
+    def start(self) -> None:
+        """Refetch every `refresh_interval` seconds in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            async with self._lock:
+                await self.fetch()
+
     async def refresh_for_unknown_kid(self, kid: str) -> bool:
         """Refetch at most once per `min_interval`; True when `kid` is now known."""
         async with self._lock:
@@ -53,3 +77,9 @@ class JWKSClient:
                 return False
             await self.fetch()
             return kid in self.verifier.keys
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

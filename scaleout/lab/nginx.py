@@ -9,7 +9,7 @@ from typing import Literal
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from scaleout.config import ROOT, LBMode, Settings
+from scaleout.core.config import ROOT, LBMode, Settings
 
 TEMPLATE_DIR = ROOT / "nginx"
 Target = Literal["local", "compose"]
@@ -37,14 +37,14 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
             "error_log": str(prefix / "error.log"),
             "access_log": f"{prefix / 'access.log'} combined buffer=64k flush=1s",
         }
-        run_as_root = os.geteuid() == 0
+        worker_user = "nobody nogroup" if os.geteuid() == 0 else ""
     else:
         # Containers reach each other by service name; every service keeps its local port.
         replicas = [(n, f"{n}:{settings.api_port(n)}") for n in settings.replica_names]
         auth_address = f"auth:{settings.auth_port}"
         listen = str(settings.nginx_port)
         paths = {"pid_file": "/tmp/nginx.pid", "error_log": "/dev/stderr", "access_log": "/dev/stdout combined"}
-        run_as_root = False
+        worker_user = ""  # the image's own nginx.conf user is not read; the container runs nginx as is
     return (
         _environment()
         .get_template("nginx.conf.j2")
@@ -57,7 +57,13 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
             workers=2,
             login_rate=settings.login_rate,
             login_burst=settings.login_burst,
-            run_as_root=run_as_root,
+            register_rate=settings.register_rate_per_minute,
+            register_burst=settings.register_burst,
+            refresh_rate=settings.refresh_rate,
+            refresh_burst=settings.refresh_burst,
+            conn_per_ip=settings.conn_per_ip,
+            client_timeout=settings.client_timeout,
+            worker_user=worker_user,
             **paths,
         )
     )

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from scaleout import nginx
-from scaleout.config import ROOT, JWTAlg, LBMode, Settings
+from scaleout.core.config import ROOT, JWTAlg, LBMode, Settings
+from scaleout.core.keys import KeyUnusable, hs256_key
+from scaleout.lab import nginx
 
 HEALTH_TIMEOUT = 30.0
 
@@ -191,6 +192,9 @@ class Cluster:
                     host,
                     "--dir",
                     str(self.dir / "redis"),
+                    # The password lives in an owner-only ACL file, never on a command line `ps` shows.
+                    "--aclfile",
+                    str(s.secrets_path / "redis.acl"),
                 ],
                 {},
                 host,
@@ -243,8 +247,7 @@ class Cluster:
                 raise ClusterError(f"a cluster is already running from {self.dir}: run `make down` first.")
         for d in (self.dir, self.logs, self.prefix, self.dir / "redis"):
             d.mkdir(parents=True, exist_ok=True)
-        if self.settings.jwt_alg is JWTAlg.HS256 and not self.settings.jwt_secret:
-            self.settings = self.settings.model_copy(update={"jwt_secret": self._hs256_secret()})
+        self._write_secrets()
         self._services = self._plan()
         taken = [s for s in self._services.values() if not port_is_free(s.host, s.port)]
         if taken:
@@ -321,15 +324,28 @@ class Cluster:
 
         Replicas learn the new `kid` from the JWKS the first time they meet a token signed with it.
         """
-        from scaleout.keys import KeyRing
+        from scaleout.core.keys import KeyRing
 
         s = self.settings
         if s.jwt_alg is JWTAlg.HS256:
             raise ClusterError("HS256 has no key ring: change JWT_SECRET instead")
-        kid = KeyRing(s.keys_path, s.jwt_alg, max(s.access_ttl, s.refresh_ttl) + s.jwt_leeway).rotate().kid
+        kid = KeyRing(s.keys_path, s.jwt_alg, s.access_ttl + s.jwt_leeway).rotate().kid
         self.stop("auth")
         self.start("auth")
         return kid
+
+    def revoke_key(self, kid: str) -> None:
+        """Distrust a (compromised) signing key now: the auth service drops it from the JWKS at once, and
+        every replica within its JWKS refresh interval, without restarts."""
+        from scaleout.core.keys import KeyRing
+
+        s = self.settings
+        if s.jwt_alg is JWTAlg.HS256:
+            raise ClusterError("HS256 has no key ring: change JWT_SECRET instead")
+        try:
+            KeyRing(s.keys_path, s.jwt_alg, s.access_ttl + s.jwt_leeway).revoke(kid)
+        except KeyError as exc:
+            raise ClusterError(f"no key {kid!r} in the ring") from exc
 
     def status(self) -> list[dict[str, object]]:
         rows = []
@@ -352,13 +368,33 @@ class Cluster:
             raise ClusterError(f"unknown service {name!r}; known: {', '.join(self._services)}")
         return self._services[name]
 
-    def _hs256_secret(self) -> str:
-        path = self.dir / "jwt_secret"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(48))
-        return path.read_text().strip()
+    def _write_secrets(self) -> None:
+        """Per-cluster secrets, each in an owner-only file of a directory only its owner can enter.
+
+        Generated once and kept (the users database beside them outlives `down`); none is ever written to
+        `state.json`, a rendered config, a command line or a log.
+        """
+        s = self.settings
+        directory = s.secrets_path
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        write_secret(directory / "redis_password", secrets.token_urlsafe(32))
+        write_secret(directory / "session_key", secrets.token_urlsafe(48))
+        password = s.redis_password()
+        acl = f"user default off\nuser {s.redis_username} on >{password} ~* &* +@all\n"
+        write_secret(directory / "redis.acl", acl, replace=True)
+        if s.jwt_alg is JWTAlg.HS256:
+            if s.jwt_secret:  # handed in explicitly: it replaces the one on file
+                write_secret(directory / "jwt_secret", s.jwt_secret, replace=True)
+            else:
+                write_secret(directory / "jwt_secret", secrets.token_urlsafe(32))
+            try:
+                hs256_key(s.hs256_secret())
+            except KeyUnusable as exc:
+                raise ClusterError(str(exc)) from exc
+        for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
+            if (directory / name).exists():
+                (directory / name).chmod(0o600)
 
     def _write_nginx_conf(self, mode: LBMode) -> None:
         conf = self.prefix / "nginx.conf"
@@ -414,12 +450,7 @@ class Cluster:
 
     def _probe(self, service: Service) -> bool:
         if service.health == "redis":
-            try:
-                with socket.create_connection((service.host, service.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
+            return redis_ping(service.host, service.port, self.settings.redis_username, self.settings.redis_password())
         try:
             return httpx.get(f"http://{service.address}/healthz", timeout=1.0).status_code == 200
         except httpx.HTTPError:
@@ -451,8 +482,41 @@ def nginx_workers(master: int) -> list[int]:
 
 
 def redis_args(port: int) -> list[str]:
-    """The redis-server options shared by the local runner and compose: no persistence, own port."""
-    return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+    """The redis-server options shared by the local runner and compose: no persistence, own port.
+
+    Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
+    """
+    return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+
+
+def write_secret(path: Path, value: str, replace: bool = False) -> None:
+    """Create `path` with mode 0600 from the start (never world-readable, not even for a moment)."""
+    if path.exists() and not replace:
+        path.chmod(0o600)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    tmp.replace(path)
+
+
+def redis_ping(host: str, port: int, username: str, password: str | None) -> bool:
+    """Health of the cluster's Redis, asked as its ACL user."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            auth = f"AUTH {username} {password}\r\n".encode() if password else b""
+            s.sendall(auth + b"PING\r\n")
+            reply = b""
+            while reply.count(b"\r\n") < (2 if auth else 1):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.rstrip().endswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def tail(path: str, lines: int = 20) -> str:

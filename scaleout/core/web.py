@@ -12,10 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scaleout.store import StoreUnavailable
+from scaleout.core.store import StoreUnavailable
 
 REQUESTS = Counter("scaleout_requests_total", "HTTP requests served", ["service", "path", "status"])
 AUTH_FAILURES = Counter("scaleout_auth_failures_total", "Refused credentials by reason", ["reason"])
@@ -142,3 +143,79 @@ async def timed(store: str, op: str, call: Awaitable[Any]) -> Any:
         return await call
     finally:
         store_timer(store, op).observe(time.perf_counter() - start)
+
+
+# Which documented operations need a credential, and which of them change state (cookie requests then
+# need the CSRF header too).
+_READS = {("get", "/api/me"), ("get", "/api/sessions")}
+_WRITES = {
+    ("post", "/api/logout"),
+    ("delete", "/api/sessions/{session_id}"),
+    ("post", "/api/logout-all"),
+    ("delete", "/api/me"),
+}
+
+
+def install_docs(app: FastAPI, documented: dict[tuple[str, str], type[BaseModel]], cookie: str = "sid") -> None:
+    """`GET /api/openapi.json` and `GET /api/docs` (Swagger UI served from the installed package, no CDN).
+
+    `documented` names the plain Starlette routes (kept off FastAPI's per-request machinery for speed) and
+    their response models, so the document describes every endpoint all the same.
+    """
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.openapi.utils import get_openapi
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    cached: dict[str, Any] = {}
+
+    def document() -> dict[str, Any]:
+        if cached:
+            return cached
+        schema = get_openapi(title=app.title, version="1", routes=app.routes)
+        components = schema.setdefault("components", {})
+        models = components.setdefault("schemas", {})
+        for (method, path), model in documented.items():
+            models[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema["paths"].setdefault(path, {})[method.lower()] = {
+                "summary": path.rsplit("/", 1)[-1],
+                "operationId": f"{method.lower()}_{path.strip('/').replace('/', '_')}",
+                "responses": {
+                    "200": {
+                        "description": "Successful Response",
+                        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+                    }
+                },
+            }
+        components["securitySchemes"] = {
+            "sessionCookie": {"type": "apiKey", "in": "cookie", "name": cookie},
+            "csrfHeader": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
+            "bearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        }
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                if (method, path) in _READS:
+                    operation["security"] = [{"sessionCookie": []}, {"bearerToken": []}]
+                elif (method, path) in _WRITES:
+                    operation["security"] = [{"sessionCookie": [], "csrfHeader": []}, {"bearerToken": []}]
+                if (method, path) in _READS | _WRITES:
+                    operation["responses"].setdefault("401", {"description": "Not authenticated"})
+                    operation["responses"].setdefault("503", {"description": "Session store unavailable"})
+        cached.update(schema)
+        return cached
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document())
+
+    async def docs(request: Request) -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/api/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/api/docs/static/swagger-ui.css",
+            swagger_favicon_url="/api/docs/static/favicon-32x32.png",
+        )
+
+    app.add_route("/api/openapi.json", openapi, methods=["GET"], include_in_schema=False)
+    app.add_route("/api/docs", docs, methods=["GET"], include_in_schema=False)
+    app.mount("/api/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")

@@ -41,7 +41,7 @@ class JWTAlg(StrEnum):
     HS256 = "HS256"
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MIN_HS256_SECRET_BYTES = 32
 
 
@@ -73,11 +73,18 @@ class Settings(BaseSettings):
     cluster_dir: Path = ROOT / ".cluster"
     users_db: Path | None = None  # default: cluster_dir/users.sqlite3
     keys_dir: Path | None = None  # default: cluster_dir/keys
-    jwt_secret: str = ""  # HS256 only; at least 32 bytes
+    secrets_dir: Path | None = None  # default: cluster_dir/secrets (0700; each file 0600)
+    # HS256 only: base64url of at least 32 random bytes. Locally it lives in secrets_dir/jwt_secret; the
+    # variable is for deployments that hand it over themselves (compose).
+    jwt_secret: str = Field(default="", repr=False, exclude=True)
+    redis_username: str = "scaleout"
 
     # Token and session lifetimes, in seconds.
     access_ttl: int = Field(default=300, ge=1)
     refresh_ttl: int = Field(default=86400, ge=1)
+    refresh_absolute_ttl: int = Field(default=7 * 86400, ge=1)  # a login's refresh family, however refreshed
+    max_sessions_per_user: int = Field(default=10, ge=1, le=1000)
+    jwks_refresh_interval: float = Field(default=5.0, gt=0)  # replicas refetch the JWKS this often
     jwt_leeway: int = Field(default=0, ge=0, le=60)
     jwt_issuer: str = "scaleout-auth"
     jwt_audience: str = "scaleout-api"
@@ -91,14 +98,26 @@ class Settings(BaseSettings):
     throttle_account_max: int = Field(default=5, ge=1)
     throttle_ip_max: int = Field(default=50, ge=1)
 
-    # nginx's request-rate limit on /api/login, per client address (a flood is refused before Python).
+    # nginx's request-rate limits per client address (a flood is refused before Python). Login's burst
+    # stays within what the auth service hashes in a few seconds (argon2_concurrency at a time).
     login_rate: int = Field(default=200, ge=1)
-    login_burst: int = Field(default=400, ge=0)
+    login_burst: int = Field(default=100, ge=0)
+    register_rate_per_minute: int = Field(default=30, ge=1)
+    register_burst: int = Field(default=40, ge=0)
+    refresh_rate: int = Field(default=20, ge=1)
+    refresh_burst: int = Field(default=100, ge=0)
+    # Connections one client address may hold open at nginx (load tests use 64 from one address).
+    conn_per_ip: int = Field(default=512, ge=1)
+    # Slow clients (one header byte a second) are cut off after this many seconds.
+    client_timeout: int = Field(default=10, ge=1)
 
     # Argon2id, at least OWASP's minimum (m=19 MiB, t=2, p=1).
     argon2_time_cost: int = Field(default=2, ge=2)
     argon2_memory_kib: int = Field(default=19456, ge=19456)
     argon2_parallelism: int = Field(default=1, ge=1)
+    # Password hashes computed at once by the auth service; more wait up to argon2_queue_wait, then 503.
+    argon2_concurrency: int = Field(default=4, ge=1)
+    argon2_queue_wait: float = Field(default=5.0, gt=0)
 
     # Redis client timeouts: a store that is down must answer 503 quickly, not hang the request.
     redis_timeout: float = 0.5
@@ -127,11 +146,28 @@ class Settings(BaseSettings):
 
     @property
     def users_db_path(self) -> Path:
-        return self.users_db or self.cluster_dir / "users.sqlite3"
+        return self.users_db or self.secrets_path / "users.sqlite3"
 
     @property
     def keys_path(self) -> Path:
-        return self.keys_dir or self.cluster_dir / "keys"
+        return self.keys_dir or self.secrets_path / "keys"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.cluster_dir / "secrets"
+
+    def secret(self, name: str) -> str:
+        """A secret from its owner-only file (written by the runner, or mounted by compose); '' if absent."""
+        try:
+            return (self.secrets_path / name).read_text().strip()
+        except OSError:
+            return ""
+
+    def redis_password(self) -> str | None:
+        return self.secret("redis_password") or None
+
+    def hs256_secret(self) -> str:
+        return self.jwt_secret or self.secret("jwt_secret")
 
     @property
     def replica_names(self) -> list[str]:

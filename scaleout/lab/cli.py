@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scaleout.config import AuthMode, JWTAlg, JWTRevocation, LBMode, SessionStore, Settings, get_settings
-from scaleout.runner import Cluster, ClusterError
+from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, LBMode, SessionStore, Settings, get_settings
+from scaleout.lab.runner import Cluster, ClusterError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(highlight=False)
@@ -61,7 +61,7 @@ def up(
         if v is not None
     }
     settings = get_settings().model_copy(update=overrides)
-    settings = Settings(**settings.model_dump())  # re-validate the combination
+    settings = Settings(**settings.model_dump(), jwt_secret=settings.jwt_secret)  # re-validate the combination
     cluster = Cluster(settings)
     try:
         cluster.up(progress=lambda line: console.print(f"  {line}"))
@@ -148,6 +148,16 @@ def rotate_keys() -> None:
     console.print(f"auth service now signs with {kid}")
 
 
+@app.command("revoke-key")
+def revoke_key(kid: str) -> None:
+    """Distrust a compromised signing key on every replica within seconds (no restarts)."""
+    try:
+        _cluster().revoke_key(kid)
+    except ClusterError as exc:
+        _fail(exc)
+    console.print(f"key {kid} revoked; replicas drop it within {get_settings().jwks_refresh_interval:g} s")
+
+
 @app.command()
 def serve(kind: Kind) -> None:
     """Run one service in the foreground (what the runner and compose both launch)."""
@@ -179,7 +189,7 @@ def render_nginx(
     target: Annotated[str, typer.Option(help="local or compose")] = "compose",
 ) -> None:
     """Render nginx/nginx.conf.j2 with the current settings (compose's nginx-config service runs this)."""
-    from scaleout import nginx
+    from scaleout.lab import nginx
 
     settings = get_settings()
     prefix = settings.cluster_dir / "nginx"
@@ -203,7 +213,7 @@ def bench(
     out: Annotated[Path, typer.Option(help="where to write bench.md, bench.json and bench.png")] = Path("reports"),
 ) -> None:
     """Measure what each auth mode costs per request against the no-auth baseline, in one run."""
-    from scaleout import bench as bench_mod
+    from scaleout.lab import bench as bench_mod
 
     unknown = [m for m in mode or [] if m not in bench_mod.MODES]
     if unknown:
@@ -243,8 +253,8 @@ def demo(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scaleout import demo as demo_mod
-    from scaleout import report
+    from scaleout.lab import demo as demo_mod
+    from scaleout.lab import report
 
     names = scenario or list(demo_mod.SCENARIOS)
     unknown = [n for n in names if n not in demo_mod.SCENARIOS]

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from scaleout.keys import BoundKey
+from scaleout.core.keys import BoundKey
 
 
 class TokenKind(StrEnum):
@@ -35,6 +35,8 @@ REFRESH_AUDIENCE = "scaleout-refresh"
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _JTI = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _MAX_NUMERIC_DATE = 10**11  # year ~5138; bigger "dates" are garbage, not tokens
+# The order of P-256: an ECDSA signature (r, s) has the twin (r, n - s); only the low one is accepted.
+_P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CACHE_SIZE = 10_000
 
 
@@ -54,7 +56,8 @@ class UnknownKid(TokenError):
 
 @dataclass(frozen=True, slots=True)
 class Claims:
-    sub: str
+    sub: str  # the account's stable id, never its name
+    name: str  # the username, for display
     jti: str
     fam: str
     exp: int
@@ -122,13 +125,18 @@ class TokenIssuer:
         self.audience = audience
         self.ttl = {TokenKind.access: access_ttl, TokenKind.refresh: refresh_ttl}
 
-    def issue(self, signer: BoundKey, kind: TokenKind, sub: str, fam: str) -> tuple[str, Claims]:
+    def issue(
+        self, signer: BoundKey, kind: TokenKind, sub: str, name: str, fam: str, not_after: int | None = None
+    ) -> tuple[str, Claims]:
+        """A signed token; `not_after` caps its expiry (a refresh family's absolute end)."""
         now = int(time.time())
-        claims = Claims(sub=sub, jti=secrets.token_urlsafe(16), fam=fam, exp=now + self.ttl[kind], iat=now, kind=kind)
+        exp = now + self.ttl[kind] if not_after is None else min(now + self.ttl[kind], not_after)
+        claims = Claims(sub=sub, name=name, jti=secrets.token_urlsafe(16), fam=fam, exp=exp, iat=now, kind=kind)
         payload = {
             "iss": self.issuer,
             "aud": self.audience if kind is TokenKind.access else REFRESH_AUDIENCE,
             "sub": claims.sub,
+            "name": claims.name,
             "iat": claims.iat,
             "exp": claims.exp,
             "jti": claims.jti,
@@ -136,8 +144,18 @@ class TokenIssuer:
         }
         header = {"alg": signer.alg, "typ": TYP[kind], "kid": signer.kid}
         signing_input = f"{b64url_encode(orjson.dumps(header))}.{b64url_encode(orjson.dumps(payload))}"
-        signature = signer.key.sign(signing_input.encode("ascii"))
+        signature = low_s(signer.alg, signer.key.sign(signing_input.encode("ascii")))
         return f"{signing_input}.{b64url_encode(signature)}", claims
+
+
+def low_s(alg: str, signature: bytes) -> bytes:
+    """ES256 signatures in their canonical (low-S) form; other algorithms' unchanged."""
+    if alg != "ES256" or len(signature) != 64:
+        return signature
+    s = int.from_bytes(signature[32:], "big")
+    if s > _P256_N // 2:
+        return signature[:32] + (_P256_N - s).to_bytes(32, "big")
+    return signature
 
 
 class TokenVerifier:
@@ -154,12 +172,15 @@ class TokenVerifier:
         audience: str,
         leeway: int = 0,
         max_bytes: int = 4096,
+        max_lifetime: Mapping[TokenKind, int] | None = None,
     ) -> None:
         self.keys: Mapping[str, BoundKey] = dict(keys)
         self.issuer = issuer
         self.audience = {TokenKind.access: audience, TokenKind.refresh: REFRESH_AUDIENCE}
         self.leeway = leeway
         self.max_bytes = max_bytes
+        # A token living longer than we ever issue is not ours to trust, whoever signed it.
+        self.max_lifetime = dict(max_lifetime or {TokenKind.access: 3600, TokenKind.refresh: 30 * 86400})
         self._cache: OrderedDict[str, tuple[str, Claims]] = OrderedDict()
 
     def set_keys(self, keys: Mapping[str, BoundKey]) -> None:
@@ -209,6 +230,8 @@ class TokenVerifier:
         signature = b64url_decode_canonical(signature_b64)
         if not signature:
             raise TokenError("bad_signature")
+        if bound.alg == "ES256" and (len(signature) != 64 or int.from_bytes(signature[32:], "big") > _P256_N // 2):
+            raise TokenError("non_canonical_signature")  # (r, n - s) would verify too: one spelling only
         try:
             valid = bound.key.verify(f"{header_b64}.{payload_b64}".encode("ascii"), signature)
         except Exception:  # a malformed signature must read as invalid, whatever the backend raises
@@ -226,12 +249,15 @@ class TokenVerifier:
         nbf = _int_claim(claims, "nbf", required=False)
         assert exp is not None and iat is not None
         self._check_times(exp, iat, nbf)
+        if exp - iat > self.max_lifetime[kind] + self.leeway:
+            raise TokenError("lifetime_too_long")
         jti = _str_claim(claims, "jti")
         if not _JTI.match(jti):
             raise TokenError("bad_jti")
         return (
             Claims(
-                sub=_str_claim(claims, "sub", 32),
+                sub=_str_claim(claims, "sub", 64),
+                name=_str_claim(claims, "name", 32),
                 jti=jti,
                 fam=_str_claim(claims, "fam", 64),
                 exp=exp,

@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from scaleout.load import make_users
-from scaleout.runner import Cluster, free_ports, isolated_settings, nginx_workers, port_is_free, require_program
+from scaleout.lab.load import make_users
+from scaleout.lab.runner import Cluster, free_ports, isolated_settings, nginx_workers, port_is_free, require_program
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -257,7 +257,7 @@ def reference_app(workdir: Path, public_pem: str) -> Iterator[str]:
 
 
 def login_cost(cluster: Cluster, n: int) -> dict[str, Any]:
-    from scaleout.passwords import Passwords
+    from scaleout.core.passwords import Passwords
 
     url = cluster.settings.public_url
     people = make_users(url, 1)
@@ -277,9 +277,9 @@ def login_cost(cluster: Cluster, n: int) -> dict[str, Any]:
 
 
 def signing_cost(workdir: Path) -> dict[str, float]:
-    from scaleout.config import JWTAlg
-    from scaleout.keys import KeyRing, hs256_key
-    from scaleout.tokens import TokenIssuer, TokenKind
+    from scaleout.core.config import JWTAlg
+    from scaleout.core.keys import KeyRing, hs256_key
+    from scaleout.core.tokens import TokenIssuer, TokenKind
 
     issuer = TokenIssuer("i", "a", 60, 60)
     out = {}

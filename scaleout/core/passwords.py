@@ -5,7 +5,7 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from scaleout.config import Settings
+from scaleout.core.config import Settings
 
 
 class Passwords:

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from scaleout.load import Hit, User, drive, imbalance, latency_ms, make_users, per_replica, success_rate
-from scaleout.runner import Cluster, isolated_settings
-from scaleout.sessions import new_csrf_token, new_session_id
+from scaleout.core.sessions import new_csrf_token, new_session_id
+from scaleout.lab.load import Hit, User, drive, imbalance, latency_ms, make_users, per_replica, success_rate
+from scaleout.lab.runner import Cluster, isolated_settings
 
 SCENARIOS = ("stateful_wall", "sticky", "clustering", "jwt", "revocation", "live_switch")
 

@@ -1,0 +1,456 @@
+"""Server-side sessions: in one process's memory, or in the shared Redis (session clustering).
+
+A session ID is 256 bits from `secrets`; stores only ever see its SHA-256, so a leaked store holds no usable
+IDs. Both stores enforce an idle timeout and an absolute lifetime themselves, keep a per-user index (the
+sessions a user can list and end, by a public handle that is never the ID) and cap each user's sessions.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Generic, TypeVar
+
+import orjson
+from redis.asyncio import Redis
+
+from scaleout.core.credentials import Malformed, single_cookie_raw
+from scaleout.core.store import Coalescer, redis_call
+
+UNAVAILABLE = "session store unavailable"
+
+_SID = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32): 32 bytes -> 43 characters
+_SID_RAW = re.compile(_SID.pattern.encode())
+HANDLE = re.compile(r"[A-Za-z0-9_-]{16}")  # public session handles: token_urlsafe(12)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_handle() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def is_well_formed(sid: str) -> bool:
+    return _SID.fullmatch(sid) is not None
+
+
+def session_key(sid: str) -> str:
+    return redis_key(sid.encode())
+
+
+def redis_key(raw_sid: bytes) -> str:
+    return "sess:" + sha256(raw_sid).hexdigest()
+
+
+def memory_key(raw_sid: bytes) -> bytes:
+    return sha256(raw_sid).digest()
+
+
+def user_keys(uid: str) -> tuple[str, str]:
+    """The per-user index: a sorted set handle -> last use, and a hash handle -> session key.
+
+    Hash-tagged by user, so that in a Redis Cluster both land in one slot.
+    """
+    return f"user:{{{uid}}}:sessions", f"user:{{{uid}}}:handles"
+
+
+K = TypeVar("K")
+
+
+class SessionCookie(Generic[K]):
+    """Reads the session ID from a request's raw headers, with the key its store files it under.
+
+    A browser sends the same Cookie header with every request, so the outcome of splitting it, checking the
+    ID's shape and hashing it is remembered by the header's exact bytes: after a client's first request,
+    reading its credential costs one dict lookup. The memo is a pure function of the header bytes and
+    holds no session state, so it cannot go stale; whether the session still exists is asked of the store
+    every time. Bounded: when full it starts over, so junk headers cannot grow it.
+    """
+
+    def __init__(self, name: str, key: Callable[[bytes], K], max_entries: int = 4096) -> None:
+        self.name = name.encode()
+        self.key = key
+        self.max_entries = max_entries
+        self._memo: dict[bytes, tuple[str, K]] = {}
+
+    def read(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, K] | None:
+        """(session ID, store key), or None without a session cookie; raises Ambiguous or Malformed."""
+        cookie: bytes | None = None
+        for name, value in headers:
+            if name == b"cookie":
+                if cookie is not None:  # several Cookie headers: read them all, and remember nothing
+                    return self._parse(headers)
+                cookie = value
+        if cookie is None:
+            return None
+        found = self._memo.get(cookie)
+        if found is None:
+            found = self._parse(((b"cookie", cookie),))
+            if found is not None:
+                if len(self._memo) >= self.max_entries:
+                    self._memo.clear()
+                self._memo[cookie] = found
+        return found
+
+    def _parse(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, K] | None:
+        raw = single_cookie_raw(headers, self.name)
+        if raw is None:
+            return None
+        if _SID_RAW.fullmatch(raw) is None:
+            raise Malformed(self.name.decode())
+        return raw.decode(), self.key(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    username: str
+    csrf: str
+    created: float
+    uid: str = ""
+    handle: str = ""
+    user_agent: str = ""
+    ip: str = ""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "u": self.username,
+                "c": self.csrf,
+                "t": self.created,
+                "i": self.uid,
+                "h": self.handle,
+                "a": self.user_agent,
+                "p": self.ip,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Session:
+        d = orjson.loads(raw)
+        return cls(d["u"], d["c"], d["t"], d.get("i", ""), d.get("h", ""), d.get("a", ""), d.get("p", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a user may see of one of their sessions (never its ID)."""
+
+    id: str
+    created: float
+    last_seen: float
+    user_agent: str
+    ip: str
+
+
+class SessionMAC:
+    """Seals a stored session value under a server key and the store key it lives at.
+
+    Whoever can write the store still cannot mint a session: a value they make up has no valid tag, and a
+    genuine value copied under another key (a session ID they chose) fails because the key is sealed in.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the session MAC key must be at least 32 bytes")
+        self._key = key
+
+    def _tag(self, store_key: str, value: bytes) -> bytes:
+        return hmac.new(self._key, store_key.encode() + b"\0" + value, sha256).hexdigest().encode()
+
+    def seal(self, store_key: str, value: bytes) -> bytes:
+        return value + b"|" + self._tag(store_key, value)
+
+    def open(self, store_key: str, sealed: bytes) -> bytes | None:
+        value, sep, tag = sealed.rpartition(b"|")
+        if not sep or not hmac.compare_digest(tag, self._tag(store_key, value)):
+            return None
+        return value
+
+
+def _expired(session: Session, last_seen: float, now: float, idle_ttl: int, absolute_ttl: int) -> bool:
+    return now - last_seen >= idle_ttl or now - session.created >= absolute_ttl
+
+
+class MemorySessions:
+    """One process's sessions: invisible to every other replica, which is the point of the demo.
+
+    Keyed by the raw SHA-256 digest of the ID, in least-recently-used order, so that eviction at capacity
+    is O(1). Each entry is a mutable [session, last seen] pair: a lookup renews the idle timer in place.
+    A per-user index caps each user's sessions, so one user's logins cannot evict everybody else's.
+    """
+
+    def __init__(self, idle_ttl: int, absolute_ttl: int, max_per_user: int = 10, max_entries: int = 200_000) -> None:
+        self.idle_ttl = idle_ttl
+        self.absolute_ttl = absolute_ttl
+        self.max_per_user = max_per_user
+        self.max_entries = max_entries
+        self._data: OrderedDict[bytes, list[Session | float]] = OrderedDict()
+        self._by_user: dict[str, dict[str, bytes]] = {}  # uid -> handle -> key
+
+    key = staticmethod(memory_key)
+
+    async def get(self, sid: str) -> Session | None:
+        return self.lookup(memory_key(sid.encode()))
+
+    def lookup(self, key: bytes) -> Session | None:
+        """`get` by store key and without a coroutine: a dict has nothing to wait for, and this runs per request."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        session, last_seen = entry
+        now = time.time()
+        if _expired(session, last_seen, now, self.idle_ttl, self.absolute_ttl):  # type: ignore[arg-type]
+            self._drop(key)
+            return None
+        entry[1] = now
+        self._data.move_to_end(key)
+        return session  # type: ignore[return-value]
+
+    async def put(self, sid: str, session: Session) -> None:
+        key = memory_key(sid.encode())
+        mine = self._by_user.setdefault(session.uid, {})
+        while len(mine) >= self.max_per_user:  # the user's least recently used session makes room
+            self._drop(min(mine.values(), key=lambda k: self._data[k][1]))  # type: ignore[arg-type,return-value]
+        if len(self._data) >= self.max_entries:
+            self._drop(next(iter(self._data)))  # the least recently used of all
+        self._data[key] = [session, time.time()]
+        self._by_user.setdefault(session.uid, {})[session.handle] = key
+
+    async def delete(self, sid: str) -> None:
+        self._drop(memory_key(sid.encode()))
+
+    def _drop(self, key: bytes) -> None:
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return
+        session: Session = entry[0]  # type: ignore[assignment]
+        mine = self._by_user.get(session.uid)
+        if mine is not None:
+            mine.pop(session.handle, None)
+            if not mine:
+                del self._by_user[session.uid]
+
+    async def list(self, uid: str) -> list[SessionInfo]:
+        now = time.time()
+        out = []
+        for key in list(self._by_user.get(uid, {}).values()):
+            session, last_seen = self._data[key]
+            assert isinstance(session, Session) and isinstance(last_seen, float)
+            if _expired(session, last_seen, now, self.idle_ttl, self.absolute_ttl):
+                self._drop(key)
+                continue
+            out.append(SessionInfo(session.handle, session.created, last_seen, session.user_agent, session.ip))
+        return out
+
+    async def end(self, uid: str, handle: str) -> bool:
+        key = self._by_user.get(uid, {}).get(handle)
+        if key is None:
+            return False
+        self._drop(key)
+        return True
+
+    async def end_all(self, uid: str, keep: str | None = None) -> None:
+        for handle, key in list(self._by_user.get(uid, {}).items()):
+            if handle != keep:
+                self._drop(key)
+
+    def touch(self, session: Session) -> None:
+        """The idle timer was renewed by `lookup` itself."""
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# Login: the session and its index entry in one step; beyond the cap, the least recently used go.
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[4], KEYS[1])
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if extra > 0 then
+  for _, h in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
+    local k = redis.call('HGET', KEYS[3], h)
+    if k then redis.call('DEL', k) end
+    redis.call('HDEL', KEYS[3], h)
+    redis.call('ZREM', KEYS[2], h)
+  end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return 1
+"""
+
+# End one session by handle; 0 when the user has no such session.
+_END = """
+local k = redis.call('HGET', KEYS[2], ARGV[1])
+if not k then return 0 end
+redis.call('DEL', k)
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+# End every session of a user but ARGV[1] (may be empty).
+_END_ALL = """
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    redis.call('DEL', all[i + 1])
+    redis.call('HDEL', KEYS[2], all[i])
+    redis.call('ZREM', KEYS[1], all[i])
+  end
+end
+return 1
+"""
+
+# List: prune members whose session expired by itself, return handle, last use, key, value of the rest.
+_LIST = """
+local out = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local v = redis.call('GET', all[i + 1])
+  if v then
+    table.insert(out, all[i])
+    table.insert(out, redis.call('ZSCORE', KEYS[1], all[i]) or '0')
+    table.insert(out, all[i + 1])
+    table.insert(out, v)
+  else
+    redis.call('HDEL', KEYS[2], all[i])
+    redis.call('ZREM', KEYS[1], all[i])
+  end
+end
+return out
+"""
+
+TOUCH_INTERVAL = 60.0  # seconds: how stale a session's `last_seen` in the index may get
+
+
+class RedisSessions:
+    """Sessions in the shared Redis: one round trip per lookup (GETEX reads and renews the idle TTL).
+
+    The per-user index is written by login, logout, listing and revocation, never by a plain lookup;
+    `last_seen` is refreshed in the background at most once a `TOUCH_INTERVAL` per session per process.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        coalescer: Coalescer,
+        idle_ttl: int,
+        absolute_ttl: int,
+        mac: SessionMAC,
+        max_per_user: int = 10,
+        max_decoded: int = 4096,
+    ) -> None:
+        self.redis = redis
+        self.coalescer = coalescer
+        self.idle_ttl = idle_ttl
+        self.absolute_ttl = absolute_ttl
+        self.mac = mac
+        self.max_per_user = max_per_user
+        self.max_decoded = max_decoded
+        # A session's stored bytes never change after login, so checking and decoding them is remembered by
+        # those bytes, with the store key they were sealed for (nothing here says a session exists; only
+        # Redis's reply does).
+        self._decoded: dict[bytes, tuple[str, Session]] = {}
+        self._touched: dict[str, float] = {}
+        self._put = redis.register_script(_PUT)
+        self._end = redis.register_script(_END)
+        self._end_all = redis.register_script(_END_ALL)
+        self._list = redis.register_script(_LIST)
+
+    key = staticmethod(redis_key)
+
+    async def get(self, sid: str) -> Session | None:
+        return await self.lookup(session_key(sid))
+
+    def _decode(self, key: str, raw: bytes) -> Session | None:
+        found = self._decoded.get(raw)
+        if found is not None and found[0] == key:
+            return found[1]
+        value = self.mac.open(key, raw)
+        if value is None:  # written by somebody without the server key
+            return None
+        try:
+            session = Session.from_json(value)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if len(self._decoded) >= self.max_decoded:
+            self._decoded.clear()
+        self._decoded[raw] = (key, session)
+        return session
+
+    async def lookup(self, key: str) -> Session | None:
+        raw = await redis_call(lambda: self.coalescer.call("GETEX", key, "EX", self.idle_ttl), UNAVAILABLE)
+        if raw is None:
+            return None
+        assert isinstance(raw, bytes)
+        session = self._decode(key, raw)
+        if session is None:
+            return None
+        if time.time() - session.created >= self.absolute_ttl:
+            await self._end_handle(session.uid, session.handle)
+            await redis_call(lambda: self.redis.delete(key), UNAVAILABLE)
+            return None
+        return session
+
+    def touch(self, session: Session) -> None:
+        """Moves the session up in its user's index (for `last_seen` and the cap), at most once a minute."""
+        now = time.time()
+        if now - self._touched.get(session.handle, 0.0) < TOUCH_INTERVAL:
+            return
+        if len(self._touched) >= 100_000:
+            self._touched.clear()
+        self._touched[session.handle] = now
+        zset, _ = user_keys(session.uid)
+        # XX: only a member still there is updated, so this can never bring back an ended session.
+        future = self.coalescer.call("ZADD", zset, "XX", now, session.handle)
+        future.add_done_callback(lambda f: f.exception())  # fire and forget; a lost touch is harmless
+
+    async def put(self, sid: str, session: Session) -> None:
+        key = session_key(sid)
+        zset, handles = user_keys(session.uid)
+        sealed = self.mac.seal(key, session.to_json())
+        args = [sealed, self.idle_ttl, time.time(), session.handle, self.max_per_user, self.absolute_ttl]
+        await redis_call(lambda: self._put(keys=[key, zset, handles], args=args), UNAVAILABLE)
+
+    async def delete(self, sid: str) -> None:
+        key = session_key(sid)
+        raw = await redis_call(lambda: self.redis.getdel(key), UNAVAILABLE)
+        session = self._decode(key, raw) if isinstance(raw, bytes) else None
+        if session is not None:
+            await self._end_handle(session.uid, session.handle)
+
+    async def _end_handle(self, uid: str, handle: str) -> bool:
+        zset, handles = user_keys(uid)
+        return bool(await redis_call(lambda: self._end(keys=[zset, handles], args=[handle]), UNAVAILABLE))
+
+    async def end(self, uid: str, handle: str) -> bool:
+        return await self._end_handle(uid, handle)
+
+    async def end_all(self, uid: str, keep: str | None = None) -> None:
+        zset, handles = user_keys(uid)
+        await redis_call(lambda: self._end_all(keys=[zset, handles], args=[keep or ""]), UNAVAILABLE)
+
+    async def list(self, uid: str) -> list[SessionInfo]:
+        zset, handles = user_keys(uid)
+        flat = await redis_call(lambda: self._list(keys=[zset, handles]), UNAVAILABLE)
+        out = []
+        for i in range(0, len(flat), 4):
+            handle, score, key, raw = flat[i].decode(), float(flat[i + 1]), flat[i + 2].decode(), flat[i + 3]
+            session = self._decode(key, raw)
+            if session is None or session.uid != uid or session.handle != handle:
+                continue
+            out.append(SessionInfo(handle, session.created, score, session.user_agent, session.ip))
+        return out
