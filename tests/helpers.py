@@ -88,7 +88,9 @@ def b64(data: bytes | dict) -> str:
 def forge(header: dict, payload: dict, sign_with=None) -> str:
     """A compact JWS built by hand; signed with `sign_with` (a BoundKey) when given, else unsigned."""
     signing_input = f"{b64(header)}.{b64(payload)}"
-    signature = sign_with.key.sign(signing_input.encode()) if sign_with is not None else b""
+    from scaleout.core.tokens import low_s
+
+    signature = low_s(sign_with.alg, sign_with.key.sign(signing_input.encode())) if sign_with is not None else b""
     return f"{signing_input}.{b64(signature)}"
 
 
@@ -107,7 +109,7 @@ def signing_key(cluster: Cluster):
 
     s = cluster.settings
     if s.jwt_alg == "HS256":
-        return hs256_key(s.jwt_secret)
+        return hs256_key(s.hs256_secret())
     return KeyRing(s.keys_path, s.jwt_alg, grace=s.refresh_ttl).signer
 
 
@@ -118,6 +120,7 @@ def valid_claims(cluster: Cluster, sub: str, **changes: object) -> dict:
         "iss": s.jwt_issuer,
         "aud": s.jwt_audience,
         "sub": sub,
+        "name": sub,
         "iat": now,
         "exp": now + 60,
         "jti": secrets.token_urlsafe(16),
@@ -140,3 +143,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
+
+
+def cluster_redis(cluster: Cluster):
+    """A synchronous client of a test cluster's Redis, authenticated as its ACL user."""
+    import redis
+
+    s = cluster.settings
+    return redis.Redis(host=s.host, port=s.redis_port, username=s.redis_username, password=s.redis_password())

@@ -79,12 +79,18 @@ def test_every_service_command_names_a_module_that_imports(compose: dict) -> Non
         if args[0] == "serve":
             importlib.import_module(f"services.{args[1]}.main")
         checked += 1
-    assert checked == 5  # auth, three replicas, nginx-config
+    assert checked == 6  # secrets, auth, three replicas, nginx-config
 
 
 def test_redis_command_is_the_local_runners(compose: dict) -> None:
-    command = compose["services"]["redis"]["command"]
-    assert command == ["redis-server", *redis_args(Settings().redis_port)]
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[: 1 + len(redis_args(Settings().redis_port))] == ["redis-server", *redis_args(Settings().redis_port)]
+    # Clients must authenticate: the ACL file comes from the stack's own secrets volume, and Redis is
+    # never published to the host.
+    assert command[command.index("--aclfile") + 1] == "/secrets/redis.acl"
+    assert "ports" not in redis
+    assert compose["services"]["nginx"]["ports"] == ["127.0.0.1:8080:8080"]
 
 
 def test_variables_are_settings_with_the_same_defaults(compose: dict) -> None:

@@ -9,8 +9,7 @@ import time
 
 import httpx
 import pytest
-import redis
-from helpers import PASSWORD, client, login, new_user, new_username, register
+from helpers import PASSWORD, client, cluster_redis, login, new_user, new_username, register
 
 from scaleout.core.sessions import new_session_id
 from scaleout.core.users import Users
@@ -69,7 +68,7 @@ def test_redis_holds_only_hashes_of_session_ids(cluster: Cluster) -> None:
     with client(cluster) as c:
         new_user(c)
         sid = c.cookies["sid"]
-    r = redis.Redis(host=cluster.settings.host, port=cluster.settings.redis_port)
+    r = cluster_redis(cluster)
     keys = [k.decode() for k in r.scan_iter("sess:*")]
     assert keys and all(sid not in k for k in keys)
     assert all(sid.encode() not in (r.get(k) or b"") for k in keys)

@@ -14,7 +14,7 @@ from jose import jwk
 
 from scaleout.core.config import JWTAlg
 from scaleout.core.keys import BoundKey, KeyRing, KeyUnusable, hs256_key, keys_from_jwks
-from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, UnknownKid
+from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, UnknownKid, low_s
 
 ISS, AUD = "scaleout-auth", "scaleout-api"
 
@@ -36,7 +36,16 @@ def verifier(ring: KeyRing) -> TokenVerifier:
 
 def claims(**changes: object) -> dict:
     now = int(time.time())
-    base = {"iss": ISS, "aud": AUD, "sub": "alice", "iat": now, "exp": now + 60, "jti": "j" * 22, "fam": "f" * 22}
+    base = {
+        "iss": ISS,
+        "aud": AUD,
+        "sub": "alice",
+        "name": "alice",
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j" * 22,
+        "fam": "f" * 22,
+    }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not ...}
 
@@ -54,19 +63,24 @@ def reason(verifier: TokenVerifier, token: str, kind: TokenKind = TokenKind.acce
 
 
 def test_issued_tokens_verify_and_carry_the_required_claims(ring, issuer, verifier) -> None:
-    token, issued = issuer.issue(ring.signer, TokenKind.access, "alice", "fam" * 8)
+    token, issued = issuer.issue(ring.signer, TokenKind.access, "alice", "alice", "fam" * 8)
     got = verifier.verify(token)
     assert got == issued
     assert got.exp - got.iat == 60
     payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-    assert set(payload) == {"iss", "aud", "sub", "iat", "exp", "jti", "fam"}
+    assert set(payload) == {"iss", "aud", "sub", "name", "iat", "exp", "jti", "fam"}
 
 
-def test_key_objects_are_built_once_not_per_token(ring, issuer) -> None:
-    # python-jose re-parses a PEM string on every call; the ring hands out the same prepared object.
-    assert ring.signer.key is ring.signer.key
-    assert ring.verifiers[ring.signer.kid].key is ring.verifiers[ring.signer.kid].key
-    assert not isinstance(ring.signer.key, (str, bytes))
+def test_key_objects_are_built_once_not_per_token(ring, issuer, monkeypatch) -> None:
+    # python-jose re-parses a PEM string on every call; issuing and verifying must build no key at all.
+    built = []
+    real = jwk.construct
+    monkeypatch.setattr(jwk, "construct", lambda *a, **k: built.append(a) or real(*a, **k))
+    verifier = TokenVerifier(ring.verifiers, ISS, AUD)
+    for _ in range(20):
+        token, _ = issuer.issue(ring.signer, TokenKind.access, "alice", "alice", "f" * 22)
+        verifier.verify(token)
+    assert built == []
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "nOnE", "", "HS256", "RS512", "ES256K"])
@@ -81,7 +95,7 @@ def test_empty_and_truncated_signatures_are_refused(ring, verifier) -> None:
     good = forge(header(ring), claims(), ring.signer)
     h, p, s = good.split(".")
     assert reason(verifier, f"{h}.{p}.") == "malformed"
-    assert reason(verifier, f"{h}.{p}.{s[:-8]}") in ("bad_signature", "bad_base64")
+    assert reason(verifier, f"{h}.{p}.{s[:-8]}") in ("bad_signature", "bad_base64", "non_canonical_signature")
     assert reason(verifier, f"{h}.{p}.{b64(b'')}AA") in ("bad_signature", "bad_base64")
 
 
@@ -131,6 +145,9 @@ def test_rs256_to_hs256_key_confusion_with_the_public_key_in_every_encoding(tmp_
         ({"aud": ["scaleout-api"]}, "bad_aud"),
         ({"sub": None}, "bad_sub"),
         ({"sub": 7}, "bad_sub"),
+        ({"name": ...}, "bad_name"),
+        ({"name": "x" * 33}, "bad_name"),
+        ({"exp": int(time.time()) + 10**9}, "lifetime_too_long"),
         ({"jti": ...}, "bad_jti"),
         ({"jti": "short"}, "bad_jti"),
         ({"fam": {}}, "bad_fam"),
@@ -148,8 +165,8 @@ def test_exp_equal_to_now_is_expired_and_leeway_is_configurable(ring) -> None:
 
 
 def test_refresh_and_access_tokens_are_kept_apart(ring, issuer, verifier) -> None:
-    refresh, _ = issuer.issue(ring.signer, TokenKind.refresh, "alice", "f" * 22)
-    access, _ = issuer.issue(ring.signer, TokenKind.access, "alice", "f" * 22)
+    refresh, _ = issuer.issue(ring.signer, TokenKind.refresh, "alice", "alice", "f" * 22)
+    access, _ = issuer.issue(ring.signer, TokenKind.access, "alice", "alice", "f" * 22)
     assert reason(verifier, refresh, TokenKind.access) == "wrong_typ"
     assert reason(verifier, access, TokenKind.refresh) == "wrong_typ"
     # Even with the typ header rewritten, the audience tells them apart (and the signature breaks).
@@ -195,11 +212,11 @@ def test_duplicate_claims_and_non_object_json_are_refused(ring, verifier) -> Non
     h = b64(header(ring))
     raw = json.dumps(claims())[:-1] + ', "sub": "admin"}'
     p = b64(raw.encode())
-    sig = ring.signer.key.sign(f"{h}.{p}".encode())
+    sig = low_s(ring.signer.alg, ring.signer.key.sign(f"{h}.{p}".encode()))
     assert reason(verifier, f"{h}.{p}.{b64(sig)}") == "duplicate_member"
     for payload in (b"[]", b"null", b"\xff\xfe", b'{"a":' * 300):
         p = b64(payload)
-        sig = ring.signer.key.sign(f"{h}.{p}".encode())
+        sig = low_s(ring.signer.alg, ring.signer.key.sign(f"{h}.{p}".encode()))
         assert reason(verifier, f"{h}.{p}.{b64(sig)}") == "bad_json"
 
 
@@ -213,17 +230,46 @@ def test_cached_token_is_still_rechecked_for_expiry_and_key_removal(ring, issuer
 
 
 def test_hs256_refuses_short_or_low_entropy_secrets() -> None:
-    with pytest.raises(KeyUnusable):
-        hs256_key("too-short")
-    with pytest.raises(KeyUnusable):
-        hs256_key("a" * 64)
-    assert hs256_key("k" * 8 + "0123456789abcdefghijklmnopqrstuv").alg == "HS256"
+    import secrets
+
+    for weak in (
+        "too-short",
+        "a" * 64,
+        "0123456789abcdef0123456789abcdef",  # 32 characters, but 24 bytes of base64url and a pattern
+        "correct horse battery staple, correct horse battery staple",  # not base64url at all
+        "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB",  # base64url of 36 times "A"
+    ):
+        with pytest.raises(KeyUnusable, match="JWT_SECRET"):
+            hs256_key(weak)
+    assert hs256_key(secrets.token_urlsafe(32)).alg == "HS256"
+
+
+def test_es256_accepts_only_the_low_s_twin_of_a_signature(tmp_path: Path, issuer) -> None:
+    from scaleout.core.tokens import _P256_N
+
+    ring = KeyRing(tmp_path, JWTAlg.ES256, grace=60)
+    verifier = TokenVerifier(ring.verifiers, ISS, AUD)
+    for _ in range(8):  # the signer's s is random: both halves come up
+        token, _ = issuer.issue(ring.signer, TokenKind.access, "alice", "alice", "f" * 22)
+        h, p, sig = token.split(".")
+        raw = base64.urlsafe_b64decode(sig + "==")
+        assert int.from_bytes(raw[32:], "big") <= _P256_N // 2  # we only ever issue the low one
+        twin = raw[:32] + (_P256_N - int.from_bytes(raw[32:], "big")).to_bytes(32, "big")
+        assert verifier.verify(token).sub == "alice"
+        assert reason(TokenVerifier(ring.verifiers, ISS, AUD), f"{h}.{p}.{b64(twin)}") == "non_canonical_signature"
+
+
+def test_token_lifetime_is_capped_whoever_signed_it(ring) -> None:
+    now = int(time.time())
+    verifier = TokenVerifier(ring.verifiers, ISS, AUD, max_lifetime={TokenKind.access: 60, TokenKind.refresh: 600})
+    assert verifier.verify(forge(header(ring), claims(iat=now, exp=now + 60), ring.signer)).sub == "alice"
+    assert reason(verifier, forge(header(ring), claims(iat=now, exp=now + 61), ring.signer)) == "lifetime_too_long"
 
 
 def test_key_rotation_keeps_old_public_key_until_its_tokens_expire(tmp_path: Path, issuer) -> None:
     ring = KeyRing(tmp_path, JWTAlg.ES256, grace=3600)
     old = ring.signer
-    old_token, _ = issuer.issue(old, TokenKind.access, "alice", "f" * 22)
+    old_token, _ = issuer.issue(old, TokenKind.access, "alice", "alice", "f" * 22)
     new = ring.rotate()
     assert new.kid != old.kid and ring.signer.kid == new.kid
     assert {k["kid"] for k in ring.jwks()["keys"]} == {old.kid, new.kid}
@@ -244,4 +290,10 @@ def test_jwks_parsing_keeps_only_public_keys_of_the_configured_algorithm(ring) -
     assert all(isinstance(k, BoundKey) for k in keys.values())
     with pytest.raises(KeyUnusable):
         keys_from_jwks({"nokeys": 1}, ring.alg)
-    assert jwk  # python-jose builds every key object
+
+
+def test_jwks_parsing_skips_an_entry_that_carries_a_private_key(ring, tmp_path: Path) -> None:
+    private = ring._keys[ring.signer.kid].key.to_dict()  # has "d"
+    assert "d" in private
+    doc = {"keys": [{**private, "kid": "leaked", "alg": str(ring.alg)}, *ring.jwks()["keys"]]}
+    assert set(keys_from_jwks(doc, ring.alg)) == {ring.signer.kid}

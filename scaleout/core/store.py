@@ -255,7 +255,7 @@ class RefreshTokens:
             if raw is None:
                 continue
             info = orjson.loads(raw)
-            if now - float(info.get("created", 0)) >= self.ttl:
+            if now - float(score) >= self.ttl:  # not refreshed for a refresh token's lifetime: over
                 continue
             out.append(
                 Family(

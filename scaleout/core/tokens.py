@@ -230,8 +230,11 @@ class TokenVerifier:
         signature = b64url_decode_canonical(signature_b64)
         if not signature:
             raise TokenError("bad_signature")
-        if bound.alg == "ES256" and (len(signature) != 64 or int.from_bytes(signature[32:], "big") > _P256_N // 2):
-            raise TokenError("non_canonical_signature")  # (r, n - s) would verify too: one spelling only
+        if bound.alg == "ES256":
+            if len(signature) != 64:
+                raise TokenError("bad_signature")
+            if int.from_bytes(signature[32:], "big") > _P256_N // 2:
+                raise TokenError("non_canonical_signature")  # (r, n - s) would verify too: one spelling only
         try:
             valid = bound.key.verify(f"{header_b64}.{payload_b64}".encode("ascii"), signature)
         except Exception:  # a malformed signature must read as invalid, whatever the backend raises

@@ -148,6 +148,20 @@ def rotate_keys() -> None:
     console.print(f"auth service now signs with {kid}")
 
 
+@app.command("init-secrets")
+def init_secrets() -> None:
+    """Create the cluster's secrets (Redis ACL and password, session key, HS256 secret) in SECRETS_DIR."""
+    from scaleout.core.keys import KeyUnusable
+    from scaleout.lab.runner import write_cluster_secrets
+
+    settings = get_settings()
+    try:
+        write_cluster_secrets(settings)
+    except KeyUnusable as exc:
+        _fail(exc)
+    console.print(f"secrets ready in {settings.secrets_path}")
+
+
 @app.command("revoke-key")
 def revoke_key(kid: str) -> None:
     """Distrust a compromised signing key on every replica within seconds (no restarts)."""

@@ -369,32 +369,10 @@ class Cluster:
         return self._services[name]
 
     def _write_secrets(self) -> None:
-        """Per-cluster secrets, each in an owner-only file of a directory only its owner can enter.
-
-        Generated once and kept (the users database beside them outlives `down`); none is ever written to
-        `state.json`, a rendered config, a command line or a log.
-        """
-        s = self.settings
-        directory = s.secrets_path
-        directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o700)
-        write_secret(directory / "redis_password", secrets.token_urlsafe(32))
-        write_secret(directory / "session_key", secrets.token_urlsafe(48))
-        password = s.redis_password()
-        acl = f"user default off\nuser {s.redis_username} on >{password} ~* &* +@all\n"
-        write_secret(directory / "redis.acl", acl, replace=True)
-        if s.jwt_alg is JWTAlg.HS256:
-            if s.jwt_secret:  # handed in explicitly: it replaces the one on file
-                write_secret(directory / "jwt_secret", s.jwt_secret, replace=True)
-            else:
-                write_secret(directory / "jwt_secret", secrets.token_urlsafe(32))
-            try:
-                hs256_key(s.hs256_secret())
-            except KeyUnusable as exc:
-                raise ClusterError(str(exc)) from exc
-        for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
-            if (directory / name).exists():
-                (directory / name).chmod(0o600)
+        try:
+            write_cluster_secrets(self.settings)
+        except KeyUnusable as exc:
+            raise ClusterError(str(exc)) from exc
 
     def _write_nginx_conf(self, mode: LBMode) -> None:
         conf = self.prefix / "nginx.conf"
@@ -487,6 +465,31 @@ def redis_args(port: int) -> list[str]:
     Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
     """
     return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+
+
+def write_cluster_secrets(settings: Settings) -> None:
+    """Per-cluster secrets, each in an owner-only file of a directory only its owner can enter.
+
+    Generated once and kept (the users database beside them outlives `down`); none is ever written to
+    `state.json`, a rendered config, a command line or a log. Compose runs this in its `secrets` service.
+    """
+    s = settings
+    directory = s.secrets_path
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    write_secret(directory / "redis_password", secrets.token_urlsafe(32))
+    write_secret(directory / "session_key", secrets.token_urlsafe(48))
+    acl = f"user default off\nuser {s.redis_username} on >{s.redis_password()} ~* &* +@all\n"
+    write_secret(directory / "redis.acl", acl, replace=True)
+    if s.jwt_alg is JWTAlg.HS256:
+        if s.jwt_secret:  # handed in explicitly: it replaces the one on file
+            write_secret(directory / "jwt_secret", s.jwt_secret, replace=True)
+        else:
+            write_secret(directory / "jwt_secret", secrets.token_urlsafe(32))
+        hs256_key(s.hs256_secret())  # refuses a weak secret, naming JWT_SECRET
+    for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
+        if (directory / name).exists():
+            (directory / name).chmod(0o600)
 
 
 def write_secret(path: Path, value: str, replace: bool = False) -> None:
