@@ -23,16 +23,20 @@ def single_cookie(headers: Iterable[tuple[bytes, bytes]], name: str) -> str | No
 
 
 def single_cookie_raw(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """`single_cookie` without building a list or decoding: the session check runs it on every request."""
+    """`single_cookie` without building a list or decoding: the session check runs it on every request.
+
+    Names are compared after the trimming every common parser does (`sid =x` is a `sid` cookie to them), so
+    a second spelling of the name is a second cookie, and two are ambiguous, never "the first one wins".
+    """
     found: bytes | None = None
     for key, value in headers:
         if key == b"cookie":
             for part in value.split(b";"):
-                k, sep, v = part.strip().partition(b"=")
-                if sep and k == name:
+                k, sep, v = part.partition(b"=")
+                if sep and k.strip(b" \t") == name:
                     if found is not None:
                         raise Ambiguous(name.decode())
-                    found = v
+                    found = v.strip(b" \t")
     return found
 
 

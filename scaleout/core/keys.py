@@ -120,7 +120,10 @@ class KeyRing:
 
     def _save(self) -> None:
         tmp = self._ring_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": self._entries}, indent=2))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"keys": self._entries}, indent=2))
         tmp.replace(self._ring_file())
 
     def rotate(self) -> BoundKey:
