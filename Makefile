@@ -13,15 +13,20 @@ system:
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[lab,dev]'
 	@$(PY) scripts/fetch_compose_schema.py $(VENV)/share/compose_spec.json
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
 	$(PY) -m pytest -q
 
+# ruff, the formatter, the strict type checker over the services and the lab, and the import contract
+# (the core never imports the lab; the services need none of the lab's dependencies).
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	$(PY) -m scaleout demo

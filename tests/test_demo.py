@@ -72,6 +72,18 @@ def test_revocation_windows(demo) -> None:
         assert r[key]["logout_status"] == 204, key
 
 
+def test_revocation_latency_of_another_device(demo) -> None:
+    r = demo[0]["scenarios"]["revocation"]
+    for key in ("jwt/denylist", "session/redis"):
+        d = r[key]["other_device"]
+        assert d["revoke_status"] == 204 and d["seconds_to_refuse"] is not None, key
+        assert d["seconds_to_refuse"] < 1.0, key  # at the next request on every replica
+    none = r["jwt/none"]["other_device"]
+    assert none["revoke_status"] == 204 and none["seconds_to_refuse"] is None and none["still_valid_for_s"] > 0
+    memory = r["session/memory/sticky"]["other_device"]
+    assert memory["revoke_status"] in (204, 404)  # only the replica holding it can end it
+
+
 def test_live_switch_loses_no_request(demo) -> None:
     s = demo[0]["scenarios"]["live_switch"]
     assert s["failed"] == 0 and s["requests"] > 0, s["failures"]
@@ -84,7 +96,7 @@ def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
     assert parse_markdown_table(md) == document["rows"]
     assert len(document["rows"]) == 6
     assert all(set(row) == set(COLUMNS) for row in document["rows"])
-    assert len(document["charts"]) == 3
+    assert len(document["charts"]) == 4
     for chart in document["charts"]:
         data = (out / chart).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

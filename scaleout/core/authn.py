@@ -15,7 +15,7 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from starlette.responses import Response
 
@@ -72,7 +72,7 @@ class LoginGrant:
 
     uid: str
     username: str
-    body: dict[str, object]
+    body: dict[str, Any]  # the auth service's JSON, mode-specific
 
 
 def _same(a: str, b: str) -> bool:
@@ -118,7 +118,7 @@ class SessionAuthenticator(Authenticator):
     def __init__(self, settings: Settings, store: MemorySessions | RedisSessions) -> None:
         self.store = store
         self.cookie_name = settings.cookie_name
-        self.cookie = SessionCookie(self.cookie_name, store.key)
+        self.cookie: SessionCookie[bytes | str] = SessionCookie(self.cookie_name, store.key)
         self.lifetime = settings.session_absolute_ttl
         self.idle = settings.session_idle_ttl
         self.secure = settings.cookie_secure
@@ -213,6 +213,7 @@ class MemorySessionAuthenticator(SessionAuthenticator):
 
     def __init__(self, settings: Settings, store: MemorySessions) -> None:
         super().__init__(settings, store)
+        self.memory_cookie: SessionCookie[bytes] = SessionCookie(self.cookie_name, store.key)
 
     async def _lookup(self, key: bytes | str) -> Session | None:
         assert isinstance(key, bytes)
@@ -221,14 +222,14 @@ class MemorySessionAuthenticator(SessionAuthenticator):
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         # The same as the base class without the coroutine per lookup: this runs on every request.
         try:
-            found = self.cookie.read(headers)
+            found = self.memory_cookie.read(headers)
         except Ambiguous as exc:
             raise NotAuthenticated("ambiguous") from exc
         except Malformed as exc:
             raise NotAuthenticated("malformed") from exc
         if found is None:
             raise NotAuthenticated("missing")
-        session = self.store.lookup(found[1])  # type: ignore[arg-type]
+        session = self.store.lookup(found[1])
         if session is None:
             raise NotAuthenticated("unknown_session")
         return Principal(session.uid, session.username, session.handle, csrf=session.csrf, sid=found[0])
@@ -238,7 +239,7 @@ class MemorySessionAuthenticator(SessionAuthenticator):
         session = Session(
             grant.username,
             str(body["csrf"]),
-            float(body["created"]),  # type: ignore[arg-type]
+            float(body["created"]),
             grant.uid,
             str(body["handle"]),
             str(body.get("user_agent", "")),

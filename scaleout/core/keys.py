@@ -47,9 +47,10 @@ def _new_private_pem(alg: JWTAlg) -> bytes:
         private = ec.generate_private_key(ec.SECP256R1())
     else:
         raise KeyUnusable(f"{alg} has no key pair")
-    return private.private_bytes(
+    pem: bytes = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return pem
 
 
 def hs256_key(secret: str) -> BoundKey:

@@ -19,13 +19,21 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Command = tuple[object, ...]
+Arg = str | int | float | bytes
+Command = tuple[Arg, ...]
+
+
+def pack(command: Command) -> bytes:
+    # hiredis's stub types the argument as a one-element tuple; any length is what it takes.
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    return packed
 
 
 class _Protocol(asyncio.Protocol):
@@ -36,7 +44,8 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A TCP connection's transport writes (uvloop's does not subclass asyncio.Transport, hence a cast).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -97,7 +106,7 @@ class PipelinedConnection:
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def call(self, *command: object) -> asyncio.Future[object]:
+    def call(self, *command: Arg) -> asyncio.Future[object]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((command, future))
@@ -138,14 +147,14 @@ class PipelinedConnection:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(_Protocol, self.host, self.port), timeout=self.timeout
         )
-        setup: list[tuple[object, ...]] = []
+        setup: list[Command] = []
         if self.password:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
         if setup:
             replies: list[asyncio.Future[object]] = [loop.create_future() for _ in setup]
-            protocol.send(b"".join(hiredis.pack_command(c) for c in setup), replies)
+            protocol.send(b"".join(pack(c) for c in setup), replies)
             try:
                 for reply in replies:
                     await asyncio.wait_for(reply, timeout=self.timeout)
@@ -157,7 +166,7 @@ class PipelinedConnection:
 
     def _send(self, protocol: _Protocol, batch: list[tuple[Command, asyncio.Future[object]]]) -> None:
         futures = [future for _, future in batch]
-        payload = b"".join(hiredis.pack_command(command) for command, _ in batch)
+        payload = b"".join(pack(command) for command, _ in batch)
         try:
             protocol.send(payload, futures)
         except Exception as exc:

@@ -182,11 +182,21 @@ def _expired(session: Session, last_seen: float, now: float, idle_ttl: int, abso
     return now - last_seen >= idle_ttl or now - session.created >= absolute_ttl
 
 
+class _Entry:
+    """A stored session and when it was last seen (renewed in place by every lookup)."""
+
+    __slots__ = ("seen", "session")
+
+    def __init__(self, session: Session, seen: float) -> None:
+        self.session = session
+        self.seen = seen
+
+
 class MemorySessions:
     """One process's sessions: invisible to every other replica, which is the point of the demo.
 
     Keyed by the raw SHA-256 digest of the ID, in least-recently-used order, so that eviction at capacity
-    is O(1). Each entry is a mutable [session, last seen] pair: a lookup renews the idle timer in place.
+    is O(1). Each entry is a mutable (session, last seen) slot object: a lookup renews the idle timer in place.
     A per-user index caps each user's sessions, so one user's logins cannot evict everybody else's.
     """
 
@@ -195,7 +205,7 @@ class MemorySessions:
         self.absolute_ttl = absolute_ttl
         self.max_per_user = max_per_user
         self.max_entries = max_entries
-        self._data: OrderedDict[bytes, list[Session | float]] = OrderedDict()
+        self._data: OrderedDict[bytes, _Entry] = OrderedDict()
         self._by_user: dict[str, dict[str, bytes]] = {}  # uid -> handle -> key
 
     key = staticmethod(memory_key)
@@ -208,23 +218,22 @@ class MemorySessions:
         entry = self._data.get(key)
         if entry is None:
             return None
-        session, last_seen = entry
         now = time.time()
-        if _expired(session, last_seen, now, self.idle_ttl, self.absolute_ttl):  # type: ignore[arg-type]
+        if _expired(entry.session, entry.seen, now, self.idle_ttl, self.absolute_ttl):
             self._drop(key)
             return None
-        entry[1] = now
+        entry.seen = now
         self._data.move_to_end(key)
-        return session  # type: ignore[return-value]
+        return entry.session
 
     async def put(self, sid: str, session: Session) -> None:
         key = memory_key(sid.encode())
         mine = self._by_user.setdefault(session.uid, {})
         while len(mine) >= self.max_per_user:  # the user's least recently used session makes room
-            self._drop(min(mine.values(), key=lambda k: self._data[k][1]))  # type: ignore[arg-type,return-value]
+            self._drop(min(mine.values(), key=lambda k: self._data[k].seen))
         if len(self._data) >= self.max_entries:
             self._drop(next(iter(self._data)))  # the least recently used of all
-        self._data[key] = [session, time.time()]
+        self._data[key] = _Entry(session, time.time())
         self._by_user.setdefault(session.uid, {})[session.handle] = key
 
     async def delete(self, sid: str) -> None:
@@ -234,7 +243,7 @@ class MemorySessions:
         entry = self._data.pop(key, None)
         if entry is None:
             return
-        session: Session = entry[0]  # type: ignore[assignment]
+        session = entry.session
         mine = self._by_user.get(session.uid)
         if mine is not None:
             mine.pop(session.handle, None)
@@ -245,12 +254,12 @@ class MemorySessions:
         now = time.time()
         out = []
         for key in list(self._by_user.get(uid, {}).values()):
-            session, last_seen = self._data[key]
-            assert isinstance(session, Session) and isinstance(last_seen, float)
-            if _expired(session, last_seen, now, self.idle_ttl, self.absolute_ttl):
+            entry = self._data[key]
+            session = entry.session
+            if _expired(session, entry.seen, now, self.idle_ttl, self.absolute_ttl):
                 self._drop(key)
                 continue
-            out.append(SessionInfo(session.handle, session.created, last_seen, session.user_agent, session.ip))
+            out.append(SessionInfo(session.handle, session.created, entry.seen, session.user_agent, session.ip))
         return out
 
     async def end(self, uid: str, handle: str) -> bool:
@@ -422,7 +431,14 @@ class RedisSessions:
         key = session_key(sid)
         zset, handles = user_keys(session.uid)
         sealed = self.mac.seal(key, session.to_json())
-        args = [sealed, self.idle_ttl, time.time(), session.handle, self.max_per_user, self.absolute_ttl]
+        args: list[str | int | float | bytes] = [
+            sealed,
+            self.idle_ttl,
+            time.time(),
+            session.handle,
+            self.max_per_user,
+            self.absolute_ttl,
+        ]
         await redis_call(lambda: self._put(keys=[key, zset, handles], args=args), UNAVAILABLE)
 
     async def delete(self, sid: str) -> None:

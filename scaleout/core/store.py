@@ -37,10 +37,11 @@ def make_redis(settings: Settings) -> Redis:
     with 503, and the pool reconnects by itself once Redis is back. Every connection authenticates as the
     cluster's ACL user: the cluster's Redis refuses anonymous clients.
     """
+    password = settings.redis_password()
     return Redis.from_url(
         settings.redis_dsn,
-        username=settings.redis_username,
-        password=settings.redis_password(),
+        username=settings.redis_username if password else None,
+        password=password,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         retry=Retry(NoBackoff(), 0),
@@ -203,7 +204,7 @@ class RefreshTokens:
     async def start_family(self, uid: str, fam: str, jti: str, info: dict[str, object]) -> list[str]:
         """Remember a login's first refresh token; returns the families the per-user cap revoked."""
         zset, meta = family_keys(uid)
-        args = [self.ttl, time.time(), fam, orjson.dumps(info), self.max_per_user]
+        args: list[str | int | float | bytes] = [self.ttl, time.time(), fam, orjson.dumps(info), self.max_per_user]
         revoked = await redis_call(lambda: self._start(keys=[f"rt:{jti}", zset, meta], args=args))
         return [f.decode() if isinstance(f, bytes) else str(f) for f in revoked]
 

@@ -161,7 +161,9 @@ def _credentials(cluster: Cluster, users: int) -> tuple[str, tuple[str, ...]]:
             u.close()
 
 
-def pairs(a: Target, b: Target, n: int, seconds: float, procs: dict[str, list[int]], workdir: Path):
+def pairs(
+    a: Target, b: Target, n: int, seconds: float, procs: dict[str, list[int]], workdir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[float]]:
     """n pairs in A B, B A, A B … order, so that whatever favours the first (or second) run of a pair
     favours both sides equally; returns both sides' runs and the per-pair ratios b/a."""
     runs_a, runs_b = [], []

@@ -92,10 +92,10 @@ def status() -> None:
     table = Table("service", "pid", "address", "healthy")
     for row in cluster.status():
         table.add_row(
-            str(row["service"]),
-            str(row["pid"] or "-"),
-            str(row["address"]),
-            "[green]yes[/]" if row["healthy"] else "[red]no[/]",
+            row.service,
+            str(row.pid or "-"),
+            row.address,
+            "[green]yes[/]" if row.healthy else "[red]no[/]",
         )
     console.print(table)
     s = cluster.settings
@@ -151,15 +151,9 @@ def rotate_keys() -> None:
 @app.command("init-secrets")
 def init_secrets() -> None:
     """Create the cluster's secrets (Redis ACL and password, session key, HS256 secret) in SECRETS_DIR."""
-    from scaleout.core.keys import KeyUnusable
-    from scaleout.lab.runner import write_cluster_secrets
+    from services.serve import main
 
-    settings = get_settings()
-    try:
-        write_cluster_secrets(settings)
-    except KeyUnusable as exc:
-        _fail(exc)
-    console.print(f"secrets ready in {settings.secrets_path}")
+    raise typer.Exit(main(["secrets"]))
 
 
 @app.command("revoke-key")
@@ -174,27 +168,10 @@ def revoke_key(kid: str) -> None:
 
 @app.command()
 def serve(kind: Kind) -> None:
-    """Run one service in the foreground (what the runner and compose both launch)."""
-    import uvicorn
+    """Run one service in the foreground (the same as `python -m services.serve KIND`)."""
+    from services.serve import serve as serve_service
 
-    settings = get_settings()
-    port = settings.auth_port if kind is Kind.auth else settings.api_port(settings.replica_id)
-    uvicorn.run(
-        f"services.{kind}.main:app",
-        host=settings.bind_host or settings.host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        # Longer than nginx's upstream keepalive_timeout: the side that closes idle connections must be
-        # nginx, or it races the replica's close and retries a request on another replica.
-        timeout_keep_alive=75,
-        server_header=False,
-        # The replicas read nginx's X-Real-IP themselves; uvicorn's proxy-header rewriting is not needed.
-        proxy_headers=False,
-    )
+    serve_service(str(kind))
 
 
 @app.command("render-nginx")
@@ -235,11 +212,11 @@ def bench(
     results = bench_mod.run(quick, say=lambda line: print(line, flush=True), only=mode)
     lines = bench_mod.write(results, out)
     table = Table("mode", "/api/me req/s", "baseline req/s", "ratio", "p50 ms", "p99 ms", "errors")
-    for mode in bench_mod.MODES:
-        if mode in results:
-            r = results[mode]
+    for name in bench_mod.MODES:
+        if name in results:
+            r = results[name]
             table.add_row(
-                mode,
+                name,
                 str(r["me"]["rps"]),
                 str(r["baseline"]["rps"]),
                 str(r["ratio_median"]),

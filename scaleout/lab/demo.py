@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from scaleout.core.config import LBMode
 from scaleout.core.sessions import new_csrf_token, new_session_id
 from scaleout.lab.load import Hit, User, drive, imbalance, latency_ms, make_users, per_replica, success_rate
 from scaleout.lab.runner import Cluster, isolated_settings
@@ -63,7 +64,7 @@ def _latencies(hits: list[Hit], limit: int = 2000) -> list[float]:
 def _status_by_replica(hits: list[Hit]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for h in hits:
-        out.setdefault(h.replica, Counter())[str(h.status)] += 1  # type: ignore[index]
+        out.setdefault(h.replica, Counter())[str(h.status)] += 1
     return {k: dict(v) for k, v in sorted(out.items())}
 
 
@@ -173,7 +174,7 @@ def sticky(ctx: Context) -> dict[str, Any]:
             u.close()
 
     def users_by_replica(hits: list[Hit]) -> dict[str, int]:
-        first = {}
+        first: dict[int, str] = {}
         for h in hits:
             first.setdefault(h.user, h.replica)
         return dict(sorted(Counter(first.values()).items()))
@@ -301,6 +302,45 @@ def _replay_after_logout(c: Cluster, replays: int) -> dict[str, Any]:
     }
 
 
+def _revoke_other_device(c: Cluster, within: float = 3.0) -> dict[str, Any]:
+    """A user ends their other device's session (`DELETE /api/sessions/{id}`) while that device keeps
+    replaying on every replica: how long until every replica refuses it."""
+    phone = make_users(c.settings.public_url, 1)[0]
+    laptop = User(1, c.settings.public_url, name=phone.name)
+    laptop.login()
+    listed = laptop.client.get("/api/sessions", headers=laptop.auth_headers()).json()["sessions"]
+    handle = next(s["id"] for s in listed if s["current"])
+    status = phone.client.delete(f"/api/sessions/{handle}", headers=phone.auth_headers(write=True)).status_code
+    returned = time.monotonic()
+    accepted, streak, refused_after = 0, 0, None
+    while time.monotonic() - returned < within:
+        hit = laptop.me()
+        if hit.status == 200:
+            accepted, streak = accepted + 1, 0
+            continue
+        streak += 1
+        if streak == c.settings.replicas * 2:  # every replica in turn, twice
+            refused_after = max(0.0, hit.at - returned)
+            break
+    window = None
+    if refused_after is None and laptop.token:
+        import base64
+        import json
+
+        payload = laptop.token.split(".")[1]
+        window = max(
+            0.0, json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"] - time.time()
+        )
+    phone.close()
+    laptop.close()
+    return {
+        "revoke_status": status,
+        "accepted_after_revoke": accepted,
+        "seconds_to_refuse": None if refused_after is None else round(refused_after, 3),
+        "still_valid_for_s": None if window is None else round(window, 1),
+    }
+
+
 def _me_p50(c: Cluster, n: int) -> float:
     user = make_users(c.settings.public_url, 1)[0]
     hits = [user.me() for _ in range(n)]
@@ -319,6 +359,7 @@ def revocation(ctx: Context) -> dict[str, Any]:
     ):
         with ctx.cluster(**modes) as c:
             out[key] = _replay_after_logout(c, replays=9)
+            out[key]["other_device"] = _revoke_other_device(c)
             if key.startswith("jwt"):
                 out[key]["me_p50_ms"] = _me_p50(c, samples)
     none_p50, deny_p50 = out["jwt/none"]["me_p50_ms"], out["jwt/denylist"]["me_p50_ms"]
@@ -369,7 +410,7 @@ def live_switch(ctx: Context) -> dict[str, Any]:
             for mode in ("sticky", "ip_hash", "round_robin"):
                 time.sleep(0.5)  # a window of traffic under the current mode, for the "before" distribution
                 started = time.monotonic()
-                c.lb(mode)  # type: ignore[arg-type]
+                c.lb(LBMode(mode))
                 ended = time.monotonic()
                 time.sleep(0.5)
                 window = [r for r in records if started - 0.5 <= r[0] <= ended + 0.5]

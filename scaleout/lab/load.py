@@ -41,6 +41,13 @@ class User:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    def auth_headers(self, write: bool = False) -> dict[str, str]:
+        """Its credential for a request; a cookie write also carries the CSRF token."""
+        headers = self._headers()
+        if write and not self.token:
+            headers["X-CSRF-Token"] = self.client.cookies.get("csrf_token") or ""
+        return headers
+
     def register_and_login(self) -> None:
         self.client.post("/api/register", json={"username": self.name, "password": PASSWORD})
         self.login()
@@ -62,10 +69,7 @@ class User:
         return Hit(time.monotonic() - latency, self.index, replica, status, latency)
 
     def logout(self) -> int:
-        headers = self._headers()
-        if not self.token:
-            headers["X-CSRF-Token"] = self.client.cookies.get("csrf_token", "")
-        return self.client.post("/api/logout", headers=headers).status_code
+        return self.client.post("/api/logout", headers=self.auth_headers(write=True)).status_code
 
     def close(self) -> None:
         self.client.close()

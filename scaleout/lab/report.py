@@ -44,6 +44,19 @@ def _row(mode: str, r: dict[str, Any], **rest: str) -> dict[str, str]:
     return row
 
 
+def device_latency(d: dict[str, Any] | None) -> str:
+    """How long another device's revoked session kept working, in words."""
+    if d is None:
+        return "other device: not measured"
+    if d["revoke_status"] == 404:
+        return "other device: unknown to this replica (404)"
+    if d["seconds_to_refuse"] is not None:
+        return f"other device: {d['seconds_to_refuse']:.2f} s"
+    if d["still_valid_for_s"] is not None:
+        return f"other device: until exp ({d['still_valid_for_s']:.0f} s)"
+    return "other device: still accepted"
+
+
 def rows(results: dict[str, Any]) -> list[dict[str, str]]:
     """One row per mode, built only from what the run measured (absent scenarios give absent rows)."""
     out: list[dict[str, str]] = []
@@ -54,10 +67,12 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
         if r is None:
             return "-"
         if r["accepted_after_logout"] == 0:
-            return "0 s"
-        return (
-            f"until exp ({r['window_s']:.0f} s)" if r["window_s"] else f"{r['accepted_after_logout']} replays accepted"
-        )
+            logout = "0 s"
+        elif r["window_s"]:
+            logout = f"until exp ({r['window_s']:.0f} s)"
+        else:
+            logout = f"{r['accepted_after_logout']} replays accepted"
+        return f"{logout}; {device_latency(r.get('other_device'))}"
 
     if s := results.get("stateful_wall"):
         out.append(_row(s["mode"], s))
@@ -161,6 +176,18 @@ def readings(results: dict[str, Any]) -> list[str]:
             for k, v in rev.items()
             if isinstance(v, dict)
         ]
+        devices = "; ".join(
+            f"{k}: {device_latency(v.get('other_device')).removeprefix('other device: ')}"
+            for k, v in rev.items()
+            if isinstance(v, dict)
+        )
+        out.append(
+            "**Revocation latency** (a user ends the session of their other device from the sessions list, "
+            f"while that device keeps sending requests to every replica): {devices}. Redis sessions and the JWT "
+            "denylist end it at the next request on every replica; a JWT without the denylist only loses its "
+            "refresh token, and its access token works until `exp`; memory sessions are only visible, and so "
+            "only endable, on the replica that holds them."
+        )
         out.append(
             "**Revocation window** (a user logs out while an attacker replays the stolen credential on every "
             f"replica): {'; '.join(parts)}. A JWT without a denylist stays valid until `exp` "
@@ -279,6 +306,34 @@ def _charts(results: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "latency.png", dpi=110)
         plt.close(fig)
         made.append("latency.png")
+    # 4. Revocation latency: seconds until every replica refuses a revoked device (bar), per mode.
+    if rev := results.get("revocation"):
+        labels, seconds, notes = [], [], []
+        for key, value in rev.items():
+            if not isinstance(value, dict) or "other_device" not in value:
+                continue
+            d = value["other_device"]
+            labels.append(key)
+            if d["seconds_to_refuse"] is not None:
+                seconds.append(d["seconds_to_refuse"])
+                notes.append(f"{d['seconds_to_refuse']:.2f} s")
+            elif d["still_valid_for_s"] is not None:
+                seconds.append(d["still_valid_for_s"])
+                notes.append(f"until exp: {d['still_valid_for_s']:.0f} s")
+            else:
+                seconds.append(0.0)
+                notes.append("not endable here" if d["revoke_status"] == 404 else "still accepted")
+        if labels:
+            fig, ax = plt.subplots(figsize=(8, 4))
+            bars = ax.bar(labels, seconds, color=["tab:green" if s < 1 else "tab:red" for s in seconds])
+            for bar, note in zip(bars, notes, strict=True):
+                ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+            ax.set_ylabel("seconds until every replica refuses it")
+            ax.set_title("Revocation latency: another device's session ended from the sessions list")
+            fig.tight_layout()
+            fig.savefig(out / "revocation_latency.png", dpi=110)
+            plt.close(fig)
+            made.append("revocation_latency.png")
     return made
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -17,13 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 
 from scaleout.core.config import ROOT, JWTAlg, LBMode, Settings
-from scaleout.core.keys import KeyUnusable, hs256_key
+from scaleout.core.keys import KeyUnusable
+from scaleout.core.secretfiles import write_cluster_secrets
 from scaleout.lab import nginx
 
 HEALTH_TIMEOUT = 30.0
@@ -49,10 +49,12 @@ class Service:
         return f"{self.host}:{self.port}"
 
 
-@dataclass
-class State:
-    settings: dict[str, object]
-    services: dict[str, Service] = field(default_factory=dict)
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    service: str
+    pid: int | None
+    address: str
+    healthy: bool
 
 
 def require_program(name: str) -> str:
@@ -97,18 +99,10 @@ def free_ports(host: str, count: int, contiguous: int = 0) -> tuple[list[int], i
 
 def isolated_settings(cluster_dir: Path, **overrides: object) -> Settings:
     """Settings for a cluster of its own: its own directory and free ports, so it never meets `make up`'s."""
-    host = str(overrides.get("host", "127.0.0.1"))
-    replicas = int(overrides.get("replicas", Settings.model_fields["replicas"].default))  # type: ignore[call-overload]
-    (nginx_port, auth_port, redis_port), base = free_ports(host, 3, contiguous=replicas)
-    values: dict[str, object] = {
-        "cluster_dir": cluster_dir,
-        "nginx_port": nginx_port,
-        "auth_port": auth_port,
-        "redis_port": redis_port,
-        "api_port_base": base,
-        **overrides,
-    }
-    return Settings(**values)  # type: ignore[arg-type]
+    wanted = Settings.model_validate({"cluster_dir": cluster_dir, **overrides})  # validates the overrides first
+    (nginx_port, auth_port, redis_port), base = free_ports(wanted.host, 3, contiguous=wanted.replicas)
+    ports = {"nginx_port": nginx_port, "auth_port": auth_port, "redis_port": redis_port, "api_port_base": base}
+    return Settings.model_validate({"cluster_dir": cluster_dir, **ports, **overrides})
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -202,14 +196,12 @@ class Cluster:
                 "redis",
                 log("redis"),
             ),
-            "auth": Service(
-                "auth", [py, "-m", "scaleout", "serve", "auth"], env, host, s.auth_port, "http", log("auth")
-            ),
+            "auth": Service("auth", [py, "-m", "services.serve", "auth"], env, host, s.auth_port, "http", log("auth")),
         }
         for name in s.replica_names:
             services[name] = Service(
                 name,
-                [py, "-m", "scaleout", "serve", "api"],
+                [py, "-m", "services.serve", "api"],
                 {**env, "REPLICA_ID": name},
                 host,
                 s.api_port(name),
@@ -347,17 +339,14 @@ class Cluster:
         except KeyError as exc:
             raise ClusterError(f"no key {kid!r} in the ring") from exc
 
-    def status(self) -> list[dict[str, object]]:
+    def status(self) -> list[ServiceStatus]:
         rows = []
         for service in self._services.values():
             alive = bool(service.pid and pid_alive(service.pid))
             rows.append(
-                {
-                    "service": service.name,
-                    "pid": service.pid if alive else None,
-                    "address": service.address,
-                    "healthy": alive and self._probe(service),
-                }
+                ServiceStatus(
+                    service.name, service.pid if alive else None, service.address, alive and self._probe(service)
+                )
             )
         return rows
 
@@ -465,44 +454,6 @@ def redis_args(port: int) -> list[str]:
     Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
     """
     return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
-
-
-def write_cluster_secrets(settings: Settings) -> None:
-    """Per-cluster secrets, each in an owner-only file of a directory only its owner can enter.
-
-    Generated once and kept (the users database beside them outlives `down`); none is ever written to
-    `state.json`, a rendered config, a command line or a log. Compose runs this in its `secrets` service.
-    """
-    s = settings
-    directory = s.secrets_path
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
-    write_secret(directory / "redis_password", secrets.token_urlsafe(32))
-    write_secret(directory / "session_key", secrets.token_urlsafe(48))
-    acl = f"user default off\nuser {s.redis_username} on >{s.redis_password()} ~* &* +@all\n"
-    write_secret(directory / "redis.acl", acl, replace=True)
-    if s.jwt_alg is JWTAlg.HS256:
-        if s.jwt_secret:  # handed in explicitly: it replaces the one on file
-            write_secret(directory / "jwt_secret", s.jwt_secret, replace=True)
-        else:
-            write_secret(directory / "jwt_secret", secrets.token_urlsafe(32))
-        hs256_key(s.hs256_secret())  # refuses a weak secret, naming JWT_SECRET
-    for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
-        if (directory / name).exists():
-            (directory / name).chmod(0o600)
-
-
-def write_secret(path: Path, value: str, replace: bool = False) -> None:
-    """Create `path` with mode 0600 from the start (never world-readable, not even for a moment)."""
-    if path.exists() and not replace:
-        path.chmod(0o600)
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    tmp.replace(path)
 
 
 def redis_ping(host: str, port: int, username: str, password: str | None) -> bool:

@@ -144,7 +144,8 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def create_api_app(settings: Settings) -> FastAPI:
+def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """A replica app for `settings`; `auth_transport` lets a test reach an in-process auth service."""
     name = settings.replica_id
     replica = Replica()
     mode_fields = {"auth_mode": settings.auth_mode, "session_store": settings.session_store}
@@ -155,6 +156,7 @@ def create_api_app(settings: Settings) -> FastAPI:
             base_url=settings.auth_base_url,
             timeout=httpx.Timeout(10.0, connect=1.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=auth_transport,
         )
         redis = make_redis(settings)
         # The per-request reads: one lean pipelined connection per process, timed once per round trip.

@@ -1,0 +1,52 @@
+"""The cluster's secrets on disk: created owner-only from the first byte, read by the services from there.
+
+The local runner and compose's `secrets` service (`python -m services.serve secrets`) both call
+`write_cluster_secrets`, so a container stack gets its own generated secrets exactly as a local cluster does.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from scaleout.core.config import JWTAlg, Settings
+from scaleout.core.keys import hs256_key
+
+
+def write_cluster_secrets(settings: Settings) -> None:
+    """Per-cluster secrets, each in an owner-only file of a directory only its owner can enter.
+
+    Generated once and kept (the users database beside them outlives `down`); none is ever written to
+    `state.json`, a rendered config, a command line or a log. Compose runs this in its `secrets` service.
+    """
+    s = settings
+    directory = s.secrets_path
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    write_secret(directory / "redis_password", secrets.token_urlsafe(32))
+    write_secret(directory / "session_key", secrets.token_urlsafe(48))
+    acl = f"user default off\nuser {s.redis_username} on >{s.redis_password()} ~* &* +@all\n"
+    write_secret(directory / "redis.acl", acl, replace=True)
+    if s.jwt_alg is JWTAlg.HS256:
+        if s.jwt_secret:  # handed in explicitly: it replaces the one on file
+            write_secret(directory / "jwt_secret", s.jwt_secret, replace=True)
+        else:
+            write_secret(directory / "jwt_secret", secrets.token_urlsafe(32))
+        hs256_key(s.hs256_secret())  # refuses a weak secret, naming JWT_SECRET
+    for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
+        if (directory / name).exists():
+            (directory / name).chmod(0o600)
+
+
+def write_secret(path: Path, value: str, replace: bool = False) -> None:
+    """Create `path` with mode 0600 from the start (never world-readable, not even for a moment)."""
+    if path.exists() and not replace:
+        path.chmod(0o600)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    tmp.replace(path)
