@@ -14,17 +14,26 @@ def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:
     run = run_cli("bench", "--quick", "--out", str(tmp_path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((tmp_path / "bench.json").read_text())
-    for mode in ("session/redis", "jwt RS256"):
-        r = results[mode]
+    modes = {m["mode"]: m for m in results["modes"]}
+    assert set(modes) == {"session/redis", "jwt RS256"}
+    for mode, r in modes.items():
         for side in ("baseline", "me"):
             assert r[side]["rps"] > 0 and r[side]["requests"] > 0
             assert r[side]["errors"] == 0, (mode, side)
             assert r[side]["p50_ms"] > 0 and r[side]["p99_ms"] >= r[side]["p50_ms"]
             assert r[side]["cpu_us_per_request"]["api"] > 0
             assert r[side]["cpu_us_per_request"]["wrk (client)"] > 0
-        assert r["ratio_min"] <= r["ratio_median"] <= r["ratio_max"]
-    assert results["reference"]["reference_rps"] > 0 and results["reference"]["reference_errors"] == 0
+        assert r["ratio"]["min"] <= r["ratio"]["median"] <= r["ratio"]["max"]
+    peers = {p["peer"]: p for p in results["peers"]}
+    assert set(peers) == {"FastAPI tutorial (python-jose)", "fastapi-users JWTStrategy", "fastapi-users RedisStrategy"}
+    for p in peers.values():
+        assert p["peer_rps"] > 0 and p["peer_unauthenticated_rps"] > 0 and p["ours_rps"] > 0
+        assert p["errors"] == 0, p
     assert results["login"]["argon2"] == {"time_cost": 2, "memory_kib": 19456, "parallelism": 1}
     assert set(results["signing_ms"]) == {"RS256", "ES256", "HS256"}
+    micro = results["micro"]
+    assert micro["session_mac_seal_us"] > 0 and micro["memory_login_at_capacity_us"] > 0
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| jwt RS256 |" in (tmp_path / "bench.md").read_text()
+    md = (tmp_path / "bench.md").read_text()
+    assert "| jwt RS256 |" in md and "| fastapi-users RedisStrategy |" in md
+    assert max(len(line) for line in run.stdout.splitlines()) <= 120  # the terminal table fits

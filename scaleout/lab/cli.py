@@ -209,25 +209,19 @@ def bench(
     unknown = [m for m in mode or [] if m not in bench_mod.MODES]
     if unknown:
         _fail(ValueError(f"unknown mode {unknown}; choose from {', '.join(bench_mod.MODES)}"))
+    from scaleout.lab.bench.output import TERMINAL_COLUMNS
+
     results = bench_mod.run(quick, say=lambda line: print(line, flush=True), only=mode)
     lines = bench_mod.write(results, out)
-    table = Table("mode", "/api/me req/s", "baseline req/s", "ratio", "p50 ms", "p99 ms", "errors")
-    for name in bench_mod.MODES:
-        if name in results:
-            r = results[name]
-            table.add_row(
-                name,
-                str(r["me"]["rps"]),
-                str(r["baseline"]["rps"]),
-                str(r["ratio_median"]),
-                str(r["me"]["p50_ms"]),
-                str(r["me"]["p99_ms"]),
-                str(r["me"]["errors"] + r["baseline"]["errors"]),
-            )
-    Console(width=max(console.width, 140), highlight=False).print(table)
+    table = Table(*(c.title for c in TERMINAL_COLUMNS))
+    for m in results.modes:
+        table.add_row(*(c.cell(m) for c in TERMINAL_COLUMNS))
+    console.print(table)
     for line in lines:
-        if line.startswith(("Noise control", "Reference app", "Login:")):
+        if line.startswith(("Noise control", "Login:", "Session MAC")):
             console.print(line)
+    for p in results.peers:
+        console.print(f"{p.peer}: ours ÷ peer = {p.ours_over_peer.median} ({p.ours_rps} vs {p.peer_rps} req/s)")
     console.print(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and {out / 'bench.png'}")
 
 

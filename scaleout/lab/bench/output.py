@@ -1,0 +1,150 @@
+"""`make bench`'s outputs from its typed results: bench.md (tables declared once), bench.json, bench.png."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaleout.lab.bench.results import BenchResults, ModeResult, PeerResult
+from scaleout.lab.bench.wrk import CLIENT
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    cell: Callable[[ModeResult], str]
+
+
+def _cpu(m: ModeResult) -> str:
+    c = m.me.cpu_us_per_request
+    return f"{c['api']}, {c['nginx']}, {c['redis']}; {c[CLIENT]}"
+
+
+MODE_COLUMNS = (
+    Column("mode", lambda m: m.mode),
+    Column("/api/me req/s", lambda m: str(m.me.rps)),
+    Column("/api/whoami req/s", lambda m: str(m.baseline.rps)),
+    Column("ratio (median)", lambda m: str(m.ratio.median)),
+    Column("min-max", lambda m: f"{m.ratio.min}-{m.ratio.max}"),
+    Column("p50 ms", lambda m: str(m.me.p50_ms)),
+    Column("p99 ms", lambda m: str(m.me.p99_ms)),
+    Column("p99.9 ms", lambda m: str(m.me.p999_ms)),
+    Column("errors", lambda m: str(m.me.errors + m.baseline.errors)),
+    Column("CPU µs/req (api, nginx, redis; wrk)", _cpu),
+    Column("auth check µs/req", lambda m: str(m.auth_check_us)),
+)
+# The terminal shows the first columns only (it must fit 120 characters).
+TERMINAL_COLUMNS = MODE_COLUMNS[:9]
+
+
+@dataclass(frozen=True)
+class PeerColumn:
+    title: str
+    cell: Callable[[PeerResult], str]
+
+
+PEER_COLUMNS = (
+    PeerColumn("peer", lambda p: p.peer),
+    PeerColumn("against our", lambda p: p.against),
+    PeerColumn("peer authenticated req/s", lambda p: str(p.peer_rps)),
+    PeerColumn("peer unauthenticated req/s", lambda p: str(p.peer_unauthenticated_rps)),
+    PeerColumn("ours req/s", lambda p: str(p.ours_rps)),
+    PeerColumn(
+        "ours ÷ peer (median)", lambda p: f"{p.ours_over_peer.median} ({p.ours_over_peer.min}-{p.ours_over_peer.max})"
+    ),
+    PeerColumn("errors", lambda p: str(p.errors)),
+)
+
+
+def markdown_table(titles: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def lines(results: BenchResults) -> list[str]:
+    s = results.settings
+    out = [
+        "# scaleout bench",
+        "",
+        f"wrk {s.wrk}, {s.seconds} s per run, {s.pairs} interleaved pairs per mode (A B, B A, ...) from "
+        f"{s.clusters} fresh clusters, each one replica behind nginx.",
+        "",
+        *markdown_table([c.title for c in MODE_COLUMNS], [[c.cell(m) for c in MODE_COLUMNS] for m in results.modes]),
+    ]
+    if results.control:
+        c = results.control
+        out += [
+            "",
+            f"Noise control ({results.control_mode} cluster): /api/whoami against itself, same pairs: median "
+            f"{c.median}, min-max {c.min}-{c.max}.",
+        ]
+    if results.peers:
+        out += [
+            "",
+            "Peers, direct to one process each (no nginx), same uvicorn and wrk settings:",
+            "",
+            *markdown_table(
+                [c.title for c in PEER_COLUMNS], [[c.cell(p) for c in PEER_COLUMNS] for p in results.peers]
+            ),
+        ]
+    if login := results.login:
+        argon = ", ".join(f"{k}={v}" for k, v in login.argon2.items())
+        signing = ", ".join(f"{alg} {ms} ms" for alg, ms in results.signing_ms.items())
+        out += [
+            "",
+            f"Login: {login.logins_per_s_sequential} logins/s sequential, p50 {login.p50_ms} ms, Argon2id {argon}. "
+            f"Signing a token with a prepared key: {signing}.",
+        ]
+    if m := results.micro:
+        out += [
+            "",
+            f"Session MAC (HMAC-SHA256 over the store key and value): seal {m.session_mac_seal_us} µs, check "
+            f"{m.session_mac_open_us} µs, once per distinct stored value per replica. Memory-store login: "
+            f"{m.memory_login_below_capacity_us} µs below capacity, {m.memory_login_at_capacity_us} µs at capacity "
+            "(each evicts the least recently used session).",
+        ]
+    return [*out, "", "![bench](bench.png)", ""]
+
+
+def write(results: BenchResults, out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results.to_json(), indent=2))
+    text = lines(results)
+    (out / "bench.md").write_text("\n".join(text))
+    chart(results, out)
+    return text
+
+
+def chart(results: BenchResults, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = results.modes
+    names = [m.mode for m in modes]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    med = [m.ratio.median for m in modes]
+    low = [m.ratio.median - m.ratio.min for m in modes]
+    high = [m.ratio.max - m.ratio.median for m in modes]
+    ax1.bar(names, med, yerr=[low, high], capsize=4)
+    ax1.axhline(1.0, color="grey", linestyle="--", label="no-auth baseline")
+    if c := results.control:
+        ax1.axhspan(c.min, c.max, color="grey", alpha=0.15, label="noise: baseline vs itself")
+    ax1.set_ylabel("/api/me req/s ÷ /api/whoami req/s")
+    ax1.set_title("Throughput ratio per mode (median, min-max)")
+    ax1.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax1.legend()
+    bottom = [0.0] * len(modes)
+    for proc in ("api", "nginx", "redis"):
+        values = [m.me.cpu_us_per_request[proc] for m in modes]
+        ax2.bar(names, values, bottom=bottom, label=proc)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax2.set_ylabel("server CPU per request (µs)")
+    ax2.set_title("CPU per /api/me request, by process")
+    ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=110)
+    plt.close(fig)

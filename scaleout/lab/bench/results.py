@@ -1,0 +1,75 @@
+"""What `make bench` measured, as typed records from the measurement to the report, the JSON and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scaleout.lab.bench.pairing import Ratio
+from scaleout.lab.bench.wrk import WrkRun
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSettings:
+    seconds: float
+    pairs: int
+    clusters: int
+    users: int
+    wrk: str = "-t1 -c32"
+
+
+@dataclass(frozen=True, slots=True)
+class ModeResult:
+    mode: str
+    baseline: WrkRun  # GET /api/whoami, no auth
+    me: WrkRun  # GET /api/me, authenticated
+    ratio: Ratio  # me ÷ baseline, per pair
+    auth_check_us: float  # the replica's CPU per /api/me beyond the baseline request
+
+
+@dataclass(frozen=True, slots=True)
+class PeerResult:
+    """A peer app against our replica, both direct (no nginx), under the same uvicorn and wrk settings."""
+
+    peer: str
+    against: str  # our mode it is compared with
+    peer_rps: float  # its authenticated route
+    peer_unauthenticated_rps: float  # its own route without authentication
+    ours_rps: float  # our replica's /api/me, direct
+    ours_over_peer: Ratio
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoginCost:
+    logins_per_s_sequential: float
+    p50_ms: float
+    argon2: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class MicroCosts:
+    """In-process costs of single operations, in µs (median of many)."""
+
+    session_mac_seal_us: float
+    session_mac_open_us: float
+    memory_login_below_capacity_us: float
+    memory_login_at_capacity_us: float
+
+
+@dataclass
+class BenchResults:
+    settings: BenchSettings
+    modes: list[ModeResult] = field(default_factory=list)
+    control: Ratio | None = None  # the baseline against itself: the noise
+    control_mode: str = ""
+    peers: list[PeerResult] = field(default_factory=list)
+    login: LoginCost | None = None
+    signing_ms: dict[str, float] = field(default_factory=dict)
+    micro: MicroCosts | None = None
+
+    def mode(self, name: str) -> ModeResult:
+        return next(m for m in self.modes if m.mode == name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

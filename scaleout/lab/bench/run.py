@@ -1,0 +1,225 @@
+"""`scaleout bench`: what each auth mode costs per request, as a ratio to a no-auth baseline in the same run.
+
+Each mode gets clusters with one replica behind nginx. `wrk` drives `GET /api/whoami` (no auth: the
+baseline) and `GET /api/me` (with a cookie or bearer token of pre-logged-in users) in pairs; the report
+gives the median of the per-pair throughput ratios, latency percentiles, errors, and server CPU per request.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from scaleout.lab.bench.pairing import Pairs, Ratio, pairs
+from scaleout.lab.bench.peers.serve import fastapi_users_tokens, peer
+from scaleout.lab.bench.results import BenchResults, BenchSettings, LoginCost, MicroCosts, ModeResult, PeerResult
+from scaleout.lab.bench.wrk import Target, summarise, wrk_run
+from scaleout.lab.load import PASSWORD, make_users
+from scaleout.lab.runner import Cluster, isolated_settings, nginx_workers
+
+MODES: dict[str, dict[str, object]] = {
+    "session/memory": {"auth_mode": "session", "session_store": "memory"},
+    "session/redis": {"auth_mode": "session", "session_store": "redis"},
+    "jwt RS256": {"auth_mode": "jwt", "jwt_alg": "RS256"},
+    "jwt ES256": {"auth_mode": "jwt", "jwt_alg": "ES256"},
+    "jwt HS256": {"auth_mode": "jwt", "jwt_alg": "HS256"},
+    "jwt RS256 + denylist": {"auth_mode": "jwt", "jwt_alg": "RS256", "jwt_revocation": "denylist"},
+}
+QUICK_MODES = ("session/redis", "jwt RS256")
+PEERS_OF = {
+    "jwt RS256": ("FastAPI tutorial (python-jose)", "fastapi-users JWTStrategy"),
+    "session/redis": ("fastapi-users RedisStrategy",),
+}
+
+
+def processes(cluster: Cluster) -> dict[str, list[int]]:
+    s = cluster.services
+    nginx = s["nginx"].pid or 0
+    return {"nginx": [nginx, *nginx_workers(nginx)], "api": [s["api-1"].pid or 0], "redis": [s["redis"].pid or 0]}
+
+
+def credentials(cluster: Cluster, users: int) -> tuple[str, tuple[str, ...]]:
+    people = make_users(cluster.settings.public_url, users)
+    try:
+        if people[0].token:
+            return "Authorization", tuple(f"Bearer {u.token}" for u in people)
+        return "Cookie", tuple(f"sid={u.client.cookies['sid']}" for u in people)
+    finally:
+        for u in people:
+            u.close()
+
+
+def login_cost(cluster: Cluster, n: int) -> LoginCost:
+    from scaleout.core.passwords import Passwords
+
+    url = cluster.settings.public_url
+    people = make_users(url, 1)
+    name = people[0].name
+    people[0].close()
+    times = []
+    with httpx.Client(base_url=url, timeout=10) as c:
+        for _ in range(n):
+            start = time.perf_counter()
+            assert c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code == 200
+            times.append(time.perf_counter() - start)
+    return LoginCost(
+        round(n / sum(times), 1), round(statistics.median(times) * 1000, 2), Passwords(cluster.settings).parameters
+    )
+
+
+def signing_cost(workdir: Path) -> dict[str, float]:
+    from scaleout.core.config import JWTAlg
+    from scaleout.core.keys import KeyRing, hs256_key
+    from scaleout.core.tokens import TokenIssuer, TokenKind
+
+    issuer = TokenIssuer("i", "a", 60, 60)
+    out = {}
+    for alg in ("RS256", "ES256", "HS256"):
+        key = (
+            hs256_key(secrets.token_urlsafe(32))
+            if alg == "HS256"
+            else KeyRing(workdir / f"keys-{alg}", JWTAlg(alg), 60).signer
+        )
+        start = time.perf_counter()
+        for _ in range(200):
+            issuer.issue(key, TokenKind.access, "uid-alice", "alice", "f" * 22)
+        out[alg] = round((time.perf_counter() - start) / 200 * 1000, 3)
+    return out
+
+
+def micro_costs() -> MicroCosts:
+    """The session MAC's cost per operation, and a memory-store login below and at capacity."""
+    import asyncio
+
+    from scaleout.core.sessions import MemorySessions, Session, SessionMAC, new_handle, new_session_id
+
+    def per_op(fn: Callable[[], object], n: int = 20_000) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return round((time.perf_counter() - start) / n * 1e6, 2)
+
+    mac = SessionMAC(secrets.token_bytes(32))
+    value = Session("alice", "c" * 43, time.time(), "uid", new_handle(), "agent", "127.0.0.1").to_json()
+    sealed = mac.seal("sess:" + "0" * 64, value)
+
+    async def logins(store: MemorySessions, n: int) -> float:
+        sids = [new_session_id() for _ in range(n)]
+        start = time.perf_counter()
+        for i, sid in enumerate(sids):
+            await store.put(sid, Session("u", "c", time.time(), f"uid{i}", new_handle()))
+        return round((time.perf_counter() - start) / n * 1e6, 2)
+
+    below = asyncio.run(logins(MemorySessions(60, 120, max_entries=200_000), 20_000))
+    full = MemorySessions(60, 120, max_entries=20_000)
+    asyncio.run(logins(full, 20_000))  # now at capacity: every further login evicts
+    at = asyncio.run(logins(full, 20_000))
+    return MicroCosts(
+        per_op(lambda: mac.seal("sess:" + "0" * 64, value)),
+        per_op(lambda: mac.open("sess:" + "0" * 64, sealed)),
+        below,
+        at,
+    )
+
+
+def measure_peers(
+    mode: str, cluster: Cluster, header: str, creds: tuple[str, ...], n: int, seconds: float, workdir: Path
+) -> list[PeerResult]:
+    """Each peer of `mode` against our replica, both direct."""
+    procs = processes(cluster)
+    port = cluster.settings.api_port("api-1")
+    ours = Target(f"http://127.0.0.1:{port}", "/api/me", header, creds)
+    out = []
+    for name in PEERS_OF.get(mode, ()):
+        if name.startswith("FastAPI tutorial"):
+            from jose import jwk as jose_jwk
+
+            jwks = httpx.get(f"{cluster.settings.public_url}/auth/.well-known/jwks.json").json()
+            pem = workdir / "tutorial_public.pem"
+            pem.write_text(jose_jwk.construct(jwks["keys"][0], "RS256").to_pem().decode())
+            module, env = "scaleout.lab.bench.peers.fastapi_tutorial", {"PEER_PUBLIC_KEY_FILE": str(pem)}
+        else:
+            strategy = "redis" if "Redis" in name else "jwt"
+            s = cluster.settings
+            redis_url = f"redis://{s.redis_username}:{s.redis_password()}@{s.host}:{s.redis_port}/1"
+            env = {
+                "PEER_STRATEGY": strategy,
+                "PEER_DATABASE": str(workdir / f"fu-{strategy}.db"),
+                "PEER_REDIS_URL": redis_url,
+            }
+            module = "scaleout.lab.bench.peers.fastapi_users_app"
+        with peer(module, env, workdir) as url:
+            if module.endswith("fastapi_tutorial"):
+                auth_target, open_target = Target(url, "/api/me", header, creds), Target(url, "/api/whoami")
+            else:
+                tokens = fastapi_users_tokens(url, min(len(creds), 8))
+                auth_target = Target(url, "/authenticated-route", "Authorization", tokens)
+                open_target = Target(url, "/unauthenticated-route")
+            wrk_run(auth_target, 0.5, procs, workdir)  # warm-up
+            unauthenticated = summarise([wrk_run(open_target, seconds, procs, workdir) for _ in range(3)])
+            found = pairs(auth_target, ours, n, seconds, procs, workdir)
+        peer_side, our_side = summarise(found.a), summarise(found.b)
+        out.append(
+            PeerResult(
+                name, mode, peer_side.rps, unauthenticated.rps, our_side.rps, Ratio.of(found.ratios), peer_side.errors
+            )
+        )
+    return out
+
+
+def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None) -> BenchResults:
+    # Many short pairs on several fresh clusters per mode, rather than a few long runs on one: on a shared
+    # machine the CPU cost of the very same request drifts within seconds, and one replica process can run
+    # slower than the next for its whole life. So the two runs of a pair are close in time, and the pairs of
+    # a mode come from 3 processes.
+    seconds, n_pairs, clusters, users = (1.0, 1, 1, 8) if quick else (1.0, 7, 3, 32)
+    modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
+    results = BenchResults(BenchSettings(seconds, n_pairs * clusters, clusters, users))
+    control = Pairs()
+    with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
+        workdir = Path(tmp)
+        for mode in modes:
+            pooled = Pairs()
+            for k in range(clusters):
+                say(f"bench {mode} ({k + 1}/{clusters})")
+                slug = mode.replace(" ", "_").replace("/", "-")
+                settings = isolated_settings(
+                    workdir / f"{slug}-{k}", replicas=1, throttle_ip_max=1_000_000, **MODES[mode]
+                )
+                cluster = Cluster(settings)
+                cluster.up()
+                try:
+                    header, creds = credentials(cluster, users)
+                    base = Target(cluster.settings.public_url, "/api/whoami")
+                    me = Target(cluster.settings.public_url, "/api/me", header, creds)
+                    procs = processes(cluster)
+                    wrk_run(base, 0.5, procs, workdir)  # warm-up
+                    wrk_run(me, 0.5, procs, workdir)
+                    if not quick and mode == modes[0]:
+                        # The same endpoint against itself: how far from 1.0 a ratio strays by noise alone.
+                        control += pairs(base, base, n_pairs, seconds, procs, workdir)
+                        results.control_mode = mode
+                    pooled += pairs(base, me, n_pairs, seconds, procs, workdir)
+                    if k == 0:
+                        if mode == "jwt RS256" and results.login is None:
+                            results.login = login_cost(cluster, 5 if quick else 20)
+                        say(f"bench {mode}: peers")
+                        results.peers += measure_peers(
+                            mode, cluster, header, creds, n_pairs * 2 if not quick else 1, seconds, workdir
+                        )
+                finally:
+                    cluster.down()
+            baseline, authenticated = summarise(pooled.a), summarise(pooled.b)
+            check = round(authenticated.cpu_us_per_request["api"] - baseline.cpu_us_per_request["api"], 1)
+            results.modes.append(ModeResult(mode, baseline, authenticated, Ratio.of(pooled.ratios), check))
+        if control.ratios:
+            results.control = Ratio.of(control.ratios)
+        results.signing_ms = signing_cost(workdir)
+        results.micro = micro_costs()
+    return results
