@@ -64,7 +64,7 @@ def test_jwt_survives_redis_and_auth_down(demo) -> None:
 
 
 def test_revocation_windows(demo) -> None:
-    r = demo[0]["scenarios"]["revocation"]
+    r = demo[0]["scenarios"]["revocation"]["modes"]
     assert r["jwt/none"]["accepted_after_logout"] == r["jwt/none"]["replays"]
     assert r["jwt/none"]["window_s"] > 0
     for key in ("jwt/denylist", "session/redis", "session/memory/sticky"):
@@ -73,7 +73,7 @@ def test_revocation_windows(demo) -> None:
 
 
 def test_revocation_latency_of_another_device(demo) -> None:
-    r = demo[0]["scenarios"]["revocation"]
+    r = demo[0]["scenarios"]["revocation"]["modes"]
     for key in ("jwt/denylist", "session/redis"):
         d = r[key]["other_device"]
         assert d["revoke_status"] == 204 and d["seconds_to_refuse"] is not None, key
@@ -87,7 +87,7 @@ def test_revocation_latency_of_another_device(demo) -> None:
 def test_live_switch_loses_no_request(demo) -> None:
     s = demo[0]["scenarios"]["live_switch"]
     assert s["failed"] == 0 and s["requests"] > 0, s["failures"]
-    assert [w["to"] for w in s["switches"]] == ["sticky", "ip_hash", "round_robin"]
+    assert [w["to_mode"] for w in s["switches"]] == ["sticky", "ip_hash", "round_robin"]
 
 
 def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
@@ -102,3 +102,5 @@ def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         assert f"]({chart})" in md
     assert "session/memory/round_robin" in stdout  # the table was printed too
+    assert max(len(line) for line in stdout.splitlines()) <= 120  # and fits a 120-column terminal
+    assert "{'" not in stdout and "{'" not in md  # readings in words, never Python reprs

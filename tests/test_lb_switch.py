@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +11,8 @@ import httpx
 import pytest
 from helpers import client
 
+from scaleout.lab.load import RequestLoop
+from scaleout.lab.load import wait_until as shared_wait_until
 from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
@@ -32,39 +33,31 @@ class Loop:
 @contextmanager
 def looping_gets(cluster: Cluster, fresh_connections: bool) -> Iterator[Loop]:
     loop = Loop()
-    stop = threading.Event()
+    c = client(cluster)
 
-    def run() -> None:
-        c = client(cluster)
-        while not stop.is_set():
-            try:
-                if fresh_connections:
-                    r = httpx.get(f"{cluster.settings.public_url}/api/whoami", timeout=5)
-                else:
-                    r = c.get("/api/whoami")
-                if r.status_code == 200:
-                    loop.ok += 1
-                    loop.seen.append((time.monotonic(), r.headers["x-lb-mode"], r.headers["x-replica"]))
-                else:
-                    loop.failures.append(f"{r.status_code} {r.text[:80]}")
-            except httpx.HTTPError as exc:
-                loop.failures.append(repr(exc))
-        c.close()
+    def get(worker: int, n: int) -> None:
+        try:
+            if fresh_connections:
+                r = httpx.get(f"{cluster.settings.public_url}/api/whoami", timeout=5)
+            else:
+                r = c.get("/api/whoami")
+            if r.status_code == 200:
+                loop.ok += 1
+                loop.seen.append((time.monotonic(), r.headers["x-lb-mode"], r.headers["x-replica"]))
+            else:
+                loop.failures.append(f"{r.status_code} {r.text[:80]}")
+        except httpx.HTTPError as exc:
+            loop.failures.append(repr(exc))
 
-    thread = threading.Thread(target=run)
-    thread.start()
     try:
-        yield loop
+        with RequestLoop(get, workers=1):
+            yield loop
     finally:
-        stop.set()
-        thread.join(timeout=30)
+        c.close()
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+    assert shared_wait_until(predicate, timeout), "condition not reached in time"
 
 
 def _first_seen(loop: Loop, mode: str, after: float) -> float:

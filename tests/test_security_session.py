@@ -13,6 +13,7 @@ from helpers import PASSWORD, client, cluster_redis, login, new_user, new_userna
 
 from scaleout.core.sessions import new_session_id
 from scaleout.core.users import Users
+from scaleout.lab.load import RequestLoop, wait_until
 from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
@@ -148,34 +149,22 @@ def test_logout_racing_requests_none_after_it_returns_200(cluster: Cluster) -> N
     with client(cluster) as c:
         new_user(c)
         sid, csrf = c.cookies["sid"], c.cookies["csrf_token"]
-    results: list[tuple[float, int]] = []
-    stop = threading.Event()
-
-    def hammer() -> None:
-        with client(cluster) as h:
-            h.cookies.set("sid", sid)
-            while not stop.is_set():
-                started = time.monotonic()
-                results.append((started, h.get("/api/me").status_code))
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    while len(results) < 20:
-        time.sleep(0.01)
-    with client(cluster) as c:
-        c.cookies.set("sid", sid)
-        c.cookies.set("csrf_token", csrf)
-        assert c.post("/api/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
-    done = time.monotonic()
-    while len([r for r in results if r[0] > done]) < 20:
-        time.sleep(0.01)
-    stop.set()
-    for t in threads:
-        t.join()
-    after = [status for started, status in results if started > done]
+    hammers = [client(cluster) for _ in range(4)]
+    for h in hammers:
+        h.cookies.set("sid", sid)
+    with RequestLoop(lambda worker, n: hammers[worker].get("/api/me").status_code) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 20, 10)
+        with client(cluster) as c:
+            c.cookies.set("sid", sid)
+            c.cookies.set("csrf_token", csrf)
+            assert c.post("/api/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+        done = time.monotonic()
+        assert wait_until(lambda: len(loop.between(done, float("inf"))) >= 20, 10)
+    for h in hammers:
+        h.close()
+    after = [o.value for o in loop.outcomes if o.started > done]
     assert after and set(after) == {401}
-    assert 200 in {status for started, status in results if started < done}
+    assert 200 in {o.value for o in loop.outcomes if o.started < done}
 
 
 def _login_fingerprint(r: httpx.Response) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:

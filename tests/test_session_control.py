@@ -6,7 +6,6 @@ jwt without the denylist: access tokens live until `exp`).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 from helpers import PASSWORD, bearer, client, login, new_username, register
 
+from scaleout.lab.load import RequestLoop, wait_until
 from scaleout.lab.runner import Cluster
 
 pytestmark = pytest.mark.integration
@@ -195,40 +195,21 @@ def revokes_access_at_once(cluster: Cluster) -> bool:
     return cluster.settings.auth_mode == "session" or cluster.settings.jwt_revocation == "denylist"
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_no_request_that_started_after_the_revocation_returned_is_let_in(cluster: Cluster) -> None:
     _, (a, b) = devices(cluster, 2)
     target = handle_of(b)
-    log: list[tuple[float, int]] = []
-    stop = threading.Event()
     credential = b.headers() if b.token else {"Cookie": f"sid={b.c.cookies.get('sid')}"}
-
-    def hammer() -> None:
-        with client(cluster) as c:
-            while not stop.is_set():
-                started = time.monotonic()
-                log.append((started, c.get("/api/me", headers=credential).status_code))
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: len(log) >= 20)
+    hammers = [client(cluster) for _ in range(4)]
+    with RequestLoop(lambda worker, n: hammers[worker].get("/api/me", headers=credential).status_code) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 20, 10)
         assert a.write("DELETE", f"/api/sessions/{target}").status_code == 204
         returned = time.monotonic()
-        wait_until(lambda: sum(1 for started, _ in list(log) if started > returned) >= 40)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        a.close()
-        b.close()
+        assert wait_until(lambda: len(loop.between(returned, float("inf"))) >= 40, 10)
+    for h in hammers:
+        h.close()
+    a.close()
+    b.close()
+    log = [(o.started, o.value) for o in loop.outcomes]
     before = {status for started, status in log if started <= returned}
     after = {status for started, status in log if started > returned}
     assert 200 in before

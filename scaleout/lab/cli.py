@@ -266,11 +266,14 @@ def demo(
             ctx = demo_mod.Context(k, m, Path(workdir), say=lambda line: print(line, flush=True))
             results = demo_mod.run(ctx, names, on_done=lambda n: print(f"done: {n}", flush=True))
     document = report.write(results, out, quick)
-    table = Table(*report.COLUMNS, title=f"scaleout demo (K={k} users, M={m} requests each)")
-    table.columns[0].no_wrap = True
-    for row in document["rows"]:
-        table.add_row(*(row[c] for c in report.COLUMNS))
-    Console(width=max(console.width, 220), highlight=False).print(table)
+    # Two tables (steady traffic; faults and revocation) that fit 120 columns, wrapping long cells.
+    narrow = Console(width=min(console.width, 120), highlight=False)
+    for n, columns in enumerate(report.TERMINAL_TABLES):
+        title = f"scaleout demo (K={k} users, M={m} requests each)" if n == 0 else None
+        table = Table(*(c.title for c in columns), title=title)
+        for row in report.rows(results):
+            table.add_row(*(c.cell(row) for c in columns))
+        narrow.print(table)
     for line in report.readings(results):
         console.print("- " + line.replace("**", ""))
     console.print(f"wrote {out / 'demo.md'}, {out / 'demo.json'} and {len(document['charts'])} charts")

@@ -8,20 +8,47 @@ numbers. `report.py` turns them into the table, `reports/demo.md`, `demo.json` a
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from scaleout.core.config import LBMode
 from scaleout.core.sessions import new_csrf_token, new_session_id
-from scaleout.lab.load import Hit, User, drive, imbalance, latency_ms, make_users, per_replica, success_rate
+from scaleout.lab.demo_results import (
+    ClusteringResult,
+    DemoResults,
+    DeviceRevocation,
+    IpHashResult,
+    JwtResult,
+    LiveSwitchResult,
+    Outage,
+    RevocationMode,
+    RevocationResult,
+    ScenarioResult,
+    StickyResult,
+    StickyScenario,
+    Switch,
+    Traffic,
+    WallResult,
+)
+from scaleout.lab.load import (
+    Hit,
+    RequestLoop,
+    User,
+    drive,
+    imbalance,
+    latency_ms,
+    make_users,
+    per_replica,
+    status_by_replica,
+    success_rate,
+)
 from scaleout.lab.runner import Cluster, isolated_settings
 
 SCENARIOS = ("stateful_wall", "sticky", "clustering", "jwt", "revocation", "live_switch")
@@ -61,70 +88,45 @@ def _latencies(hits: list[Hit], limit: int = 2000) -> list[float]:
     return ok[:: max(1, len(ok) // limit)]
 
 
-def _status_by_replica(hits: list[Hit]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for h in hits:
-        out.setdefault(h.replica, Counter())[str(h.status)] += 1
-    return {k: dict(v) for k, v in sorted(out.items())}
+TT = TypeVar("TT", bound=Traffic)
 
 
-class Looper:
-    """Users making requests in the background (round robin over them) until stopped: for faults."""
-
-    def __init__(self, users: list[User], on_hit: Callable[[User, Hit], None] = lambda u, h: None) -> None:
-        self.users = users
-        self.hits: list[Hit] = []
-        self.on_hit = on_hit
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(4)]
-
-    def _run(self, offset: int) -> None:
-        i = offset
-        while not self._stop.is_set():
-            user = self.users[i % len(self.users)]
-            hit = user.me()
-            self.hits.append(hit)
-            self.on_hit(user, hit)
-            i += 4
-
-    def __enter__(self) -> Looper:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
+def measured(kind: type[TT], mode: str, hits: list[Hit], **extra: Any) -> TT:
+    """A mode's record: the fields every mode shares, from its steady traffic, and the scenario's own."""
+    return kind(
+        mode=mode,
+        success_rate=success_rate(hits),
+        requests_per_replica=per_replica(hits),
+        status_by_replica=status_by_replica(hits),
+        latency_ms=latency_ms(hits),
+        latencies_ms=_latencies(hits),
+        **extra,
+    )
 
 
-def stateful_wall(ctx: Context) -> dict[str, Any]:
+def users_loop(users: list[User], on_hit: Callable[[User, Hit], None] = lambda u, h: None) -> RequestLoop[Hit]:
+    """Users making requests in the background, in turn, until the loop stops: for faults."""
+
+    def request(worker: int, n: int) -> Hit:
+        user = users[n % len(users)]
+        hit = user.me()
+        on_hit(user, hit)
+        return hit
+
+    return RequestLoop(request)
+
+
+def stateful_wall(ctx: Context) -> WallResult:
     with ctx.cluster(auth_mode="session", session_store="memory", lb_mode="round_robin") as c:
         users = make_users(c.settings.public_url, ctx.users)
         ctx.say(f"  {len(users)} users log in, then {ctx.requests} GET /api/me each")
         hits = drive(users, ctx.requests)
         for u in users:
             u.close()
-    return {
-        "mode": "session/memory/round_robin",
-        "success_rate": success_rate(hits),
-        "requests_per_replica": per_replica(hits),
-        "status_by_replica": _status_by_replica(hits),
-        "latency_ms": latency_ms(hits),
-        "latencies_ms": _latencies(hits),
-    }
+    return measured(WallResult, "session/memory/round_robin", hits)
 
 
-def sticky(ctx: Context) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+def sticky(ctx: Context) -> StickyScenario:
     with ctx.cluster(auth_mode="session", session_store="memory", lb_mode="sticky") as c:
         users = make_users(c.settings.public_url, ctx.users)
         half = max(1, ctx.requests // 2)
@@ -132,7 +134,7 @@ def sticky(ctx: Context) -> dict[str, Any]:
         homes = {u.index: Counter(h.replica for h in before if h.user == u.index).most_common(1)[0][0] for u in users}
         users_per_replica = dict(sorted(Counter(homes.values()).items()))
         busiest = max(users_per_replica, key=lambda r: users_per_replica[r])
-        ctx.say(f"  users per replica {users_per_replica}; killing the busiest, {busiest}")
+        ctx.say(f"  users per replica: {spread_words(users_per_replica)}; killing the busiest, {busiest}")
         killed_at = time.monotonic()
         c.stop(busiest, kill=True)
         after = drive(users, ctx.requests - half)
@@ -145,25 +147,23 @@ def sticky(ctx: Context) -> dict[str, Any]:
         recovered_at = max((h.at for h in relogin), default=killed_at)
         for u in users:
             u.close()
-        result["sticky"] = {
-            "mode": "session/memory/sticky",
-            "success_rate": success_rate(before),
-            "requests_per_replica": per_replica(before),
-            "users_per_replica": users_per_replica,
-            "request_imbalance": imbalance(per_replica(before)),
-            "user_imbalance": imbalance(users_per_replica),
-            "latency_ms": latency_ms(before),
-            "latencies_ms": _latencies(before),
-            "killed": busiest,
-            "pinned_users": pinned,
-            "lost_users": lost,
-            "sessions_lost": len(lost),
-            "failed_5xx": sum(h.status >= 500 for h in after),
-            "unaffected_success_rate": success_rate([h for h in after if h.user not in lost]),
-            "relogin_ok": all(h.status == 200 for h in relogin),
-            "recovery_s": round(recovered_at - killed_at, 3),
-            "timeline": _timeline(before + after + relogin, killed_at),
-        }
+        pinned_result = measured(
+            StickyResult,
+            "session/memory/sticky",
+            before,
+            users_per_replica=users_per_replica,
+            request_imbalance=imbalance(per_replica(before)),
+            user_imbalance=imbalance(users_per_replica),
+            killed=busiest,
+            pinned_users=pinned,
+            lost_users=lost,
+            sessions_lost=len(lost),
+            failed_5xx=sum(h.status >= 500 for h in after),
+            unaffected_success_rate=success_rate([h for h in after if h.user not in lost]),
+            relogin_ok=all(h.status == 200 for h in relogin),
+            recovery_s=round(recovered_at - killed_at, 3),
+            timeline=_timeline(before + after + relogin, killed_at),
+        )
 
     with ctx.cluster(auth_mode="session", session_store="memory", lb_mode="ip_hash") as c:
         count = min(ctx.users, 200)
@@ -179,70 +179,71 @@ def sticky(ctx: Context) -> dict[str, Any]:
             first.setdefault(h.user, h.replica)
         return dict(sorted(Counter(first.values()).items()))
 
-    result["ip_hash"] = {
-        "mode": "session/memory/ip_hash",
-        "success_rate": success_rate(nat_hits + spread_hits),
-        "requests_per_replica": per_replica(nat_hits + spread_hits),
-        "latency_ms": latency_ms(nat_hits + spread_hits),
-        "latencies_ms": _latencies(nat_hits + spread_hits),
-        "one_nat_users_per_replica": users_by_replica(nat_hits),
-        "many_networks_users_per_replica": users_by_replica(spread_hits),
-    }
-    return result
+    ip_hash = measured(
+        IpHashResult,
+        "session/memory/ip_hash",
+        nat_hits + spread_hits,
+        one_nat_users_per_replica=users_by_replica(nat_hits),
+        many_networks_users_per_replica=users_by_replica(spread_hits),
+    )
+    return StickyScenario(pinned_result, ip_hash)
 
 
-def clustering(ctx: Context) -> dict[str, Any]:
+def spread_words(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def clustering(ctx: Context) -> ClusteringResult:
     with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin") as c:
         users = make_users(c.settings.public_url, ctx.users)
         hits = drive(users, ctx.requests)
-        phase = {"name": "before"}
+        after_restart = False
         served_again: set[int] = set()
 
         def heal(user: User, hit: Hit) -> None:
             # Redis keeps nothing across a restart (no persistence): once it is back users log in again.
-            if phase["name"] == "after":
+            if after_restart:
                 if hit.status == 401:
                     user.login()
                 elif hit.status == 200:
                     served_again.add(user.index)
 
-        with Looper(users, heal) as loop:
-            loop.wait(lambda: len(loop.hits) >= 20, 10)
+        with users_loop(users, heal) as loop:
+            loop.wait(lambda: len(loop.outcomes) >= 20, 10)
             stop_at = time.monotonic()
             c.stop("redis")
             down_at = time.monotonic()  # Redis is gone: every request starting from now has no store
             ctx.say("  Redis stopped")
             loop.wait(lambda: time.monotonic() - down_at > 1.5, 5)
             up_at = time.monotonic()
-            phase["name"] = "after"
+            after_restart = True
             c.start("redis")
             ctx.say("  Redis started again")
             healed = loop.wait(lambda: len(served_again) == len(users), 30)
             healed_at = time.monotonic()
         for u in users:
             u.close()
-    while_down = [h for h in loop.hits if down_at <= h.at and h.at + h.latency < up_at]
-    return {
-        "mode": "session/redis/round_robin",
-        "success_rate": success_rate(hits),
-        "requests_per_replica": per_replica(hits),
-        "latency_ms": latency_ms(hits),
-        "latencies_ms": _latencies(hits),
-        "redis_down": {
-            "seconds": round(up_at - down_at, 3),
-            "requests": len(while_down),
-            "status_503": sum(h.status == 503 for h in while_down),
-            "status_200": sum(h.status == 200 for h in while_down),
-            "other": sum(h.status not in (200, 503) for h in while_down),
-        },
-        "healed": healed,
-        "recovery_s": round(healed_at - up_at, 3),
-        "timeline": _timeline(loop.hits, stop_at),
-        "fault_window": [0.0, round(up_at - stop_at, 3)],
-    }
+    looped = loop.values()
+    while_down = [h for h in looped if down_at <= h.at and h.at + h.latency < up_at]
+    return measured(
+        ClusteringResult,
+        "session/redis/round_robin",
+        hits,
+        redis_down=Outage(
+            seconds=round(up_at - down_at, 3),
+            requests=len(while_down),
+            status_503=sum(h.status == 503 for h in while_down),
+            status_200=sum(h.status == 200 for h in while_down),
+            other=sum(h.status not in (200, 503) for h in while_down),
+        ),
+        healed=healed,
+        recovery_s=round(healed_at - up_at, 3),
+        timeline=_timeline(looped, stop_at),
+        fault_window=(0.0, round(up_at - stop_at, 3)),
+    )
 
 
-def jwt(ctx: Context) -> dict[str, Any]:
+def jwt(ctx: Context) -> JwtResult:
     with ctx.cluster(auth_mode="jwt", jwt_revocation="none", lb_mode="round_robin") as c:
         users = make_users(c.settings.public_url, ctx.users)
         before = drive(users, ctx.requests)
@@ -258,21 +259,28 @@ def jwt(ctx: Context) -> dict[str, Any]:
         for u in users:
             u.close()
     cookie = f"sid={new_session_id()}; csrf_token={new_csrf_token()}"
-    return {
-        "mode": "jwt/round_robin",
-        "success_rate": success_rate(before),
-        "success_rate_with_redis_and_auth_down": success_rate(during),
-        "requests_per_replica": per_replica(before),
-        "latency_ms": latency_ms(before),
-        "latencies_ms": _latencies(before),
-        "token_bytes": len(f"Bearer {token}"),
-        "session_cookie_bytes": len(cookie),
-        "timeline": _timeline(before + during, outage_at),
-        "fault_window": [0.0, round(back_at - outage_at, 3)],
-    }
+    return measured(
+        JwtResult,
+        "jwt/round_robin",
+        before,
+        success_rate_with_redis_and_auth_down=success_rate(during),
+        token_bytes=len(f"Bearer {token}"),
+        session_cookie_bytes=len(cookie),
+        timeline=_timeline(before + during, outage_at),
+        fault_window=(0.0, round(back_at - outage_at, 3)),
+    )
 
 
-def _replay_after_logout(c: Cluster, replays: int) -> dict[str, Any]:
+def seconds_to_exp(token: str) -> float:
+    import base64
+    import json
+
+    payload = token.split(".")[1]
+    exp = float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+    return max(0.0, exp - time.time())
+
+
+def _replay_after_logout(c: Cluster, replays: int) -> tuple[int, int, dict[str, int], float]:
     """A user logs out while an attacker replays the stolen credential on every replica."""
     victim = make_users(c.settings.public_url, 1)[0]
     thief = httpx.Client(base_url=c.settings.public_url, timeout=10.0)
@@ -283,26 +291,14 @@ def _replay_after_logout(c: Cluster, replays: int) -> dict[str, Any]:
     logout_status = victim.logout()
     replayed = [thief.get("/api/me", headers=headers) for _ in range(replays)]
     accepted = [r for r in replayed if r.status_code == 200]
-    window = 0.0
-    if accepted and victim.token:
-        import base64
-        import json
-
-        payload = victim.token.split(".")[1]
-        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"]
-        window = max(0.0, exp - time.time())
+    window = seconds_to_exp(victim.token) if accepted and victim.token else 0.0
     victim.close()
     thief.close()
-    return {
-        "logout_status": logout_status,
-        "replays": replays,
-        "accepted_after_logout": len(accepted),
-        "accepted_by_replica": dict(Counter(r.headers.get("x-replica", "-") for r in accepted)),
-        "window_s": round(window, 1),
-    }
+    by_replica = dict(Counter(r.headers.get("x-replica", "-") for r in accepted))
+    return logout_status, len(accepted), by_replica, round(window, 1)
 
 
-def _revoke_other_device(c: Cluster, within: float = 3.0) -> dict[str, Any]:
+def _revoke_other_device(c: Cluster, within: float = 3.0) -> DeviceRevocation:
     """A user ends their other device's session (`DELETE /api/sessions/{id}`) while that device keeps
     replaying on every replica: how long until every replica refuses it."""
     phone = make_users(c.settings.public_url, 1)[0]
@@ -322,34 +318,26 @@ def _revoke_other_device(c: Cluster, within: float = 3.0) -> dict[str, Any]:
         if streak == c.settings.replicas * 2:  # every replica in turn, twice
             refused_after = max(0.0, hit.at - returned)
             break
-    window = None
-    if refused_after is None and laptop.token:
-        import base64
-        import json
-
-        payload = laptop.token.split(".")[1]
-        window = max(
-            0.0, json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"] - time.time()
-        )
+    window = seconds_to_exp(laptop.token) if refused_after is None and laptop.token else None
     phone.close()
     laptop.close()
-    return {
-        "revoke_status": status,
-        "accepted_after_revoke": accepted,
-        "seconds_to_refuse": None if refused_after is None else round(refused_after, 3),
-        "still_valid_for_s": None if window is None else round(window, 1),
-    }
+    return DeviceRevocation(
+        revoke_status=status,
+        accepted_after_revoke=accepted,
+        seconds_to_refuse=None if refused_after is None else round(refused_after, 3),
+        still_valid_for_s=None if window is None else round(window, 1),
+    )
 
 
 def _me_p50(c: Cluster, n: int) -> float:
     user = make_users(c.settings.public_url, 1)[0]
     hits = [user.me() for _ in range(n)]
     user.close()
-    return latency_ms(hits)["p50"]
+    return latency_ms(hits).p50
 
 
-def revocation(ctx: Context) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def revocation(ctx: Context) -> RevocationResult:
+    out: dict[str, RevocationMode] = {}
     samples = max(50, ctx.requests * 5)
     for key, modes in (
         ("session/redis", {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin"}),
@@ -358,28 +346,26 @@ def revocation(ctx: Context) -> dict[str, Any]:
         ("jwt/denylist", {"auth_mode": "jwt", "jwt_revocation": "denylist", "lb_mode": "round_robin"}),
     ):
         with ctx.cluster(**modes) as c:
-            out[key] = _replay_after_logout(c, replays=9)
-            out[key]["other_device"] = _revoke_other_device(c)
-            if key.startswith("jwt"):
-                out[key]["me_p50_ms"] = _me_p50(c, samples)
-    none_p50, deny_p50 = out["jwt/none"]["me_p50_ms"], out["jwt/denylist"]["me_p50_ms"]
-    out["denylist_cost_ms"] = round(deny_p50 - none_p50, 3)
-    return out
+            status, accepted, by_replica, window = _replay_after_logout(c, replays=9)
+            device = _revoke_other_device(c)
+            p50 = _me_p50(c, samples) if key.startswith("jwt") else None
+            out[key] = RevocationMode(status, 9, accepted, by_replica, window, device, p50)
+    none_p50, deny_p50 = out["jwt/none"].me_p50_ms or 0.0, out["jwt/denylist"].me_p50_ms or 0.0
+    return RevocationResult(out, round(deny_p50 - none_p50, 3))
 
 
-def live_switch(ctx: Context) -> dict[str, Any]:
-    switches = []
+def live_switch(ctx: Context) -> LiveSwitchResult:
+    switches: list[Switch] = []
+    failures = Counter[str]()  # what went wrong, by status code or exception, for the report
+    retried = Counter[str]()
     with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin") as c:
         url = c.settings.public_url
-        records: list[tuple[float, str, int]] = []
-        failures = Counter[str]()  # what went wrong, by status code or exception, for the report
-        stop = threading.Event()
+        clients = [httpx.Client(base_url=url, timeout=5.0) for _ in range(4)]
 
-        retried = Counter[str]()
-
-        def get(client: httpx.Client, fresh: bool) -> httpx.Response:
-            if fresh:
+        def get(worker: int) -> httpx.Response:
+            if worker % 2 == 0:  # half the loops open a fresh connection per request
                 return httpx.get(f"{url}/api/whoami", timeout=5.0)
+            client = clients[worker]
             try:
                 return client.get("/api/whoami")
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
@@ -389,23 +375,18 @@ def live_switch(ctx: Context) -> dict[str, Any]:
                 retried["keepalive_closed"] += 1
                 return client.get("/api/whoami")
 
-        def loop(fresh: bool) -> None:
-            client = httpx.Client(base_url=url, timeout=5.0)
-            while not stop.is_set():
-                try:
-                    r = get(client, fresh)
-                    records.append((time.monotonic(), r.headers.get("x-replica", "-"), r.status_code))
-                    if r.status_code != 200:
-                        failures[f"{'fresh' if fresh else 'keep-alive'}: HTTP {r.status_code}"] += 1
-                except httpx.HTTPError as exc:
-                    records.append((time.monotonic(), "-", 599))
-                    failures[f"{'fresh' if fresh else 'keep-alive'}: {type(exc).__name__}"] += 1
-            client.close()
+        def request(worker: int, n: int) -> tuple[str, int]:
+            kind = "fresh" if worker % 2 == 0 else "keep-alive"
+            try:
+                r = get(worker)
+            except httpx.HTTPError as exc:
+                failures[f"{kind}: {type(exc).__name__}"] += 1
+                return "-", 599
+            if r.status_code != 200:
+                failures[f"{kind}: HTTP {r.status_code}"] += 1
+            return r.headers.get("x-replica", "-"), r.status_code
 
-        threads = [threading.Thread(target=loop, args=(i % 2 == 0,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        try:
+        with RequestLoop(request) as loop:
             previous = "round_robin"
             for mode in ("sticky", "ip_hash", "round_robin"):
                 time.sleep(0.5)  # a window of traffic under the current mode, for the "before" distribution
@@ -413,34 +394,33 @@ def live_switch(ctx: Context) -> dict[str, Any]:
                 c.lb(LBMode(mode))
                 ended = time.monotonic()
                 time.sleep(0.5)
-                window = [r for r in records if started - 0.5 <= r[0] <= ended + 0.5]
+                window = loop.between(started - 0.5, ended + 0.5)
                 switches.append(
-                    {
-                        "from": previous,
-                        "to": mode,
-                        "reload_s": round(ended - started, 3),
-                        "requests_around_reload": len(window),
-                        "failed": sum(r[2] != 200 for r in window),
-                        "before": dict(Counter(r[1] for r in records if started - 0.5 <= r[0] < started)),
-                        "after": dict(Counter(r[1] for r in records if ended < r[0] <= ended + 0.5)),
-                    }
+                    Switch(
+                        from_mode=previous,
+                        to_mode=mode,
+                        reload_s=round(ended - started, 3),
+                        requests_around_reload=len(window),
+                        failed=sum(status != 200 for _, status in window),
+                        before=dict(Counter(r for r, _ in loop.between(started - 0.5, started))),
+                        after=dict(Counter(r for r, _ in loop.between(ended, ended + 0.5))),
+                    )
                 )
-                ctx.say(f"  {previous} -> {mode}: {switches[-1]['failed']} failed")
+                ctx.say(f"  {previous} -> {mode}: {switches[-1].failed} failed")
                 previous = mode
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-    return {
-        "switches": switches,
-        "requests": len(records),
-        "failed": sum(r[2] != 200 for r in records),
-        "failures": dict(failures),
-        "keepalive_retries": retried["keepalive_closed"],
-    }
+        for client in clients:
+            client.close()
+    records = loop.values()
+    return LiveSwitchResult(
+        switches=switches,
+        requests=len(records),
+        failed=sum(status != 200 for _, status in records),
+        failures=dict(failures),
+        keepalive_retries=retried["keepalive_closed"],
+    )
 
 
-RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
+RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "stateful_wall": stateful_wall,
     "sticky": sticky,
     "clustering": clustering,
@@ -450,12 +430,13 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 
 
-def run(ctx: Context, names: list[str], on_done: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def run(ctx: Context, names: list[str], on_done: Callable[[str], None] = lambda _: None) -> DemoResults:
+    results = DemoResults()
     for name in names:
         started = time.monotonic()
         ctx.say(f"scenario {name}")
-        results[name] = RUNNERS[name](ctx)
-        results[name]["duration_s"] = round(time.monotonic() - started, 2)
+        result = RUNNERS[name](ctx)
+        result.duration_s = round(time.monotonic() - started, 2)
+        setattr(results, name, result)
         on_done(name)
     return results

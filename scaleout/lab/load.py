@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import secrets
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 PASSWORD = "demo password 1"
 
@@ -115,6 +119,77 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def latency_ms(hits: list[Hit]) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class Latency:
+    p50: float
+    p99: float
+
+
+def latency_ms(hits: list[Hit]) -> Latency:
     ok = [h.latency * 1000 for h in hits if h.status == 200]
-    return {"p50": round(percentile(ok, 0.50), 3), "p99": round(percentile(ok, 0.99), 3)}
+    return Latency(round(percentile(ok, 0.50), 3), round(percentile(ok, 0.99), 3))
+
+
+def status_by_replica(hits: list[Hit]) -> dict[str, dict[str, int]]:
+    """Per replica, how many requests got each status."""
+    out: dict[str, Counter[str]] = {}
+    for h in hits:
+        out.setdefault(h.replica, Counter())[str(h.status)] += 1
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    started: float  # monotonic seconds
+    value: T
+
+
+class RequestLoop(Generic[T]):
+    """`request(worker, n)` called over and over by `workers` threads until the loop stops.
+
+    Every outcome is kept with the moment its request started, so a caller can ask what happened before and
+    after an event (a fault, a revocation, a reload). The demo's faults, its live switch and the tests' races
+    all run on this one loop.
+    """
+
+    def __init__(self, request: Callable[[int, int], T], workers: int = 4) -> None:
+        self.request = request
+        self.outcomes: list[Outcome[T]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(w, workers)) for w in range(workers)]
+
+    def _run(self, worker: int, workers: int) -> None:
+        n = worker
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.outcomes.append(Outcome(started, self.request(worker, n)))
+            n += workers
+
+    def __enter__(self) -> RequestLoop[T]:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def values(self) -> list[T]:
+        return [o.value for o in list(self.outcomes)]
+
+    def between(self, start: float, end: float) -> list[T]:
+        return [o.value for o in list(self.outcomes) if start <= o.started <= end]
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        return wait_until(predicate, timeout)

@@ -1,22 +1,53 @@
-"""The demo's outputs: one comparison table (terminal and Markdown), demo.json and the PNG charts."""
+"""The demo's outputs from its typed results: the comparison table (terminal and Markdown), a reading of
+each scenario in words and numbers, demo.json and the PNG charts."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COLUMNS = (
-    "mode",
-    "success",
-    "requests per replica",
-    "p50 ms",
-    "p99 ms",
-    "5xx when a replica died",
-    "sessions lost",
-    "Redis down",
-    "revocation window",
+from scaleout.lab.demo_results import DemoResults, DeviceRevocation, RevocationMode, Traffic
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the comparison table."""
+
+    mode: str
+    success: str = "-"
+    requests_per_replica: str = "-"
+    p50_ms: str = "-"
+    p99_ms: str = "-"
+    died_5xx: str = "-"
+    sessions_lost: str = "-"
+    redis_down: str = "not used"
+    revocation_window: str = "-"
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    cell: Callable[[Row], str]
+
+
+# Declared once: the Markdown table has them all; the terminal shows them as two tables that fit 120
+# characters (steady traffic, then faults and revocation), each starting with the mode.
+COLUMNS_BY_TITLE = (
+    Column("mode", lambda r: r.mode),
+    Column("success", lambda r: r.success),
+    Column("requests per replica", lambda r: r.requests_per_replica),
+    Column("p50 ms", lambda r: r.p50_ms),
+    Column("p99 ms", lambda r: r.p99_ms),
+    Column("5xx when a replica died", lambda r: r.died_5xx),
+    Column("sessions lost", lambda r: r.sessions_lost),
+    Column("Redis down", lambda r: r.redis_down),
+    Column("revocation window", lambda r: r.revocation_window),
 )
+COLUMNS = tuple(c.title for c in COLUMNS_BY_TITLE)
+TERMINAL_TABLES = (COLUMNS_BY_TITLE[:5], (COLUMNS_BY_TITLE[0], *COLUMNS_BY_TITLE[5:]))
 
 
 def _pct(x: float) -> str:
@@ -27,97 +58,108 @@ def _spread(counts: dict[str, int]) -> str:
     return "/".join(str(v) for k, v in sorted(counts.items()) if k != "-") or "-"
 
 
-def _row(mode: str, r: dict[str, Any], **rest: str) -> dict[str, str]:
-    """A table row from one scenario's measurements; `rest` fills the fault and revocation columns."""
-    row = {
-        "mode": mode,
-        "success": _pct(r["success_rate"]),
-        "requests per replica": _spread(r["requests_per_replica"]),
-        "p50 ms": f"{r['latency_ms']['p50']:.2f}",
-        "p99 ms": f"{r['latency_ms']['p99']:.2f}",
-        "5xx when a replica died": "-",
-        "sessions lost": "-",
-        "Redis down": "not used",
-        "revocation window": "-",
-    }
-    row.update({k.replace("_", " "): v for k, v in rest.items()})
-    return row
+def _in_words(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
 
 
-def device_latency(d: dict[str, Any] | None) -> str:
+def _statuses_in_words(by_replica: dict[str, dict[str, int]]) -> str:
+    names = {"200": "answered", "401": "refused (401)", "503": "503", "599": "no answer"}
+    return "; ".join(
+        f"{replica} " + ", ".join(f"{n} {names.get(code, code)}" for code, n in sorted(codes.items()))
+        for replica, codes in by_replica.items()
+        if replica != "-"
+    )
+
+
+def _traffic_row(t: Traffic, mode: str | None = None, **rest: str) -> Row:
+    return Row(
+        mode=mode or t.mode,
+        success=_pct(t.success_rate),
+        requests_per_replica=_spread(t.requests_per_replica),
+        p50_ms=f"{t.latency_ms.p50:.2f}",
+        p99_ms=f"{t.latency_ms.p99:.2f}",
+        **rest,
+    )
+
+
+def device_latency(d: DeviceRevocation | None) -> str:
     """How long another device's revoked session kept working, in words."""
     if d is None:
         return "other device: not measured"
-    if d["revoke_status"] == 404:
+    if d.revoke_status == 404:
         return "other device: unknown to this replica (404)"
-    if d["seconds_to_refuse"] is not None:
-        return f"other device: {d['seconds_to_refuse']:.2f} s"
-    if d["still_valid_for_s"] is not None:
-        return f"other device: until exp ({d['still_valid_for_s']:.0f} s)"
+    if d.seconds_to_refuse is not None:
+        return f"other device: {d.seconds_to_refuse:.2f} s"
+    if d.still_valid_for_s is not None:
+        return f"other device: until exp ({d.still_valid_for_s:.0f} s)"
     return "other device: still accepted"
 
 
-def rows(results: dict[str, Any]) -> list[dict[str, str]]:
+def _window(r: RevocationMode | None) -> str:
+    if r is None:
+        return "-"
+    if r.accepted_after_logout == 0:
+        logout = "0 s"
+    elif r.window_s:
+        logout = f"until exp ({r.window_s:.0f} s)"
+    else:
+        logout = f"{r.accepted_after_logout} replays accepted"
+    return f"{logout}; {device_latency(r.other_device)}"
+
+
+def rows(results: DemoResults) -> list[Row]:
     """One row per mode, built only from what the run measured (absent scenarios give absent rows)."""
-    out: list[dict[str, str]] = []
-    rev = results.get("revocation", {})
-
-    def window(key: str) -> str:
-        r = rev.get(key)
-        if r is None:
-            return "-"
-        if r["accepted_after_logout"] == 0:
-            logout = "0 s"
-        elif r["window_s"]:
-            logout = f"until exp ({r['window_s']:.0f} s)"
-        else:
-            logout = f"{r['accepted_after_logout']} replays accepted"
-        return f"{logout}; {device_latency(r.get('other_device'))}"
-
-    if s := results.get("stateful_wall"):
-        out.append(_row(s["mode"], s))
-    if st := results.get("sticky"):
-        s = st["sticky"]
-        lost = f"{s['sessions_lost']} of {sum(s['users_per_replica'].values())}"
-        died = {"5xx_when_a_replica_died": str(s["failed_5xx"])}
-        out.append(_row(s["mode"], s, sessions_lost=lost, revocation_window=window("session/memory/sticky"), **died))
-        out.append(_row(st["ip_hash"]["mode"], st["ip_hash"]))
-    if s := results.get("clustering"):
-        d = s["redis_down"]
-        down = f"{d['status_503']}x 503, {d['status_200']} let in"
+    out: list[Row] = []
+    rev = results.revocation.modes if results.revocation else {}
+    if s := results.stateful_wall:
+        out.append(_traffic_row(s))
+    if st := results.sticky:
+        p = st.sticky
+        lost = f"{p.sessions_lost} of {sum(p.users_per_replica.values())}"
+        window = _window(rev.get("session/memory/sticky"))
+        out.append(_traffic_row(p, died_5xx=str(p.failed_5xx), sessions_lost=lost, revocation_window=window))
+        out.append(_traffic_row(st.ip_hash))
+    if c := results.clustering:
+        d = c.redis_down
         out.append(
-            _row(
-                s["mode"],
-                s,
+            _traffic_row(
+                c,
                 sessions_lost="all, on Redis restart",
-                Redis_down=down,
-                revocation_window=window("session/redis"),
+                redis_down=f"{d.status_503}x 503, {d.status_200} let in",
+                revocation_window=_window(rev.get("session/redis")),
             )
         )
-    if s := results.get("jwt"):
-        served = f"{_pct(s['success_rate_with_redis_and_auth_down'])} served (auth down too)"
-        mode = s["mode"] + " (JWT_REVOCATION=none)"
-        out.append(_row(mode, s, sessions_lost="0", Redis_down=served, revocation_window=window("jwt/none")))
-    if "jwt/denylist" in rev:
+    if j := results.jwt:
+        served = f"{_pct(j.success_rate_with_redis_and_auth_down)} served (auth down too)"
         out.append(
-            {
-                "mode": "jwt/round_robin (JWT_REVOCATION=denylist)",
-                "success": "-",
-                "requests per replica": "-",
-                "p50 ms": f"{rev['jwt/denylist']['me_p50_ms']:.2f}",
-                "p99 ms": "-",
-                "5xx when a replica died": "-",
-                "sessions lost": "-",
-                "Redis down": "503 (the denylist is needed)",
-                "revocation window": f"{window('jwt/denylist')} (+{rev['denylist_cost_ms']:.2f} ms/request)",
-            }
+            _traffic_row(
+                j,
+                mode=j.mode + " (JWT_REVOCATION=none)",
+                sessions_lost="0",
+                redis_down=served,
+                revocation_window=_window(rev.get("jwt/none")),
+            )
+        )
+    if results.revocation and "jwt/denylist" in rev:
+        deny = rev["jwt/denylist"]
+        out.append(
+            Row(
+                mode="jwt/round_robin (JWT_REVOCATION=denylist)",
+                p50_ms=f"{deny.me_p50_ms or 0:.2f}",
+                redis_down="503 (the denylist is needed)",
+                revocation_window=f"{_window(deny)} (+{results.revocation.denylist_cost_ms:.2f} ms/request)",
+            )
         )
     return out
 
 
-def markdown_table(table: list[dict[str, str]]) -> str:
+def table_cells(table: list[Row]) -> list[dict[str, str]]:
+    return [{c.title: c.cell(r) for c in COLUMNS_BY_TITLE} for r in table]
+
+
+def markdown_table(table: list[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in table]
+    lines += ["| " + " | ".join(c.cell(r) for c in COLUMNS_BY_TITLE) + " |" for r in table]
     return "\n".join(lines)
 
 
@@ -128,58 +170,51 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
 
 
-def readings(results: dict[str, Any]) -> list[str]:
+def readings(results: DemoResults) -> list[str]:
     """A plain-language reading of each scenario, from its numbers."""
     out = []
-    if s := results.get("stateful_wall"):
+    if s := results.stateful_wall:
         out.append(
-            f"**The stateful wall** (session/memory/round_robin): only {_pct(s['success_rate'])} of requests "
+            f"**The stateful wall** (session/memory/round_robin): only {_pct(s.success_rate)} of requests "
             "succeeded. Each session lives in the memory of the replica that handled the login, and round robin "
-            f"sends two requests in three elsewhere: per replica and status, {s['status_by_replica']}."
+            f"sends two requests in three elsewhere: {_statuses_in_words(s.status_by_replica)}."
         )
-    if st := results.get("sticky"):
-        s, i = st["sticky"], st["ip_hash"]
+    if st := results.sticky:
+        p, i = st.sticky, st.ip_hash
         out.append(
-            f"**Sticky sessions** (cookie `lb_route`): {_pct(s['success_rate'])} success, but the load follows "
-            f"the users: users per replica {s['users_per_replica']} (max/mean {s['user_imbalance']}). Killing "
-            f"{s['killed']} lost the sessions of exactly the {s['sessions_lost']} users pinned to it "
-            f"(lost {s['lost_users']} = pinned {s['pinned_users']}), with {s['failed_5xx']} requests failing "
-            f"outright; the others kept {_pct(s['unaffected_success_rate'])}. The lost users were served again "
-            f"{s['recovery_s']:.2f} s after the kill, once they had logged in again."
+            f"**Sticky sessions** (cookie `lb_route`): {_pct(p.success_rate)} success, but the load follows "
+            f"the users: users per replica {_in_words(p.users_per_replica)} (busiest {p.user_imbalance}x the "
+            f"mean). Killing {p.killed} lost the sessions of exactly the {p.sessions_lost} users pinned to it "
+            f"({len(p.lost_users)} lost, {len(p.pinned_users)} pinned), with {p.failed_5xx} requests failing "
+            f"outright; the others kept {_pct(p.unaffected_success_rate)}. The lost users were served again "
+            f"{p.recovery_s:.2f} s after the kill, once they had logged in again."
         )
         out.append(
-            f"**ip_hash**: {_pct(i['success_rate'])} success, pinned by address. Users behind one /24 (one NAT) "
-            f"all landed together: {i['one_nat_users_per_replica']}; users from many /24s spread: "
-            f"{i['many_networks_users_per_replica']}."
+            f"**ip_hash**: {_pct(i.success_rate)} success, pinned by address. Users behind one /24 (one NAT) "
+            f"all landed together: {_in_words(i.one_nat_users_per_replica)}; users from many /24s spread: "
+            f"{_in_words(i.many_networks_users_per_replica)}."
         )
-    if s := results.get("clustering"):
-        d = s["redis_down"]
-        memory = results.get("sticky", {}).get("sticky", {}).get("latency_ms", {}).get("p50")
+    if c := results.clustering:
+        d = c.redis_down
+        memory = results.sticky.sticky.latency_ms.p50 if results.sticky else None
         price = f" against {memory:.2f} ms from memory" if memory else ""
         out.append(
-            f"**Session clustering** (Redis): {_pct(s['success_rate'])} success on every replica, at a p50 of "
-            f"{s['latency_ms']['p50']:.2f} ms{price}. With Redis down for {d['seconds']:.1f} s, {d['status_503']} "
-            f"of {d['requests']} requests got 503 and {d['status_200']} were let in. Redis keeps no data across "
-            f"a restart here, so users logged in again; all were served {s['recovery_s']:.2f} s after Redis "
+            f"**Session clustering** (Redis): {_pct(c.success_rate)} success on every replica, at a p50 of "
+            f"{c.latency_ms.p50:.2f} ms{price}. With Redis down for {d.seconds:.1f} s, {d.status_503} "
+            f"of {d.requests} requests got 503 and {d.status_200} were let in. Redis keeps no data across "
+            f"a restart here, so users logged in again; all were served {c.recovery_s:.2f} s after Redis "
             "returned, with no other service restarted."
         )
-    if s := results.get("jwt"):
+    if j := results.jwt:
         out.append(
-            f"**Stateless JWT**: {_pct(s['success_rate'])} success, and "
-            f"{_pct(s['success_rate_with_redis_and_auth_down'])} with Redis and the auth service both stopped: any "
-            f"replica verifies a token alone. The price on the wire: {s['token_bytes']} bytes of "
-            f"`Authorization` header against {s['session_cookie_bytes']} bytes of session cookies."
+            f"**Stateless JWT**: {_pct(j.success_rate)} success, and "
+            f"{_pct(j.success_rate_with_redis_and_auth_down)} with Redis and the auth service both stopped: any "
+            f"replica verifies a token alone. The price on the wire: {j.token_bytes} bytes of "
+            f"`Authorization` header against {j.session_cookie_bytes} bytes of session cookies."
         )
-    if rev := results.get("revocation"):
-        parts = [
-            f"{k}: {v['accepted_after_logout']} of {v['replays']} replays accepted"
-            for k, v in rev.items()
-            if isinstance(v, dict)
-        ]
+    if rev := results.revocation:
         devices = "; ".join(
-            f"{k}: {device_latency(v.get('other_device')).removeprefix('other device: ')}"
-            for k, v in rev.items()
-            if isinstance(v, dict)
+            f"{k}: {device_latency(v.other_device).removeprefix('other device: ')}" for k, v in rev.modes.items()
         )
         out.append(
             "**Revocation latency** (a user ends the session of their other device from the sessions list, "
@@ -188,31 +223,33 @@ def readings(results: dict[str, Any]) -> list[str]:
             "refresh token, and its access token works until `exp`; memory sessions are only visible, and so "
             "only endable, on the replica that holds them."
         )
+        parts = [f"{k}: {v.accepted_after_logout} of {v.replays} replays accepted" for k, v in rev.modes.items()]
+        none = rev.modes.get("jwt/none")
         out.append(
             "**Revocation window** (a user logs out while an attacker replays the stolen credential on every "
             f"replica): {'; '.join(parts)}. A JWT without a denylist stays valid until `exp` "
-            f"({rev['jwt/none']['window_s']:.0f} s left here); the denylist closes the window at a cost of "
-            f"{rev['denylist_cost_ms']:.2f} ms per request at p50, and brings back the dependency on Redis."
+            f"({none.window_s if none else 0:.0f} s left here); the denylist closes the window at a cost of "
+            f"{rev.denylist_cost_ms:.2f} ms per request at p50, and brings back the dependency on Redis."
         )
-    if s := results.get("live_switch"):
+    if ls := results.live_switch:
         steps = ", ".join(
-            f"{w['from']}→{w['to']}: {w['failed']} failed of {w['requests_around_reload']}" for w in s["switches"]
+            f"{w.from_mode}→{w.to_mode}: {w.failed} failed of {w.requests_around_reload}" for w in ls.switches
         )
-        failures = "; ".join(f"{n} x {what}" for what, n in s.get("failures", {}).items())
+        failures = "; ".join(f"{n} x {what}" for what, n in ls.failures.items())
         out.append(
-            f"**Live balancer switch** under load ({s['requests']} requests in all, {s['failed']} failed"
+            f"**Live balancer switch** under load ({ls.requests} requests in all, {ls.failed} failed"
             f"{': ' + failures if failures else ''}): {steps}. nginx tests the new config, reloads gracefully, and "
-            f"old workers finish their requests; {s.get('keepalive_retries', 0)} keep-alive request(s) met a "
+            f"old workers finish their requests; {ls.keepalive_retries} keep-alive request(s) met a "
             "connection a retiring worker had just closed and were retried once on a new one, as browsers do."
         )
     return out
 
 
-def write(results: dict[str, Any], out: Path, quick: bool) -> dict[str, Any]:
+def write(results: DemoResults, out: Path, quick: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
     charts = _charts(results, out)
-    document = {"quick": quick, "rows": table, "charts": charts, "scenarios": results}
+    document = {"quick": quick, "rows": table_cells(table), "charts": charts, "scenarios": results.to_json()}
     (out / "demo.json").write_text(json.dumps(document, indent=2, default=str))
     md = [
         "# scaleout demo",
@@ -234,7 +271,10 @@ def write(results: dict[str, Any], out: Path, quick: bool) -> dict[str, Any]:
     return document
 
 
-def _charts(results: dict[str, Any], out: Path) -> list[str]:
+STATUS_COLOURS = {"200": "tab:green", "401": "tab:red", "503": "tab:orange", "other": "tab:grey"}
+
+
+def _charts(results: DemoResults, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,43 +282,58 @@ def _charts(results: dict[str, Any], out: Path) -> list[str]:
 
     made: list[str] = []
 
-    # 1. Requests per replica per mode.
-    modes = [(r["mode"], r["requests_per_replica"]) for r in _mode_results(results)]
+    # 1. Requests per replica per mode, each replica's bar stacked by status: the wall shows as red.
+    modes = results.traffic()
     if modes:
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        replicas = sorted({k for _, counts in modes for k in counts if k != "-"})
+        fig, ax = plt.subplots(figsize=(10, 4.8))
+        replicas = sorted({k for t in modes for k in t.requests_per_replica if k != "-"})
         width = 0.8 / max(1, len(replicas))
-        for j, replica in enumerate(replicas):
-            ax.bar(
-                [i + j * width for i in range(len(modes))],
-                [counts.get(replica, 0) for _, counts in modes],
-                width,
-                label=replica,
-            )
+        labelled: set[str] = set()
+        for slot, replica in enumerate(replicas):
+            xs = [i + slot * width for i in range(len(modes))]
+            bottom = [0.0] * len(modes)
+            for status in STATUS_COLOURS:
+                values = []
+                for t in modes:
+                    codes = t.status_by_replica.get(replica, {})
+                    n = (
+                        sum(v for k, v in codes.items() if k not in ("200", "401", "503"))
+                        if status == "other"
+                        else codes.get(status, 0)
+                    )
+                    values.append(float(n))
+                if not any(values):
+                    continue
+                label = None if status in labelled else ("other" if status == "other" else f"HTTP {status}")
+                labelled.add(status)
+                ax.bar(xs, values, width, bottom=bottom, color=STATUS_COLOURS[status], label=label, edgecolor="white")
+                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+            for x, total in zip(xs, bottom, strict=True):
+                ax.annotate(replica.removeprefix("api-"), (x, total), ha="center", va="bottom", fontsize=7)
         ax.set_xticks([i + width * (len(replicas) - 1) / 2 for i in range(len(modes))])
-        ax.set_xticklabels([m.replace("/", "/\n", 1) for m, _ in modes], fontsize=8)
+        ax.set_xticklabels([t.mode.replace("/", "/\n", 1) for t in modes], fontsize=8)
         ax.set_ylabel("requests answered")
-        ax.set_title("Requests per replica, per mode (before faults)")
-        ax.legend(title="replica")
+        ax.set_title("Requests per replica (bars 1, 2, 3), by status, per mode (before faults)")
+        ax.legend(title="status")
         fig.tight_layout()
         fig.savefig(out / "requests_per_replica.png", dpi=110)
         plt.close(fig)
         made.append("requests_per_replica.png")
 
     # 2. Success rate over time around each fault.
-    faults = []
-    if st := results.get("sticky"):
-        faults.append((f"sticky: {st['sticky']['killed']} killed at 0 s", st["sticky"]["timeline"], None))
-    if s := results.get("clustering"):
-        faults.append(("session/redis: Redis down", s["timeline"], s["fault_window"]))
-    if s := results.get("jwt"):
-        faults.append(("jwt: Redis and auth down", s["timeline"], s["fault_window"]))
+    faults: list[tuple[str, list[tuple[float, float]], tuple[float, float] | None]] = []
+    if st := results.sticky:
+        faults.append((f"sticky: {st.sticky.killed} killed at 0 s", st.sticky.timeline, None))
+    if c := results.clustering:
+        faults.append(("session/redis: Redis down", c.timeline, c.fault_window))
+    if j := results.jwt:
+        faults.append(("jwt: Redis and auth down", j.timeline, j.fault_window))
     if faults:
         fig, axes = plt.subplots(1, len(faults), figsize=(4.5 * len(faults), 3.8), squeeze=False)
         for ax, (title, timeline, window) in zip(axes[0], faults, strict=True):
             if timeline:
-                xs, ys = zip(*timeline, strict=True)
-                ax.step(xs, [y * 100 for y in ys], where="post")
+                times, rates = zip(*timeline, strict=True)
+                ax.step(times, [y * 100 for y in rates], where="post")
             ax.axvline(0, color="red", linestyle="--", label="fault")
             if window:
                 ax.axvspan(window[0], window[1], color="red", alpha=0.1, label="outage")
@@ -294,7 +349,7 @@ def _charts(results: dict[str, Any], out: Path) -> list[str]:
         made.append("faults_timeline.png")
 
     # 3. Latency distribution per mode.
-    latencies = [(r["mode"], r["latencies_ms"]) for r in _mode_results(results) if r.get("latencies_ms")]
+    latencies = [(t.mode, t.latencies_ms) for t in modes if t.latencies_ms]
     if latencies:
         fig, ax = plt.subplots(figsize=(10, 4.5))
         ax.boxplot([v for _, v in latencies], showfliers=False)
@@ -306,45 +361,30 @@ def _charts(results: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "latency.png", dpi=110)
         plt.close(fig)
         made.append("latency.png")
-    # 4. Revocation latency: seconds until every replica refuses a revoked device (bar), per mode.
-    if rev := results.get("revocation"):
+
+    # 4. Revocation latency: seconds until every replica refuses a revoked device, per mode.
+    if rev := results.revocation:
         labels, seconds, notes = [], [], []
-        for key, value in rev.items():
-            if not isinstance(value, dict) or "other_device" not in value:
-                continue
-            d = value["other_device"]
+        for key, value in rev.modes.items():
+            d = value.other_device
             labels.append(key)
-            if d["seconds_to_refuse"] is not None:
-                seconds.append(d["seconds_to_refuse"])
-                notes.append(f"{d['seconds_to_refuse']:.2f} s")
-            elif d["still_valid_for_s"] is not None:
-                seconds.append(d["still_valid_for_s"])
-                notes.append(f"until exp: {d['still_valid_for_s']:.0f} s")
+            if d.seconds_to_refuse is not None:
+                seconds.append(d.seconds_to_refuse)
+                notes.append(f"{d.seconds_to_refuse:.2f} s")
+            elif d.still_valid_for_s is not None:
+                seconds.append(d.still_valid_for_s)
+                notes.append(f"until exp: {d.still_valid_for_s:.0f} s")
             else:
                 seconds.append(0.0)
-                notes.append("not endable here" if d["revoke_status"] == 404 else "still accepted")
-        if labels:
-            fig, ax = plt.subplots(figsize=(8, 4))
-            bars = ax.bar(labels, seconds, color=["tab:green" if s < 1 else "tab:red" for s in seconds])
-            for bar, note in zip(bars, notes, strict=True):
-                ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
-            ax.set_ylabel("seconds until every replica refuses it")
-            ax.set_title("Revocation latency: another device's session ended from the sessions list")
-            fig.tight_layout()
-            fig.savefig(out / "revocation_latency.png", dpi=110)
-            plt.close(fig)
-            made.append("revocation_latency.png")
+                notes.append("not endable here" if d.revoke_status == 404 else "still accepted")
+        fig, ax = plt.subplots(figsize=(8, 4))
+        bars = ax.bar(labels, seconds, color=["tab:green" if s < 1 else "tab:red" for s in seconds])
+        for bar, note in zip(bars, notes, strict=True):
+            ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+        ax.set_ylabel("seconds until every replica refuses it")
+        ax.set_title("Revocation latency: another device's session ended from the sessions list")
+        fig.tight_layout()
+        fig.savefig(out / "revocation_latency.png", dpi=110)
+        plt.close(fig)
+        made.append("revocation_latency.png")
     return made
-
-
-def _mode_results(results: dict[str, Any]) -> list[dict[str, Any]]:
-    found = []
-    for name in ("stateful_wall", "sticky", "clustering", "jwt"):
-        r = results.get(name)
-        if r is None:
-            continue
-        if name == "sticky":
-            found += [r["sticky"], r["ip_hash"]]
-        else:
-            found.append(r)
-    return found
