@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test demo up down status lb stop start bench lint clean compose-up compose-lb compose-down
+.PHONY: setup system test demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down
 
 setup: system $(STAMP)
 
@@ -30,6 +30,9 @@ lint: setup
 
 demo: setup
 	$(PY) -m scaleout demo
+
+lab: setup
+	$(PY) -m scaleout lab
 
 bench: setup
 	$(PY) -m scaleout bench

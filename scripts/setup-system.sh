@@ -6,7 +6,11 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 have nginx || need+=(nginx)
 have redis-server || need+=(redis-server)
+have redis-sentinel || need+=(redis-sentinel)  # REDIS_TOPOLOGY=sentinel
 have wrk || need+=(wrk)
+have chromium || need+=(chromium)  # the real browser the panel's tests drive (through Playwright)
+[ -f /usr/share/javascript/chart.js/chart.min.js ] || [ -f /usr/share/javascript/chart.js/chart.umd.js ] \
+  || need+=(libjs-chart.js)  # the panel's charts, served locally (no CDN)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 [ ${#need[@]} -eq 0 ] && exit 0

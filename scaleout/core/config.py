@@ -35,6 +35,11 @@ class JWTRevocation(StrEnum):
     denylist = "denylist"
 
 
+class RedisTopology(StrEnum):
+    single = "single"
+    sentinel = "sentinel"
+
+
 class JWTAlg(StrEnum):
     RS256 = "RS256"
     ES256 = "ES256"
@@ -55,6 +60,7 @@ class Settings(BaseSettings):
     jwt_revocation: JWTRevocation = JWTRevocation.none
     jwt_alg: JWTAlg = JWTAlg.RS256
     replicas: int = Field(default=3, ge=1, le=9)
+    redis_topology: RedisTopology = RedisTopology.single
 
     # Addresses. Locally everything binds to loopback; compose overrides the hosts with service names.
     host: str = "127.0.0.1"
@@ -62,9 +68,19 @@ class Settings(BaseSettings):
     nginx_port: int = 8080
     auth_port: int = 9000
     api_port_base: int = 8000  # replica api-N listens on api_port_base + N
-    redis_port: int = 6380
+    redis_port: int = 6380  # sentinel topology: redis-1; redis-2 and redis-3 take the next two ports
+    sentinel_port: int = 26380  # sentinel-1; sentinel-2 and sentinel-3 take the next two ports
+    sentinel_master: str = "scaleout"
+    sentinel_down_after_ms: int = Field(default=1000, ge=100)
+    sentinel_failover_timeout_ms: int = Field(default=3000, ge=500)
+    # What the user was told survives a failover: a write is acknowledged only once this many replicas
+    # have it (`WAIT`), or it fails with 503. Sentinel topology only (a single Redis has no replica).
+    redis_wait_replicas: int = Field(default=1, ge=0, le=2)
+    redis_wait_ms: int = Field(default=500, ge=1)
+    lab_port: int = 8090  # the control panel (`make lab`), loopback only
     auth_url: str = ""  # derived from host/auth_port when empty
     redis_url: str = ""  # derived from host/redis_port when empty
+    sentinel_addresses: str = ""  # "host:port,host:port,..."; derived from host/sentinel_port when empty
 
     # Identity of one replica process.
     replica_id: str = "api-1"
@@ -143,6 +159,27 @@ class Settings(BaseSettings):
     @property
     def redis_dsn(self) -> str:
         return self.redis_url or f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def sentinel(self) -> bool:
+        return self.redis_topology is RedisTopology.sentinel
+
+    @property
+    def redis_ports(self) -> list[int]:
+        """redis-1 (the first primary), then its replicas."""
+        return [self.redis_port + i for i in range(3 if self.sentinel else 1)]
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        return [self.sentinel_port + i for i in range(3)] if self.sentinel else []
+
+    @property
+    def sentinel_hosts(self) -> list[tuple[str, int]]:
+        """Where clients find the Sentinels: SENTINEL_HOSTS ("host:port,...") or the local ports."""
+        if self.sentinel_addresses:
+            pairs = [a.rsplit(":", 1) for a in self.sentinel_addresses.split(",") if a.strip()]
+            return [(h.strip(), int(p)) for h, p in pairs]
+        return [(self.host, p) for p in self.sentinel_ports]
 
     @property
     def users_db_path(self) -> Path:

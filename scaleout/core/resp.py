@@ -9,6 +9,8 @@ futures in order straight from `data_received` (parsed by hiredis). Failure rule
   connection with redis-py's `ConnectionError`/`TimeoutError` and drop the connection (replies are matched
   to callers by order, so after a timeout the stream cannot be trusted); the next call reconnects;
 - a Redis error reply fails only its own caller (as `ResponseError`);
+- a `READONLY` reply (a primary demoted by a failover) fails every caller on the connection and drops it;
+  with `locate` (behind Sentinels) the next connection goes to the primary of the moment;
 - a connection authenticates (`AUTH user password`) and selects its database before any caller's command
   goes out; a refusal there fails the batch waiting for it.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import hiredis
@@ -57,6 +59,12 @@ class _Protocol(asyncio.Protocol):
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
+                if str(reply).startswith("READONLY"):
+                    # A demoted primary: this connection is to a replica now. Drop it; the next connection
+                    # finds the new primary (and nothing is ever written here).
+                    future.set_exception(RedisConnectionError(f"the primary was demoted: {reply}"))
+                    self.fail(RedisConnectionError(f"the primary was demoted: {reply}"))
+                    return
                 future.set_exception(ResponseError(str(reply)))
             else:
                 future.set_result(reply)
@@ -95,9 +103,12 @@ class PipelinedConnection:
         on_round_trip: Callable[[float], None] | None = None,
         username: str | None = None,
         password: str | None = None,
+        locate: Callable[[], Awaitable[tuple[str, int]]] | None = None,
     ) -> None:
         self.host, self.port, self.db, self.timeout = host, port, db, timeout
         self.username, self.password = username, password
+        # Where to connect, asked afresh on every connection (behind Sentinels: the primary now).
+        self.locate = locate
         # Told each answered batch's round-trip time in seconds: one observation per write, not per caller.
         self.on_round_trip = on_round_trip
         self._protocol: _Protocol | None = None
@@ -144,9 +155,8 @@ class PipelinedConnection:
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(_Protocol, self.host, self.port), timeout=self.timeout
-        )
+        host, port = (self.host, self.port) if self.locate is None else await self.locate()
+        _, protocol = await asyncio.wait_for(loop.create_connection(_Protocol, host, port), timeout=self.timeout)
         setup: list[Command] = []
         if self.password:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))

@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from scaleout.core.credentials import Malformed, single_cookie_raw
-from scaleout.core.store import Coalescer, redis_call
+from scaleout.core.store import Coalescer, Durability, redis_call
 
 UNAVAILABLE = "session store unavailable"
 
@@ -361,7 +361,9 @@ class RedisSessions:
         mac: SessionMAC,
         max_per_user: int = 10,
         max_decoded: int = 4096,
+        durability: Durability | None = None,
     ) -> None:
+        self.durability = durability or Durability()
         self.redis = redis
         self.coalescer = coalescer
         self.idle_ttl = idle_ttl
@@ -439,25 +441,32 @@ class RedisSessions:
             self.max_per_user,
             self.absolute_ttl,
         ]
-        await redis_call(lambda: self._put(keys=[key, zset, handles], args=args), UNAVAILABLE)
+        await self.durability.run(
+            self.redis, lambda pipe: self._put(keys=[key, zset, handles], args=args, client=pipe), UNAVAILABLE
+        )
 
     async def delete(self, sid: str) -> None:
         key = session_key(sid)
-        raw = await redis_call(lambda: self.redis.getdel(key), UNAVAILABLE)
+        (raw,) = await self.durability.run(self.redis, lambda pipe: pipe.getdel(key), UNAVAILABLE)
         session = self._decode(key, raw) if isinstance(raw, bytes) else None
         if session is not None:
             await self._end_handle(session.uid, session.handle)
 
     async def _end_handle(self, uid: str, handle: str) -> bool:
         zset, handles = user_keys(uid)
-        return bool(await redis_call(lambda: self._end(keys=[zset, handles], args=[handle]), UNAVAILABLE))
+        (ended,) = await self.durability.run(
+            self.redis, lambda pipe: self._end(keys=[zset, handles], args=[handle], client=pipe), UNAVAILABLE
+        )
+        return bool(ended)
 
     async def end(self, uid: str, handle: str) -> bool:
         return await self._end_handle(uid, handle)
 
     async def end_all(self, uid: str, keep: str | None = None) -> None:
         zset, handles = user_keys(uid)
-        await redis_call(lambda: self._end_all(keys=[zset, handles], args=[keep or ""]), UNAVAILABLE)
+        await self.durability.run(
+            self.redis, lambda pipe: self._end_all(keys=[zset, handles], args=[keep or ""], client=pipe), UNAVAILABLE
+        )
 
     async def list(self, uid: str) -> list[SessionInfo]:
         zset, handles = user_keys(uid)

@@ -10,10 +10,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -38,16 +39,65 @@ def make_redis(settings: Settings) -> Redis:
     cluster's ACL user: the cluster's Redis refuses anonymous clients.
     """
     password = settings.redis_password()
-    return Redis.from_url(
-        settings.redis_dsn,
-        username=settings.redis_username if password else None,
-        password=password,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        max_connections=256,
-    )
+    common: dict[str, Any] = {
+        "username": settings.redis_username if password else None,
+        "password": password,
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if settings.sentinel:
+        # The primary is whichever the Sentinels name now: found on connect, found again after a
+        # connection breaks or a demoted primary answers READONLY (redis-py's Sentinel pool does both).
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel has no annotations
+            settings.sentinel_hosts,
+            sentinel_kwargs={
+                "password": password,
+                "socket_timeout": settings.redis_timeout,
+                "socket_connect_timeout": settings.redis_timeout,
+            },
+            **common,
+        )
+        primary: Redis = sentinel.master_for(settings.sentinel_master, max_connections=256)
+        return primary
+    return Redis.from_url(settings.redis_dsn, max_connections=256, **common)
+
+
+class NotReplicated(StoreUnavailable):
+    """A write no replica acknowledged in time: it may not survive a failover, so it is not confirmed."""
+
+
+class Durability:
+    """Writes the user is told about (a login, a logout, a revocation, a spent refresh token) are confirmed
+    only once `replicas` replicas have them (`WAIT` on the same connection, right after the write)."""
+
+    def __init__(self, replicas: int = 0, timeout_ms: int = 500) -> None:
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+
+    @classmethod
+    def of(cls, settings: Settings) -> Durability:
+        return cls(settings.redis_wait_replicas if settings.sentinel else 0, settings.redis_wait_ms)
+
+    async def run(
+        self, redis: Redis, build: Callable[[Any], Awaitable[object]], what: str = "shared store unavailable"
+    ) -> list[Any]:
+        """Queue commands on a pipeline (one connection), then WAIT; the commands' replies."""
+
+        async def op() -> list[Any]:
+            async with redis.pipeline(transaction=False) as pipe:
+                await build(pipe)
+                if self.replicas:
+                    pipe.wait(self.replicas, self.timeout_ms)
+                results: list[Any] = await pipe.execute()
+            if self.replicas:
+                if int(results[-1]) < self.replicas:
+                    raise NotReplicated(f"{what}: no replica confirmed the write")
+                return results[:-1]
+            return results
+
+        return await redis_call(op, what)
 
 
 async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store unavailable") -> T:
@@ -73,7 +123,8 @@ class Coalescer(PipelinedConnection):
     """
 
     def __init__(self, redis: Redis, on_round_trip: Callable[[float], None] | None = None) -> None:
-        kw = redis.connection_pool.connection_kwargs
+        pool = redis.connection_pool
+        kw = pool.connection_kwargs
         super().__init__(
             kw.get("host", "127.0.0.1"),
             kw.get("port", 6379),
@@ -82,6 +133,8 @@ class Coalescer(PipelinedConnection):
             on_round_trip=on_round_trip,
             username=kw.get("username"),
             password=kw.get("password"),
+            # Behind Sentinels, every (re)connection asks them where the primary is now.
+            locate=pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None,
         )
 
 
@@ -92,18 +145,22 @@ class Denylist:
     login at once, not only the one presented.
     """
 
-    def __init__(self, redis: Redis, coalescer: Coalescer, access_ttl: int) -> None:
+    def __init__(
+        self, redis: Redis, coalescer: Coalescer, access_ttl: int, durability: Durability | None = None
+    ) -> None:
         self.redis = redis
         self.coalescer = coalescer
         self.access_ttl = access_ttl
+        self.durability = durability or Durability()
 
     async def add(self, jti: str, exp: int) -> None:
         ttl = max(1, exp - int(time.time()) + 1)
-        await redis_call(lambda: self.redis.set(f"deny:{jti}", b"1", ex=ttl))
+        await self.durability.run(self.redis, lambda pipe: pipe.set(f"deny:{jti}", b"1", ex=ttl))
 
     async def add_family(self, fam: str) -> None:
         # Every access token of the family expires within access_ttl of now (lifetimes are capped).
-        await redis_call(lambda: self.redis.set(f"denyfam:{fam}", b"1", ex=self.access_ttl + 1))
+        ttl = self.access_ttl + 1
+        await self.durability.run(self.redis, lambda pipe: pipe.set(f"denyfam:{fam}", b"1", ex=ttl))
 
     async def contains(self, jti: str, fam: str) -> bool:
         return bool(await redis_call(lambda: self.coalescer.call("EXISTS", "deny:" + jti, "denyfam:" + fam)))
@@ -193,10 +250,11 @@ class Family:
 class RefreshTokens:
     """Single-use refresh tokens grouped in families (one family per login), indexed per user."""
 
-    def __init__(self, redis: Redis, ttl: int, max_per_user: int = 10) -> None:
+    def __init__(self, redis: Redis, ttl: int, max_per_user: int = 10, durability: Durability | None = None) -> None:
         self.redis = redis
         self.ttl = ttl
         self.max_per_user = max_per_user
+        self.durability = durability or Durability()
         self._spend = redis.register_script(_SPEND)
         self._start = redis.register_script(_START)
         self._revoke = redis.register_script(_REVOKE)
@@ -205,29 +263,34 @@ class RefreshTokens:
         """Remember a login's first refresh token; returns the families the per-user cap revoked."""
         zset, meta = family_keys(uid)
         args: list[str | int | float | bytes] = [self.ttl, time.time(), fam, orjson.dumps(info), self.max_per_user]
-        revoked = await redis_call(lambda: self._start(keys=[f"rt:{jti}", zset, meta], args=args))
+        (revoked,) = await self.durability.run(
+            self.redis, lambda pipe: self._start(keys=[f"rt:{jti}", zset, meta], args=args, client=pipe)
+        )
         return [f.decode() if isinstance(f, bytes) else str(f) for f in revoked]
 
     async def remember(self, jti: str) -> None:
-        await redis_call(lambda: self.redis.set(f"rt:{jti}", b"live", ex=self.ttl))
+        await self.durability.run(self.redis, lambda pipe: pipe.set(f"rt:{jti}", b"live", ex=self.ttl))
 
     async def spend(self, jti: str, fam: str, uid: str) -> RefreshOutcome:
         zset, meta = family_keys(uid)
-        result = await redis_call(
-            lambda: self._spend(keys=[f"rt:{jti}", f"rf:{fam}", zset, meta], args=[self.ttl, time.time(), fam])
-        )
+        keys = [f"rt:{jti}", f"rf:{fam}", zset, meta]
+        args: list[str | int | float | bytes] = [self.ttl, time.time(), fam]
+        (result,) = await self.durability.run(self.redis, lambda pipe: self._spend(keys=keys, args=args, client=pipe))
         return RefreshOutcome(result.decode() if isinstance(result, bytes) else result)
 
     async def revoke_family(self, fam: str, uid: str | None = None) -> None:
         if uid is None:
-            await redis_call(lambda: self.redis.set(f"rf:{fam}", b"1", ex=self.ttl))
+            await self.durability.run(self.redis, lambda pipe: pipe.set(f"rf:{fam}", b"1", ex=self.ttl))
             return
         await self.revoke(uid, [fam])
 
     async def revoke(self, uid: str, fams: list[str], keep: str = "") -> list[str]:
         """Revoke the named families of `uid` (those that are its own), or all but `keep` when none named."""
         zset, meta = family_keys(uid)
-        done = await redis_call(lambda: self._revoke(keys=[zset, meta], args=[self.ttl, keep, *fams]))
+        args: list[str | int | float | bytes] = [self.ttl, keep, *fams]
+        (done,) = await self.durability.run(
+            self.redis, lambda pipe: self._revoke(keys=[zset, meta], args=args, client=pipe)
+        )
         return [f.decode() if isinstance(f, bytes) else str(f) for f in done]
 
     async def family_created(self, uid: str, fam: str) -> float | None:

@@ -12,7 +12,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, LBMode, SessionStore, Settings, get_settings
+from scaleout.core.config import (
+    AuthMode,
+    JWTAlg,
+    JWTRevocation,
+    LBMode,
+    RedisTopology,
+    SessionStore,
+    Settings,
+    get_settings,
+)
 from scaleout.lab.runner import Cluster, ClusterError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -46,6 +55,7 @@ def up(
     revocation: Annotated[JWTRevocation | None, typer.Option(help="JWT_REVOCATION")] = None,
     alg: Annotated[JWTAlg | None, typer.Option(help="JWT_ALG")] = None,
     replicas: Annotated[int | None, typer.Option(min=1, max=9, help="REPLICAS")] = None,
+    topology: Annotated[RedisTopology | None, typer.Option(help="REDIS_TOPOLOGY")] = None,
 ) -> None:
     """Start the local cluster in the background; returns once every service is healthy."""
     overrides = {
@@ -57,6 +67,7 @@ def up(
             "jwt_revocation": revocation,
             "jwt_alg": alg,
             "replicas": replicas,
+            "redis_topology": topology,
         }.items()
         if v is not None
     }
@@ -72,6 +83,9 @@ def up(
         f"cluster up: [bold]{s.public_url}[/]  AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} "
         f"LB_MODE={s.lb_mode} JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas}"
     )
+    from scaleout.lab.panel.app import panel_url
+
+    console.print(f"control panel (after `make lab`): {panel_url(s)}", soft_wrap=True)
 
 
 @app.command()
@@ -101,8 +115,13 @@ def status() -> None:
     s = cluster.settings
     console.print(
         f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
-        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas}  url={s.public_url}"
+        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
+        f"REDIS_TOPOLOGY={s.redis_topology}  url={s.public_url}"
     )
+    if s.sentinel:
+        primary = cluster.primary()
+        where = f"{primary} ({cluster.services[primary].address})" if primary else "none known (failover under way?)"
+        console.print(f"Redis primary, as the Sentinels say: {where}")
 
 
 @app.command()
@@ -146,6 +165,24 @@ def rotate_keys() -> None:
     except ClusterError as exc:
         _fail(exc)
     console.print(f"auth service now signs with {kid}")
+
+
+@app.command()
+def lab(
+    foreground: Annotated[bool, typer.Option(help="serve in this process instead of in the background")] = False,
+) -> None:
+    """The browser control panel of the running cluster, on 127.0.0.1:LAB_PORT (8090)."""
+    from scaleout.lab.panel.app import panel_url, serve
+
+    if foreground:
+        serve(get_settings().cluster_dir)
+        return
+    cluster = _cluster()
+    try:
+        cluster.start_panel()
+    except ClusterError as exc:
+        _fail(exc)
+    console.print(f"control panel: {panel_url(cluster.settings)}", soft_wrap=True)
 
 
 @app.command("init-secrets")

@@ -23,10 +23,11 @@ import httpx
 
 from scaleout.core.config import ROOT, JWTAlg, LBMode, Settings
 from scaleout.core.keys import KeyUnusable
-from scaleout.core.secretfiles import write_cluster_secrets
+from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
 
 HEALTH_TIMEOUT = 30.0
+PANEL = "lab"  # the control panel's service name
 
 
 class ClusterError(Exception):
@@ -97,11 +98,33 @@ def free_ports(host: str, count: int, contiguous: int = 0) -> tuple[list[int], i
     raise ClusterError("no free ports found")
 
 
+def free_blocks(host: str, sizes: list[int]) -> list[int]:
+    """Bases of non-overlapping blocks of free ports (base .. base+size-1 each), outside the ephemeral range."""
+    rng = random.Random()
+    first, last = _listening_range()
+    for _ in range(1000):
+        bases = [rng.randrange(first, last - size) for size in sizes]
+        wanted = [b + i for b, size in zip(bases, sizes, strict=True) for i in range(size)]
+        if len(set(wanted)) == len(wanted) and all(port_is_free(host, p) for p in wanted):
+            return bases
+    raise ClusterError("no free ports found")
+
+
 def isolated_settings(cluster_dir: Path, **overrides: object) -> Settings:
     """Settings for a cluster of its own: its own directory and free ports, so it never meets `make up`'s."""
     wanted = Settings.model_validate({"cluster_dir": cluster_dir, **overrides})  # validates the overrides first
-    (nginx_port, auth_port, redis_port), base = free_ports(wanted.host, 3, contiguous=wanted.replicas)
-    ports = {"nginx_port": nginx_port, "auth_port": auth_port, "redis_port": redis_port, "api_port_base": base}
+    # api-N listens on base+N, so that block starts one below its first port.
+    api, nginx_port, auth_port, redis_port, sentinel_port, lab_port = free_blocks(
+        wanted.host, [wanted.replicas + 1, 1, 1, len(wanted.redis_ports), max(1, len(wanted.sentinel_ports)), 1]
+    )
+    ports = {
+        "lab_port": lab_port,
+        "nginx_port": nginx_port,
+        "auth_port": auth_port,
+        "redis_port": redis_port,
+        "sentinel_port": sentinel_port,
+        "api_port_base": api,
+    }
     return Settings.model_validate({"cluster_dir": cluster_dir, **ports, **overrides})
 
 
@@ -139,6 +162,7 @@ class Cluster:
         self.logs = self.dir / "logs"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._services: dict[str, Service] = {}
+        self._panel: Service | None = None
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -176,28 +200,34 @@ class Cluster:
         def log(name: str) -> str:
             return str(self.logs / f"{name}.log")
 
-        services = {
-            "redis": Service(
-                "redis",
-                [
-                    require_program("redis-server"),
-                    *redis_args(s.redis_port),
-                    "--bind",
+        services = (
+            self._plan_store(log)
+            if s.sentinel
+            else {
+                "redis": Service(
+                    "redis",
+                    [
+                        require_program("redis-server"),
+                        *redis_args(s.redis_port),
+                        "--bind",
+                        host,
+                        "--dir",
+                        str(self.dir / "redis"),
+                        # The password lives in an owner-only ACL file, never on a command line `ps` shows.
+                        "--aclfile",
+                        str(s.secrets_path / "redis.acl"),
+                    ],
+                    {},
                     host,
-                    "--dir",
-                    str(self.dir / "redis"),
-                    # The password lives in an owner-only ACL file, never on a command line `ps` shows.
-                    "--aclfile",
-                    str(s.secrets_path / "redis.acl"),
-                ],
-                {},
-                host,
-                s.redis_port,
-                "redis",
-                log("redis"),
-            ),
-            "auth": Service("auth", [py, "-m", "services.serve", "auth"], env, host, s.auth_port, "http", log("auth")),
-        }
+                    s.redis_port,
+                    "redis",
+                    log("redis"),
+                ),
+            }
+        )
+        services["auth"] = Service(
+            "auth", [py, "-m", "services.serve", "auth"], env, host, s.auth_port, "http", log("auth")
+        )
         for name in s.replica_names:
             services[name] = Service(
                 name,
@@ -227,6 +257,107 @@ class Cluster:
         )
         return services
 
+    def _plan_store(self, log: Callable[[str], str]) -> dict[str, Service]:
+        """Sentinel topology: redis-1 (the first primary), redis-2 and redis-3 replicating it, and three
+        Sentinels watching them (quorum 2). Their configs hold the password, so they live among the secrets."""
+        s = self.settings
+        services: dict[str, Service] = {}
+        for n, port in enumerate(s.redis_ports, start=1):
+            name = f"redis-{n}"
+            conf = s.secrets_path / f"{name}.conf"
+            argv = [require_program("redis-server"), str(conf)]
+            services[name] = Service(name, argv, {}, s.host, port, "redis", log(name))
+        for n, port in enumerate(s.sentinel_ports, start=1):
+            name = f"sentinel-{n}"
+            conf = s.secrets_path / f"{name}.conf"
+            services[name] = Service(
+                name, [require_program("redis-sentinel"), str(conf)], {}, s.host, port, "sentinel", log(name)
+            )
+        return services
+
+    def _redis_names(self) -> list[str]:
+        return [n for n, svc in self._services.items() if svc.health == "redis"]
+
+    def _write_store_configs(self, replica_of: dict[str, tuple[str, int]]) -> None:
+        """redis-N.conf and sentinel-N.conf (owner-only); `replica_of` says whom each Redis follows at start."""
+        s = self.settings
+        password = s.redis_password() or ""
+        for name in self._redis_names():
+            svc = self._services[name]
+            (self.dir / name).mkdir(parents=True, exist_ok=True)
+            lines = [
+                f"port {svc.port}",
+                f"bind {s.host}",
+                "protected-mode yes",
+                'save ""',
+                "appendonly no",
+                f"dir {self.dir / name}",
+                f"aclfile {s.secrets_path / 'redis.acl'}",
+                f"masteruser {s.redis_username}",
+                f"masterauth {password}",
+                "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once
+            ]
+            if name in replica_of:
+                lines.append("replicaof {} {}".format(*replica_of[name]))
+            write_secret(s.secrets_path / f"{name}.conf", "\n".join(lines) + "\n", replace=True)
+        for n, port in enumerate(s.sentinel_ports, start=1):
+            name = f"sentinel-{n}"
+            conf = s.secrets_path / f"{name}.conf"
+            if self._services[name].pid and pid_alive(self._services[name].pid or 0):
+                continue  # a running Sentinel owns (and rewrites) its config
+            (self.dir / name).mkdir(parents=True, exist_ok=True)
+            primary = replica_of.get("__primary__", (s.host, s.redis_port))
+            lines = [
+                f"port {port}",
+                f"bind {s.host}",
+                "protected-mode yes",
+                f"dir {self.dir / name}",
+                f"requirepass {password}",
+                f"sentinel sentinel-pass {password}",
+                "sentinel resolve-hostnames no",
+                f"sentinel monitor {s.sentinel_master} {primary[0]} {primary[1]} 2",
+                f"sentinel auth-user {s.sentinel_master} {s.redis_username}",
+                f"sentinel auth-pass {s.sentinel_master} {password}",
+                f"sentinel down-after-milliseconds {s.sentinel_master} {s.sentinel_down_after_ms}",
+                f"sentinel failover-timeout {s.sentinel_master} {s.sentinel_failover_timeout_ms}",
+                f"sentinel parallel-syncs {s.sentinel_master} 1",
+            ]
+            write_secret(conf, "\n".join(lines) + "\n", replace=True)
+
+    def primary(self) -> str | None:
+        """The name of the Redis that is primary now (sentinel topology: as the Sentinels say)."""
+        s = self.settings
+        if not s.sentinel:
+            return "redis"
+        for host, port in s.sentinel_hosts:
+            reply = redis_command(
+                host, port, "default", s.redis_password(), "SENTINEL", "get-master-addr-by-name", s.sentinel_master
+            )
+            if isinstance(reply, list) and len(reply) == 2:
+                address = f"{reply[0]}:{reply[1]}"
+                return next((n for n in self._redis_names() if self._services[n].address == address), None)
+        return None
+
+    def _wait_topology(self, timeout: float = 30.0) -> None:
+        """Until the primary has both replicas in sync and every Sentinel knows the other two."""
+        s = self.settings
+        password = s.redis_password()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            primary = self.primary()
+            if primary is not None:
+                svc = self._services[primary]
+                info = redis_command(svc.host, svc.port, s.redis_username, password, "INFO", "replication")
+                synced = isinstance(info, str) and info.count("state=online") == len(self._redis_names()) - 1
+                others = [
+                    redis_command(h, p, "default", password, "SENTINEL", "sentinels", s.sentinel_master)
+                    for h, p in s.sentinel_hosts
+                ]
+                if synced and all(isinstance(o, list) and len(o) == 2 for o in others):
+                    return
+            time.sleep(0.1)
+        raise ClusterError(f"the Sentinel topology did not settle within {timeout:.0f} s")
+
     # --- lifecycle --------------------------------------------------------------------------------
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
@@ -235,12 +366,22 @@ class Cluster:
                 previous = Cluster.load(self.dir)
             except (ClusterError, ValueError, TypeError, KeyError):
                 previous = None
-            if previous and any(svc.pid and pid_alive(svc.pid) for svc in previous.services.values()):
+            running = [
+                n for n, svc in (previous.services.items() if previous else ()) if svc.pid and pid_alive(svc.pid)
+            ]
+            if any(n != PANEL for n in running):
                 raise ClusterError(f"a cluster is already running from {self.dir}: run `make down` first.")
+            if previous and PANEL in running:  # the control panel outlives a restart in another mode
+                self._panel = previous.services[PANEL]
         for d in (self.dir, self.logs, self.prefix, self.dir / "redis"):
             d.mkdir(parents=True, exist_ok=True)
         self._write_secrets()
         self._services = self._plan()
+        if self.settings.sentinel:
+            first = (self.settings.host, self.settings.redis_port)
+            self._write_store_configs({n: first for n in self._redis_names()[1:]})
+        if self._panel is not None:
+            self._services[PANEL] = self._panel
         taken = [s for s in self._services.values() if not port_is_free(s.host, s.port)]
         if taken:
             names = ", ".join(f"{s.name} ({s.address})" for s in taken)
@@ -249,33 +390,78 @@ class Cluster:
         self._save()
         try:
             # Replicas start beside the auth service: in jwt mode they wait for its JWKS themselves.
-            for group in (["redis"], ["auth", *self.settings.replica_names], ["nginx"]):
+            store = [n for n, svc in self._services.items() if svc.health in ("redis", "sentinel")]
+            for group in (store, ["auth", *self.settings.replica_names], ["nginx"]):
                 for name in group:
                     self._spawn(self._services[name])
                 self._save()
                 for name in group:
                     self._wait_healthy(self._services[name])
                     progress(f"{name} healthy on {self._services[name].address}")
+                if group is store and self.settings.sentinel:
+                    self._wait_topology()
+                    progress(f"Sentinels agree: {self.primary()} is the primary, two replicas in sync")
         except BaseException:
             self.down()
             raise
 
-    def down(self) -> list[str]:
+    def down(self, keep: tuple[str, ...] = ()) -> list[str]:
         stopped = []
         for name in reversed(list(self._services)):
-            if self._terminate(self._services[name]):
+            if name not in keep and self._terminate(self._services[name]):
                 stopped.append(name)
         self._save()
         return stopped
 
+    def start_panel(self) -> None:
+        """The control panel (`make lab`) in the background, recorded like the other services."""
+        s = self.settings
+        panel = self._services.get(PANEL)
+        if panel is not None and panel.pid and pid_alive(panel.pid):
+            return
+        env = {"CLUSTER_DIR": str(self.dir)}
+        argv = [sys.executable, "-m", "scaleout", "lab", "--foreground"]
+        panel = Service(PANEL, argv, env, "127.0.0.1", s.lab_port, "http", str(self.logs / "lab.log"))
+        if not port_is_free(panel.host, panel.port):
+            raise ClusterError(f"port {panel.address} for the panel is taken by another process")
+        self._services[PANEL] = panel
+        self._spawn(panel)
+        self._save()
+        self._wait_healthy(panel)
+
+    def _resolve(self, name: str, starting: bool = False) -> str:
+        """`redis` in the sentinel topology: the primary now (to stop), or a stopped Redis (to start)."""
+        if name != "redis" or not self.settings.sentinel:
+            return name
+        if starting:
+            stopped = [
+                n for n in self._redis_names() if not (self._services[n].pid and pid_alive(self._services[n].pid or 0))
+            ]
+            if not stopped:
+                raise ClusterError("every Redis is running")
+            return stopped[0]
+        primary = self.primary()
+        if primary is None:
+            raise ClusterError("no Redis is primary right now (a failover may be under way)")
+        return primary
+
     def stop(self, name: str, kill: bool = False) -> None:
+        name = self._resolve(name)
         service = self._get(name)
         if not self._terminate(service, sig=signal.SIGKILL if kill else signal.SIGTERM):
             raise ClusterError(f"{name} is not running")
         self._save()
 
     def start(self, name: str) -> None:
+        name = self._resolve(name, starting=True)
         service = self._get(name)
+        if service.health == "redis" and self.settings.sentinel:
+            # A Redis that comes back rejoins as a replica of whichever is primary now, from its first
+            # moment: it never claims to be a primary with an empty dataset.
+            primary = self.primary()
+            if primary is not None and primary != name:
+                current = self._services[primary]
+                self._write_store_configs({name: (current.host, current.port)})
         if service.pid and pid_alive(service.pid):
             raise ClusterError(f"{name} is already running (pid {service.pid})")
         if not port_is_free(service.host, service.port):
@@ -416,6 +602,8 @@ class Cluster:
             pass
 
     def _probe(self, service: Service) -> bool:
+        if service.health == "sentinel":
+            return redis_ping(service.host, service.port, "default", self.settings.redis_password())
         if service.health == "redis":
             return redis_ping(service.host, service.port, self.settings.redis_username, self.settings.redis_password())
         try:
@@ -454,6 +642,38 @@ def redis_args(port: int) -> list[str]:
     Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
     """
     return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+
+
+def redis_command(host: str, port: int, username: str, password: str | None, *command: str) -> object:
+    """One command to a Redis or Sentinel, authenticated, as its raw reply (bytes decoded, errors as None);
+    None too when it cannot be asked."""
+    import hiredis
+
+    def plain(value: object) -> object:
+        if isinstance(value, bytes):
+            return value.decode(errors="replace")
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    setup = [("AUTH", username, password)] if password else []
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.sendall(b"".join(hiredis.pack_command(c) for c in [*setup, command]))  # type: ignore[arg-type]  # any length
+            reader = hiredis.Reader()
+            replies: list[object] = []
+            while len(replies) < len(setup) + 1:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                reader.feed(chunk)
+                while (reply := reader.gets()) is not False:
+                    replies.append(reply)
+    except OSError:
+        return None
+    if any(isinstance(r, hiredis.ReplyError) for r in replies):
+        return None
+    return plain(replies[-1])
 
 
 def redis_ping(host: str, port: int, username: str, password: str | None) -> bool:

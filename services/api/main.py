@@ -43,7 +43,7 @@ from scaleout.core.schemas import (
     WhoAmI,
 )
 from scaleout.core.sessions import HANDLE, MemorySessions, RedisSessions, SessionMAC
-from scaleout.core.store import Coalescer, Denylist, RefreshTokens, StoreUnavailable, make_redis
+from scaleout.core.store import Coalescer, Denylist, Durability, RefreshTokens, StoreUnavailable, make_redis
 from scaleout.core.tokens import TokenKind, TokenVerifier
 from scaleout.core.web import (
     AUTH_FAILURES,
@@ -90,12 +90,13 @@ async def build_authenticator(
             # Fetched here first: afterwards this replica verifies tokens with the auth service down.
             await jwks.fetch_until_ready(timeout=20.0)
             jwks.start()
+        durable = Durability.of(settings)
         denylist = (
-            Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway)
+            Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway, durable)
             if settings.jwt_revocation is JWTRevocation.denylist
             else None
         )
-        refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user)
+        refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user, durable)
         return JWTAuthenticator(verifier, jwks, denylist, refresh)
     if settings.session_store is SessionStore.memory:
         memory = MemorySessions(
@@ -110,6 +111,7 @@ async def build_authenticator(
         settings.session_absolute_ttl,
         mac,
         settings.max_sessions_per_user,
+        durability=Durability.of(settings),
     )
     return RedisSessionAuthenticator(settings, shared)
 

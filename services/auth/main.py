@@ -30,6 +30,7 @@ from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_csrf_
 from scaleout.core.store import (
     Coalescer,
     Denylist,
+    Durability,
     RefreshOutcome,
     RefreshTokens,
     Throttle,
@@ -195,8 +196,9 @@ def create_auth_app(settings: Settings) -> FastAPI:
             redis, settings.throttle_window, settings.throttle_account_max, settings.throttle_ip_max
         )
         reads = Coalescer(redis)  # the stores' read path; the auth service only writes, so it never connects
-        svc.refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user)
-        svc.denylist = Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway)
+        durable = Durability.of(settings)
+        svc.refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user, durable)
+        svc.denylist = Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway, durable)
         svc.keys = Keys(settings)
         svc.verifier = TokenVerifier(
             svc.keys.verifiers,
@@ -222,6 +224,7 @@ def create_auth_app(settings: Settings) -> FastAPI:
                     settings.session_absolute_ttl,
                     mac,
                     settings.max_sessions_per_user,
+                    durability=durable,
                 )
             svc.issuer = SessionIssuer(settings, shared)
         settle_heap()

@@ -1,0 +1,154 @@
+"""The control panel (`make lab`) in a real browser: Debian's chromium, driven by Playwright, headless.
+
+One cluster (memory sessions, so the lessons show), its panel started the way `scaleout lab` starts it,
+and one page that is driven through the controls a user would click.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from scaleout.core.config import ROOT
+from scaleout.lab.load import wait_until
+from scaleout.lab.panel.app import panel_token
+from scaleout.lab.runner import Cluster
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def cluster(start_cluster: Callable[..., Cluster]) -> Cluster:
+    c = start_cluster(auth_mode="session", session_store="memory", lb_mode="round_robin")
+    c.start_panel()  # stopped with the cluster, by pid
+    return c
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser, cluster: Cluster) -> Iterator[Page]:
+    errors: list[str] = []
+    pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            errors.append(msg.text)
+
+    pg.on("console", on_console)
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(f"http://127.0.0.1:{cluster.settings.lab_port}/?token={panel_token(cluster.settings)}")
+    pg.wait_for_selector("#tile-api-3")
+    pg.errors = errors  # type: ignore[attr-defined]
+    yield pg
+    pg.close()
+
+
+def tile_up(page: Page, name: str) -> str | None:
+    return page.get_attribute(f"#tile-{name}", "data-up")
+
+
+def maps(page: Page) -> dict[int, list[str]]:
+    rows = page.eval_on_selector_all("#user-map .row", "rows => rows.map(r => [r.id, r.dataset.replicas])")
+    return {int(rid.removeprefix("user-")): [x for x in reps.split(",") if x] for rid, reps in rows}
+
+
+def statuses(page: Page) -> dict[int, list[int]]:
+    rows = page.eval_on_selector_all("#user-map .row", "rows => rows.map(r => [r.id, r.dataset.statuses])")
+    return {int(rid.removeprefix("user-")): [int(x) for x in st.split(",") if x] for rid, st in rows}
+
+
+def test_the_page_loads_without_errors_and_shows_every_service(page: Page) -> None:
+    assert page.text_content("#mode-auth_mode") == "session"
+    assert page.text_content("#mode-lb_mode") == "round_robin"
+    for name in ("api-1", "api-2", "api-3", "auth", "redis", "nginx"):
+        assert tile_up(page, name) == "true", name
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_traffic_moves_every_replica_in_round_robin(page: Page) -> None:
+    page.fill("#users", "12")
+    page.click("#traffic-start")
+    assert wait_until(
+        lambda: all(float(page.get_attribute(f"#tile-api-{n}", "data-rps") or 0) > 0 for n in (1, 2, 3)), 20
+    )
+    window = page.evaluate("JSON.parse(document.body.dataset.lastWindow || '{}')")
+    assert set(window["per_replica"]) == {"api-1", "api-2", "api-3"}
+    # Memory sessions under round robin: the wall of 401s shows in the status mix.
+    assert wait_until(lambda: sum(401 in s for s in statuses(page).values()) >= 6, 10)
+
+
+def test_sticky_turns_the_user_map_into_stripes(page: Page) -> None:
+    page.click("button[data-lb=sticky]")
+    page.wait_for_function("document.getElementById('mode-lb_mode').textContent === 'sticky'", timeout=2000)
+    page.click("#relogin")  # logged in again behind sticky: each session on the replica its user is pinned to
+
+    def striped() -> bool:
+        m = maps(page)
+        return len(m) == 12 and all(len(r) >= 8 and len(set(r[-8:])) == 1 for r in m.values())
+
+    assert wait_until(striped, 20)
+    assert wait_until(lambda: all(s[-4:] == [200] * 4 for s in statuses(page).values()), 20)
+
+
+def test_killing_a_replica_shows_it_and_exactly_its_users_lose_their_session(page: Page) -> None:
+    pinned = {u: r[-1] for u, r in maps(page).items()}
+    victims = {u for u, r in pinned.items() if r == "api-2"}
+    page.click("#tile-api-2 button[data-action=kill]")
+    assert wait_until(lambda: tile_up(page, "api-2") == "false", 5)
+    page.wait_for_selector("#tile-api-2.down")
+
+    def refused_users() -> set[int]:
+        return {u for u, s in statuses(page).items() if s[-3:] == [401] * 3}
+
+    assert wait_until(lambda: refused_users() == victims, 15), (refused_users(), victims)
+    assert all(s[-1] == 200 for u, s in statuses(page).items() if u not in victims)
+    page.click("#tile-api-2 button[data-action=start]")
+    assert wait_until(lambda: tile_up(page, "api-2") == "true", 20)
+    ROOT.joinpath("reports").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "reports" / "dashboard.png"), full_page=True)
+
+
+def test_bad_input_is_refused_with_a_message_on_the_page(page: Page) -> None:
+    result = page.evaluate(
+        """async () => {
+            const r = await fetch('/api/service', {method: 'POST',
+              headers: {'Content-Type': 'application/json',
+                        'X-Panel-Token': new URLSearchParams(location.search).get('token')},
+              body: JSON.stringify({name: 'api-42', action: 'stop'})});
+            return r.status;
+        }"""
+    )
+    assert result == 422
+    page.evaluate("post('/api/traffic', {action: 'start', users: 5000}).catch(() => {})")
+    page.wait_for_function("document.getElementById('message').textContent.includes('422')", timeout=3000)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_requests_without_the_token_or_from_another_origin_are_refused(cluster: Cluster) -> None:
+    base = f"http://127.0.0.1:{cluster.settings.lab_port}"
+    token = panel_token(cluster.settings)
+    json_headers = {"Content-Type": "application/json"}
+    body = {"name": "api-1", "action": "stop"}
+    assert httpx.post(f"{base}/api/service", json=body).status_code == 401
+    assert httpx.post(f"{base}/api/service", json=body, headers={"X-Panel-Token": "wrong"}).status_code == 401
+    foreign = {"X-Panel-Token": token, "Origin": "http://evil.example"}
+    assert httpx.post(f"{base}/api/service", json=body, headers=foreign).status_code == 403
+    rebinding = {"X-Panel-Token": token, "Host": "evil.example:8090"}
+    assert httpx.post(f"{base}/api/service", json=body, headers=rebinding).status_code == 421
+    form = {"X-Panel-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
+    assert httpx.post(f"{base}/api/service", content=b"name=api-1&action=stop", headers=form).status_code == 415
+    assert httpx.get(f"{base}/api/state").status_code == 401
+    assert httpx.get(f"{base}/api/state", params={"token": token}, headers=json_headers).status_code == 200
+    assert cluster.status()[2].healthy  # nothing was stopped by any of them

@@ -1,0 +1,133 @@
+"""REDIS_TOPOLOGY=sentinel: a primary, two replicas, three Sentinels; sessions that survive a failover.
+
+The primary is SIGKILLed under load; what was acknowledged before (logins, a logout) must hold after, on
+every replica; during the failover only 200 or 503 is ever seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from helpers import client, new_user, spread
+
+from scaleout.lab.load import RequestLoop, wait_until
+from scaleout.lab.runner import Cluster, redis_command
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(start_cluster: Callable[..., Cluster]) -> Cluster:
+    return start_cluster(auth_mode="session", session_store="redis", redis_topology="sentinel")
+
+
+def role(cluster: Cluster, name: str) -> str | None:
+    svc = cluster.services[name]
+    s = cluster.settings
+    reply = redis_command(svc.host, svc.port, s.redis_username, s.redis_password(), "ROLE")
+    return str(reply[0]) if isinstance(reply, list) else None
+
+
+def test_the_topology_is_one_primary_two_replicas_three_sentinels(cluster: Cluster) -> None:
+    names = set(cluster.services)
+    assert {"redis-1", "redis-2", "redis-3", "sentinel-1", "sentinel-2", "sentinel-3"} <= names
+    assert cluster.primary() == "redis-1"
+    assert [role(cluster, f"redis-{n}") for n in (1, 2, 3)] == ["master", "slave", "slave"]
+    s = cluster.settings
+    # The Sentinels, like the Redis servers, refuse clients without the password.
+    host, port = s.sentinel_hosts[0]
+    assert redis_command(host, port, "default", None, "SENTINEL", "masters") is None
+    assert redis_command(host, port, "default", s.redis_password(), "PING") == "PONG"
+    with client(cluster) as c:
+        new_user(c)
+        assert spread([c.get("/api/me") for _ in range(9)]) == {("api-1", 200): 3, ("api-2", 200): 3, ("api-3", 200): 3}
+
+
+def test_acknowledged_sessions_and_logouts_survive_the_primary_being_killed(cluster: Cluster) -> None:
+    users = []
+    for _ in range(8):
+        c = client(cluster)
+        new_user(c)
+        users.append(c)
+    gone = client(cluster)
+    new_user(gone)
+    csrf = gone.cookies["csrf_token"]
+    sid = gone.cookies["sid"]
+    assert gone.post("/api/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+    old_primary = cluster.primary()
+    assert old_primary is not None
+
+    loop_clients = [client(cluster) for _ in range(4)]
+    for lc, u in zip(loop_clients, users, strict=False):
+        lc.cookies.set("sid", u.cookies["sid"])
+
+    def me(worker: int, n: int) -> int:
+        try:
+            return loop_clients[worker].get("/api/me").status_code
+        except httpx.HTTPError:
+            return 599
+
+    with RequestLoop(me) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 40, 10)
+        killed_at = time.monotonic()
+        cluster.stop(old_primary, kill=True)
+        assert wait_until(lambda: cluster.primary() not in (None, old_primary), 15)
+        elected = time.monotonic()
+        # Every replica answers 200 again once clients find the new primary.
+        assert wait_until(lambda: len(loop.between(elected, float("inf"))) >= 40, 15)
+        assert wait_until(lambda: set(loop.values()[-20:]) == {200}, 15)
+    after_kill = [o for o in loop.outcomes if o.started >= killed_at]
+    last_failure = max((o.started for o in after_kill if o.value != 200), default=killed_at)
+    recovered = last_failure - killed_at
+    seen = set(loop.values())
+    assert seen <= {200, 503}, seen  # never 401 for a good session, never 500
+    assert 503 in seen  # the outage was seen (and answered 503, with Retry-After)
+    new_primary = cluster.primary()
+    assert new_primary not in (None, old_primary)
+    assert recovered < 10, recovered
+    print(f"failover: every replica answered 200 again {recovered:.2f} s after the primary was killed")
+    for u in users:  # every session acknowledged before the kill, on every replica
+        assert {u.get("/api/me").status_code for _ in range(6)} == {200}
+    with httpx.Client(base_url=cluster.settings.public_url) as thief:
+        thief.cookies.set("sid", sid)
+        assert {thief.get("/api/me").status_code for _ in range(6)} == {401}  # the logout still holds
+    with client(cluster) as c:
+        new_user(c)  # new logins work after the failover
+        assert {c.get("/api/me").status_code for _ in range(6)} == {200}
+    for c in [*users, *loop_clients, gone]:
+        c.close()
+
+    # The demoted primary comes back as a replica of the new one; nothing is written to it.
+    cluster.start(old_primary)
+    assert wait_until(lambda: role(cluster, old_primary) == "slave", 15)
+    assert cluster.primary() == new_primary
+    writable = cluster_redis_at(cluster, old_primary)
+    import redis
+
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        writable.set("probe", "x")
+    writable.close()
+
+
+def cluster_redis_at(cluster: Cluster, name: str):
+    import redis
+
+    svc = cluster.services[name]
+    s = cluster.settings
+    return redis.Redis(host=svc.host, port=svc.port, username=s.redis_username, password=s.redis_password())
+
+
+def test_make_stop_redis_stops_whichever_is_primary_and_start_brings_it_back_as_a_replica(cluster: Cluster) -> None:
+    before = cluster.primary()
+    assert before is not None
+    cluster.stop("redis")
+    assert not cluster.services[before].pid
+    assert wait_until(lambda: cluster.primary() not in (None, before), 15)
+    cluster.start("redis")
+    assert wait_until(lambda: role(cluster, before) == "slave", 15)
+    with client(cluster) as c:
+        new_user(c)
+        assert {c.get("/api/me").status_code for _ in range(6)} == {200}
