@@ -35,7 +35,7 @@ lab: setup
 	$(PY) -m scaleout lab
 
 bench: setup
-	$(PY) -m scaleout bench
+	$(PY) -m scaleout bench $(if $(TOPOLOGY),--topology $(TOPOLOGY))
 
 up: setup
 	$(PY) -m scaleout up

@@ -239,6 +239,9 @@ def bench(
     quick: Annotated[bool, typer.Option(help="a smoke run of seconds (two modes, one pair)")] = False,
     mode: Annotated[list[str] | None, typer.Option(help="only this mode (repeatable), e.g. 'session/redis'")] = None,
     out: Annotated[Path, typer.Option(help="where to write bench.md, bench.json and bench.png")] = Path("reports"),
+    topology: Annotated[
+        RedisTopology, typer.Option(help="REDIS_TOPOLOGY of the measured clusters")
+    ] = RedisTopology.single,
 ) -> None:
     """Measure what each auth mode costs per request against the no-auth baseline, in one run."""
     from scaleout.lab import bench as bench_mod
@@ -248,14 +251,14 @@ def bench(
         _fail(ValueError(f"unknown mode {unknown}; choose from {', '.join(bench_mod.MODES)}"))
     from scaleout.lab.bench.output import TERMINAL_COLUMNS
 
-    results = bench_mod.run(quick, say=lambda line: print(line, flush=True), only=mode)
+    results = bench_mod.run(quick, say=lambda line: print(line, flush=True), only=mode, topology=str(topology))
     lines = bench_mod.write(results, out)
     table = Table(*(c.title for c in TERMINAL_COLUMNS))
     for m in results.modes:
         table.add_row(*(c.cell(m) for c in TERMINAL_COLUMNS))
     console.print(table)
     for line in lines:
-        if line.startswith(("Noise control", "Login:", "Session MAC")):
+        if line.startswith(("Noise control", "Login:", "Session MAC", "WAIT on a login", "Check: the cluster")):
             console.print(line)
     for p in results.peers:
         console.print(f"{p.peer}: ours ÷ peer = {p.ours_over_peer.median} ({p.ours_rps} vs {p.peer_rps} req/s)")

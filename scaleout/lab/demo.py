@@ -24,6 +24,7 @@ from scaleout.lab.demo_results import (
     ClusteringResult,
     DemoResults,
     DeviceRevocation,
+    FailoverResult,
     IpHashResult,
     JwtResult,
     LiveSwitchResult,
@@ -51,7 +52,7 @@ from scaleout.lab.load import (
 )
 from scaleout.lab.runner import Cluster, isolated_settings
 
-SCENARIOS = ("stateful_wall", "sticky", "clustering", "jwt", "revocation", "live_switch")
+SCENARIOS = ("stateful_wall", "sticky", "clustering", "store_failover", "jwt", "revocation", "live_switch")
 
 
 @dataclass
@@ -243,6 +244,53 @@ def clustering(ctx: Context) -> ClusteringResult:
     )
 
 
+def store_failover(ctx: Context) -> FailoverResult:
+    """Session clustering on a Redis that fails over: the primary is SIGKILLed under load."""
+    modes = {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin", "redis_topology": "sentinel"}
+    with ctx.cluster(**modes) as c:
+        users = make_users(c.settings.public_url, ctx.users)
+        before = drive(users, max(2, ctx.requests // 2))
+        latecomer = make_users(c.settings.public_url, 1)[0]  # logs in again and again during the failover
+
+        def log_in(worker: int, n: int) -> int:
+            return 200 if latecomer.login() else latecomer.last_status
+
+        with users_loop(users) as loop, RequestLoop(log_in, workers=1) as logins:
+            loop.wait(lambda: len(loop.outcomes) >= 40, 10)
+            killed = c.primary() or "redis-1"
+            killed_at = time.monotonic()
+            c.stop(killed, kill=True)
+            ctx.say(f"  {killed} (the primary) killed")
+            loop.wait(lambda: c.primary() not in (None, killed), 20)
+            elected = time.monotonic()
+            new_primary = c.primary() or "?"
+            ctx.say(f"  the Sentinels promoted {new_primary}")
+            loop.wait(lambda: len(loop.between(elected, float("inf"))) >= 40, 20)
+            loop.wait(lambda: {h.status for h in loop.values()[-30:]} == {200}, 20)
+        hits = loop.values()
+        after_kill = [h for h in hits if h.at >= killed_at]
+        last_failure = max((h.at for h in after_kill if h.status != 200), default=killed_at)
+        during = [h for h in after_kill if h.at <= last_failure]
+        logins_during = [o.value for o in logins.outcomes if killed_at <= o.started <= last_failure]
+        lost = sum(u.me().status == 401 for u in users)  # acknowledged before the kill: all still valid?
+        for u in [*users, latecomer]:
+            u.close()
+        c.start(killed)  # back as a replica, before the cluster goes down
+    return measured(
+        FailoverResult,
+        "session/redis/round_robin (REDIS_TOPOLOGY=sentinel)",
+        before,
+        killed=killed,
+        new_primary=new_primary,
+        recovery_s=round(last_failure - killed_at, 3),
+        during=dict(sorted(Counter(str(h.status) for h in during).items())),
+        sessions_lost=lost,
+        logins_during=dict(sorted(Counter(str(s) for s in logins_during).items())),
+        timeline=_timeline(hits, killed_at),
+        fault_window=(0.0, round(last_failure - killed_at, 3)),
+    )
+
+
 def jwt(ctx: Context) -> JwtResult:
     with ctx.cluster(auth_mode="jwt", jwt_revocation="none", lb_mode="round_robin") as c:
         users = make_users(c.settings.public_url, ctx.users)
@@ -424,6 +472,7 @@ RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "stateful_wall": stateful_wall,
     "sticky": sticky,
     "clustering": clustering,
+    "store_failover": store_failover,
     "jwt": jwt,
     "revocation": revocation,
     "live_switch": live_switch,

@@ -89,6 +89,21 @@ class JwtResult(Traffic):
 
 
 @dataclass
+class FailoverResult(Traffic):
+    """REDIS_TOPOLOGY=sentinel: the primary SIGKILLed while users loop on every replica."""
+
+    killed: str = ""
+    new_primary: str = ""
+    recovery_s: float = 0.0  # from the kill to the last failed request
+    during: dict[str, int] = field(default_factory=dict)  # statuses of requests between kill and recovery
+    sessions_lost: int = 0  # acknowledged logins that no longer work after the failover
+    logins_during: dict[str, int] = field(default_factory=dict)  # statuses of logins attempted meanwhile
+    timeline: Timeline = field(default_factory=list)
+    fault_window: tuple[float, float] = (0.0, 0.0)
+    duration_s: float = 0.0
+
+
+@dataclass
 class WallResult(Traffic):
     duration_s: float = 0.0
 
@@ -150,6 +165,7 @@ class DemoResults:
     jwt: JwtResult | None = None
     revocation: RevocationResult | None = None
     live_switch: LiveSwitchResult | None = None
+    store_failover: FailoverResult | None = None
 
     def traffic(self) -> list[Traffic]:
         """Every mode's steady traffic, in the table's order."""
@@ -162,6 +178,8 @@ class DemoResults:
             found.append(self.clustering)
         if self.jwt:
             found.append(self.jwt)
+        if self.store_failover:
+            found.append(self.store_failover)
         return found
 
     def to_json(self) -> dict[str, Any]:

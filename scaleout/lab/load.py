@@ -37,6 +37,7 @@ class User:
     name: str = field(default_factory=lambda: "demo" + secrets.token_hex(5))
     token: str | None = None
     home: str | None = None  # the replica that answered its first /api/me
+    last_status: int = 0  # of its last login
 
     def __post_init__(self) -> None:
         transport = httpx.HTTPTransport(local_address=self.local_address) if self.local_address else None
@@ -57,7 +58,12 @@ class User:
         self.login()
 
     def login(self) -> bool:
-        r = self.client.post("/api/login", json={"username": self.name, "password": PASSWORD})
+        try:
+            r = self.client.post("/api/login", json={"username": self.name, "password": PASSWORD})
+        except httpx.HTTPError:
+            self.last_status = 599
+            return False
+        self.last_status = r.status_code
         if r.status_code == 200 and r.json().get("auth_mode") == "jwt":
             self.token = r.json()["access_token"]
         return r.status_code == 200

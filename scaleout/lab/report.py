@@ -129,6 +129,16 @@ def rows(results: DemoResults) -> list[Row]:
                 revocation_window=_window(rev.get("session/redis")),
             )
         )
+    if f := results.store_failover:
+        refused = f.during.get("503", 0)
+        let_in = sum(n for code, n in f.during.items() if code not in ("200", "503"))
+        out.append(
+            _traffic_row(
+                f,
+                sessions_lost=f"{f.sessions_lost} (primary killed)",
+                redis_down=f"failover: {refused}x 503 for {f.recovery_s:.1f} s, {let_in} other",
+            )
+        )
     if j := results.jwt:
         served = f"{_pct(j.success_rate_with_redis_and_auth_down)} served (auth down too)"
         out.append(
@@ -204,6 +214,15 @@ def readings(results: DemoResults) -> list[str]:
             f"of {d.requests} requests got 503 and {d.status_200} were let in. Redis keeps no data across "
             f"a restart here, so users logged in again; all were served {c.recovery_s:.2f} s after Redis "
             "returned, with no other service restarted."
+        )
+    if f := results.store_failover:
+        logins = ", ".join(f"{n} x {code}" for code, n in f.logins_during.items()) or "none attempted"
+        out.append(
+            f"**Redis failover** (REDIS_TOPOLOGY=sentinel): the primary {f.killed} was killed under load; the "
+            f"Sentinels promoted {f.new_primary} and every replica answered 200 again {f.recovery_s:.2f} s after "
+            f"the kill. Meanwhile requests got {', '.join(f'{n} x {c}' for c, n in f.during.items())} (never a "
+            f"401 for a good session, never a 500); logins tried meanwhile: {logins}. Sessions acknowledged before "
+            f"the kill and lost after it: {f.sessions_lost} (each login waited for a replica to have its session)."
         )
     if j := results.jwt:
         out.append(
@@ -326,6 +345,8 @@ def _charts(results: DemoResults, out: Path) -> list[str]:
         faults.append((f"sticky: {st.sticky.killed} killed at 0 s", st.sticky.timeline, None))
     if c := results.clustering:
         faults.append(("session/redis: Redis down", c.timeline, c.fault_window))
+    if f := results.store_failover:
+        faults.append((f"sentinel: {f.killed} (primary) killed", f.timeline, f.fault_window))
     if j := results.jwt:
         faults.append(("jwt: Redis and auth down", j.timeline, j.fault_window))
     if faults:

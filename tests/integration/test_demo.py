@@ -57,6 +57,15 @@ def test_redis_down_gives_503_and_never_lets_anyone_in(demo) -> None:
     assert s["healed"]
 
 
+def test_a_redis_failover_loses_no_acknowledged_session(demo) -> None:
+    f = demo[0]["scenarios"]["store_failover"]
+    assert f["success_rate"] == 1.0
+    assert f["new_primary"] != f["killed"]
+    assert f["sessions_lost"] == 0
+    assert set(f["during"]) <= {"200", "503"} and f["during"].get("503", 0) > 0
+    assert 0 < f["recovery_s"] < 10
+
+
 def test_jwt_survives_redis_and_auth_down(demo) -> None:
     s = demo[0]["scenarios"]["jwt"]
     assert s["success_rate_with_redis_and_auth_down"] == 1.0
@@ -94,7 +103,7 @@ def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
     document, out, stdout = demo
     md = (out / "demo.md").read_text()
     assert parse_markdown_table(md) == document["rows"]
-    assert len(document["rows"]) == 6
+    assert len(document["rows"]) == 7
     assert all(set(row) == set(COLUMNS) for row in document["rows"])
     assert len(document["charts"]) == 4
     for chart in document["charts"]:

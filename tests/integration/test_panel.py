@@ -83,8 +83,11 @@ def test_traffic_moves_every_replica_in_round_robin(page: Page) -> None:
     assert wait_until(
         lambda: all(float(page.get_attribute(f"#tile-api-{n}", "data-rps") or 0) > 0 for n in (1, 2, 3)), 20
     )
-    window = page.evaluate("JSON.parse(document.body.dataset.lastWindow || '{}')")
-    assert set(window["per_replica"]) == {"api-1", "api-2", "api-3"}
+
+    def window() -> dict:
+        return page.evaluate("JSON.parse(document.body.dataset.lastWindow || '{}')")
+
+    assert wait_until(lambda: set(window().get("per_replica", {})) == {"api-1", "api-2", "api-3"}, 10)
     # Memory sessions under round robin: the wall of 401s shows in the status mix.
     assert wait_until(lambda: sum(401 in s for s in statuses(page).values()) >= 6, 10)
 
@@ -133,7 +136,9 @@ def test_bad_input_is_refused_with_a_message_on_the_page(page: Page) -> None:
     assert result == 422
     page.evaluate("post('/api/traffic', {action: 'start', users: 5000}).catch(() => {})")
     page.wait_for_function("document.getElementById('message').textContent.includes('422')", timeout=3000)
-    assert page.errors == []  # type: ignore[attr-defined]
+    # The browser logs the refused requests themselves; nothing else went wrong on the page.
+    unexpected = [e for e in page.errors if "status of 422" not in e]  # type: ignore[attr-defined]
+    assert unexpected == []
 
 
 def test_requests_without_the_token_or_from_another_origin_are_refused(cluster: Cluster) -> None:

@@ -104,6 +104,44 @@ def lines(results: BenchResults) -> list[str]:
             f"{m.memory_login_below_capacity_us} µs below capacity, {m.memory_login_at_capacity_us} µs at capacity "
             "(each evicts the least recently used session).",
         ]
+    if results.wait_cost:
+        w = results.wait_cost
+        out += [
+            "",
+            f"WAIT on a login (sentinel topology): the session write takes {w.put_ms_without_wait} ms at p50 "
+            f"without `WAIT 1`, {w.put_ms_with_wait} ms with it (confirmed on a replica before the login answers).",
+        ]
+    if results.capacity:
+        rows = [
+            [
+                c.mode,
+                str(c.api_us),
+                str(c.nginx_us),
+                str(c.redis_us),
+                str(c.replica_rps),
+                f"{c.redis_core_rps:,}" if c.redis_core_rps else "nothing shared",
+                str(c.replicas_per_redis_core) if c.replicas_per_redis_core else "no limit from Redis",
+            ]
+            for c in results.capacity
+        ]
+        titles = [
+            "mode",
+            "replica CPU µs/req",
+            "nginx CPU µs/req",
+            "Redis CPU µs/req",
+            "one replica req/s",
+            "req/s one Redis core carries",
+            "replicas per Redis core",
+        ]
+        out += ["", f"Capacity ({results.topology} topology), projected from CPU per request:", ""]
+        out += markdown_table(titles, rows)
+    if d := results.redis_drive:
+        out += [
+            "",
+            f"Check: the cluster's Redis driven with the replicas' read pattern alone (pipelined `GETEX`, "
+            f"{d.processes} client processes, batches of {d.batch}): {d.ops_per_s:,.0f} reads/s using "
+            f"{d.redis_cpu_share:.0%} of a core, that is {d.ops_per_redis_core_s:,.0f} reads per Redis core-second.",
+        ]
     return [*out, "", "![bench](bench.png)", ""]
 
 

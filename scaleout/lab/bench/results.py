@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from scaleout.lab.bench.capacity import Capacity, RedisDrive
 from scaleout.lab.bench.pairing import Ratio
 from scaleout.lab.bench.wrk import WrkRun
 
@@ -57,9 +58,18 @@ class MicroCosts:
     memory_login_at_capacity_us: float
 
 
+@dataclass(frozen=True, slots=True)
+class WaitCost:
+    """What confirming a session write on a replica (`WAIT 1`) adds to a login's store write."""
+
+    put_ms_without_wait: float
+    put_ms_with_wait: float
+
+
 @dataclass
 class BenchResults:
     settings: BenchSettings
+    topology: str = "single"
     modes: list[ModeResult] = field(default_factory=list)
     control: Ratio | None = None  # the baseline against itself: the noise
     control_mode: str = ""
@@ -67,6 +77,9 @@ class BenchResults:
     login: LoginCost | None = None
     signing_ms: dict[str, float] = field(default_factory=dict)
     micro: MicroCosts | None = None
+    capacity: list[Capacity] = field(default_factory=list)
+    redis_drive: RedisDrive | None = None
+    wait_cost: WaitCost | None = None
 
     def mode(self, name: str) -> ModeResult:
         return next(m for m in self.modes if m.mode == name)

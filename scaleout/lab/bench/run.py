@@ -16,9 +16,18 @@ from pathlib import Path
 
 import httpx
 
+from scaleout.lab.bench.capacity import drive_redis, project
 from scaleout.lab.bench.pairing import Pairs, Ratio, pairs
 from scaleout.lab.bench.peers.serve import fastapi_users_tokens, peer
-from scaleout.lab.bench.results import BenchResults, BenchSettings, LoginCost, MicroCosts, ModeResult, PeerResult
+from scaleout.lab.bench.results import (
+    BenchResults,
+    BenchSettings,
+    LoginCost,
+    MicroCosts,
+    ModeResult,
+    PeerResult,
+    WaitCost,
+)
 from scaleout.lab.bench.wrk import Target, summarise, wrk_run
 from scaleout.lab.load import PASSWORD, make_users
 from scaleout.lab.runner import Cluster, isolated_settings, nginx_workers
@@ -32,6 +41,7 @@ MODES: dict[str, dict[str, object]] = {
     "jwt RS256 + denylist": {"auth_mode": "jwt", "jwt_alg": "RS256", "jwt_revocation": "denylist"},
 }
 QUICK_MODES = ("session/redis", "jwt RS256")
+SENTINEL_MODES = ("session/redis", "jwt RS256 + denylist")  # the modes that read Redis per request
 PEERS_OF = {
     "jwt RS256": ("FastAPI tutorial (python-jose)", "fastapi-users JWTStrategy"),
     "session/redis": ("fastapi-users RedisStrategy",),
@@ -41,7 +51,33 @@ PEERS_OF = {
 def processes(cluster: Cluster) -> dict[str, list[int]]:
     s = cluster.services
     nginx = s["nginx"].pid or 0
-    return {"nginx": [nginx, *nginx_workers(nginx)], "api": [s["api-1"].pid or 0], "redis": [s["redis"].pid or 0]}
+    primary = cluster.primary() or "redis"
+    return {"nginx": [nginx, *nginx_workers(nginx)], "api": [s["api-1"].pid or 0], "redis": [s[primary].pid or 0]}
+
+
+def wait_cost(cluster: Cluster, n: int = 200) -> WaitCost:
+    """A login's session write to the primary, without and with `WAIT 1` (in process, same Redis)."""
+    import asyncio
+
+    from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_handle, new_session_id
+    from scaleout.core.store import Coalescer, Durability, make_redis
+
+    s = cluster.settings
+
+    async def measure(durability: Durability) -> float:
+        redis = make_redis(s)
+        reads = Coalescer(redis)
+        store = RedisSessions(redis, reads, 60, 120, SessionMAC(secrets.token_bytes(32)), durability=durability)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await store.put(new_session_id(), Session("bench", "c", time.time(), "uid-bench", new_handle()))
+            times.append(time.perf_counter() - start)
+        await reads.aclose()
+        await redis.aclose()
+        return round(statistics.median(times) * 1000, 3)
+
+    return WaitCost(asyncio.run(measure(Durability())), asyncio.run(measure(Durability(1, s.redis_wait_ms))))
 
 
 def credentials(cluster: Cluster, users: int) -> tuple[str, tuple[str, ...]]:
@@ -173,14 +209,18 @@ def measure_peers(
     return out
 
 
-def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None) -> BenchResults:
+def run(
+    quick: bool, say: Callable[[str], None] = print, only: list[str] | None = None, topology: str = "single"
+) -> BenchResults:
     # Many short pairs on several fresh clusters per mode, rather than a few long runs on one: on a shared
     # machine the CPU cost of the very same request drifts within seconds, and one replica process can run
     # slower than the next for its whole life. So the two runs of a pair are close in time, and the pairs of
     # a mode come from 3 processes.
     seconds, n_pairs, clusters, users = (1.0, 1, 1, 8) if quick else (1.0, 7, 3, 32)
-    modes = tuple(only) if only else QUICK_MODES if quick else tuple(MODES)
-    results = BenchResults(BenchSettings(seconds, n_pairs * clusters, clusters, users))
+    sentinel = topology == "sentinel"
+    default = SENTINEL_MODES if sentinel else QUICK_MODES if quick else tuple(MODES)
+    modes = tuple(only) if only else default
+    results = BenchResults(BenchSettings(seconds, n_pairs * clusters, clusters, users), topology=topology)
     control = Pairs()
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
         workdir = Path(tmp)
@@ -190,7 +230,11 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
                 say(f"bench {mode} ({k + 1}/{clusters})")
                 slug = mode.replace(" ", "_").replace("/", "-")
                 settings = isolated_settings(
-                    workdir / f"{slug}-{k}", replicas=1, throttle_ip_max=1_000_000, **MODES[mode]
+                    workdir / f"{slug}-{k}",
+                    replicas=1,
+                    throttle_ip_max=1_000_000,
+                    redis_topology=topology,
+                    **MODES[mode],
                 )
                 cluster = Cluster(settings)
                 cluster.up()
@@ -206,7 +250,17 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
                         control += pairs(base, base, n_pairs, seconds, procs, workdir)
                         results.control_mode = mode
                     pooled += pairs(base, me, n_pairs, seconds, procs, workdir)
-                    if k == 0:
+                    if k == 0 and mode == "session/redis":
+                        if sentinel:
+                            say("bench: the cost of WAIT on a login's session write")
+                            results.wait_cost = wait_cost(cluster, 50 if quick else 400)
+                        else:
+                            say("bench: Redis driven with the replicas' read pattern alone")
+                            primary = cluster.services[cluster.primary() or "redis"]
+                            results.redis_drive = drive_redis(
+                                cluster.settings, primary.host, primary.port, primary.pid or 0, 1.0 if quick else 3.0
+                            )
+                    if k == 0 and not sentinel:
                         if mode == "jwt RS256" and results.login is None:
                             results.login = login_cost(cluster, 5 if quick else 20)
                         say(f"bench {mode}: peers")
@@ -220,6 +274,7 @@ def run(quick: bool, say: Callable[[str], None] = print, only: list[str] | None 
             results.modes.append(ModeResult(mode, baseline, authenticated, Ratio.of(pooled.ratios), check))
         if control.ratios:
             results.control = Ratio.of(control.ratios)
+        results.capacity = project(results.modes)
         results.signing_ms = signing_cost(workdir)
         results.micro = micro_costs()
     return results

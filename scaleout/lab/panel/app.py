@@ -108,7 +108,7 @@ class Panel:
         total = sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("scaleout_requests_total{") and 'path="/metrics"' not in line
+            if line.startswith("scaleout_requests_total{") and 'path="/api/' in line  # not the panel's own probes
         )
         now = time.monotonic()
         before = self.metrics.get(name)
@@ -134,7 +134,7 @@ class Panel:
                     up = (await self.http.get(f"http://{svc.address}/healthz")).status_code == 200
                 except httpx.HTTPError:
                     up = False
-                if up and name != "nginx":
+                if up and name.startswith("api-"):
                     rps = await self._requests_per_second(name, svc.address)
             return {"name": name, "up": up, "pid": svc.pid if alive else None, "address": svc.address, "rps": rps}
 
@@ -243,6 +243,11 @@ def create_panel_app(cluster_dir: Path, token: str, port: int) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": "lab"}
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        icon = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" fill="#2e9d4a"/></svg>'
+        return Response(icon, media_type="image/svg+xml")
 
     @app.get("/api/state")
     async def state(token_: Annotated[str, Query(alias="token")] = "") -> dict[str, Any]:
