@@ -246,7 +246,10 @@ def create_panel_app(cluster_dir: Path, token: str, port: int) -> FastAPI:
 
     @app.get("/favicon.ico")
     async def favicon() -> Response:
-        icon = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" fill="#2e9d4a"/></svg>'
+        icon = (
+            '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+            '<rect width="16" height="16" fill="#2e9d4a"/></svg>'
+        )
         return Response(icon, media_type="image/svg+xml")
 
     @app.get("/api/state")
