@@ -11,34 +11,13 @@ from __future__ import annotations
 import multiprocessing
 import socket
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from scaleout.core.config import Settings
-from scaleout.lab.bench.results import ModeResult
+from scaleout.lab.bench.results import Capacity, ModeResult, RedisDrive
 from scaleout.lab.bench.wrk import CLK_TCK, cpu_ticks
 
 KEYS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    mode: str
-    api_us: float
-    nginx_us: float
-    redis_us: float
-    replica_rps: float
-    redis_core_rps: float | None  # None: nothing shared on the read path
-    replicas_per_redis_core: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class RedisDrive:
-    processes: int
-    batch: int
-    ops_per_s: float
-    redis_cpu_share: float  # of one core, during the drive
-    ops_per_redis_core_s: float
 
 
 def project(modes: list[ModeResult]) -> list[Capacity]:

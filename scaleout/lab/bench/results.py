@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from scaleout.lab.bench.capacity import Capacity, RedisDrive
 from scaleout.lab.bench.pairing import Ratio
 from scaleout.lab.bench.wrk import WrkRun
 
@@ -56,6 +55,26 @@ class MicroCosts:
     session_mac_open_us: float
     memory_login_below_capacity_us: float
     memory_login_at_capacity_us: float
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    mode: str
+    api_us: float
+    nginx_us: float
+    redis_us: float
+    replica_rps: float
+    redis_core_rps: float | None  # None: nothing shared on the read path
+    replicas_per_redis_core: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisDrive:
+    processes: int
+    batch: int
+    ops_per_s: float
+    redis_cpu_share: float  # of one core, during the drive
+    ops_per_redis_core_s: float
 
 
 @dataclass(frozen=True, slots=True)
