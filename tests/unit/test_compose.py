@@ -96,7 +96,7 @@ def test_redis_command_is_the_local_runners(compose: dict) -> None:
     # never published to the host.
     assert command[command.index("--aclfile") + 1] == "/secrets/redis.acl"
     assert "ports" not in redis
-    assert compose["services"]["nginx"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert compose["services"]["nginx"]["ports"] == ["127.0.0.1:${NGINX_PORT:-8080}:8080"]
 
 
 def test_variables_are_settings_with_the_same_defaults(compose: dict) -> None:
@@ -114,7 +114,9 @@ def test_variables_are_settings_with_the_same_defaults(compose: dict) -> None:
         assert env["REPLICA_ID"] == replica
         port = defaults.api_port(replica)
         assert f":{port}/healthz" in " ".join(compose["services"][replica]["healthcheck"]["test"])
-    assert compose["services"]["nginx"]["ports"] == [f"127.0.0.1:{defaults.nginx_port}:{defaults.nginx_port}"]
+    # Published on loopback only; the host port is NGINX_PORT (default the contract's 8080).
+    (published,) = compose["services"]["nginx"]["ports"]
+    assert _interpolate_defaults(published) == f"127.0.0.1:{defaults.nginx_port}:{defaults.nginx_port}"
 
 
 @pytest.mark.parametrize("lb_mode", ["round_robin", "sticky", "ip_hash"])
