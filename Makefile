@@ -29,7 +29,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 demo: setup
-	$(PY) -m scaleout demo
+	$(PY) -m scaleout demo $(if $(TARGET),--target $(TARGET))
 
 lab: setup
 	$(PY) -m scaleout lab

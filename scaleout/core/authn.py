@@ -11,6 +11,7 @@ the endpoints never ask which mode they are in. Each class answers the same ques
 
 from __future__ import annotations
 
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -335,6 +336,61 @@ class JWTAuthenticator(Authenticator):
     async def aclose(self) -> None:
         if self.jwks is not None:
             await self.jwks.aclose()
+
+
+_USERNAME = re.compile(r"[a-z0-9_.-]{3,32}")
+
+
+class CookieAuthenticator(Authenticator):
+    """AUTH_MODE=cookie, the story's first stage and unsafe on purpose: the browser carries the identity
+    itself (`user=alice`) and the password beside it, in the clear; every replica believes the `user` cookie
+    with no server state. It scales perfectly, and anyone can edit a cookie, and a captured one is the
+    password, and logout cannot take back what the server never stored."""
+
+    challenge = 'Cookie realm="scaleout", cookie-name="user"'
+
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
+        try:
+            user = single_cookie(headers, "user")
+        except Ambiguous as exc:
+            raise NotAuthenticated("ambiguous") from exc
+        if user is None:
+            raise NotAuthenticated("missing")
+        if not _USERNAME.fullmatch(user):
+            raise NotAuthenticated("malformed")
+        return Principal("", user, "")
+
+    def _cookie(self, name: str, value: str, max_age: int) -> str:
+        return f"{name}={value}; Path=/; SameSite=Lax; Max-Age={max_age}"  # no HttpOnly: as naive sites did
+
+    async def login(self, headers: list[tuple[bytes, bytes]], grant: LoginGrant, replica: str) -> Response:
+        from urllib.parse import quote
+
+        response = JSONResponse({"auth_mode": "cookie", "replica": replica, "expires_in": 86400}, headers=NO_STORE)
+        response.headers.append("Set-Cookie", self._cookie("user", grant.username, 86400))
+        response.headers.append(
+            "Set-Cookie", self._cookie("password", quote(str(grant.body["password"]), safe=""), 86400)
+        )
+        return response
+
+    async def logout(self, principal: Principal, call_auth: AuthCall) -> Response:
+        response = Response(status_code=204, headers=NO_STORE)
+        # The browser forgets; the server has nothing to forget, so a captured cookie keeps working.
+        response.headers.append("Set-Cookie", self._cookie("user", "", 0))
+        response.headers.append("Set-Cookie", self._cookie("password", "", 0))
+        return response
+
+    def allows_write(self, headers: list[tuple[bytes, bytes]], principal: Principal) -> bool:
+        return True  # naive sites had no CSRF defence either
+
+    async def sessions(self, principal: Principal) -> list[SessionView]:
+        return []  # nothing is stored on the server
+
+    async def end(self, principal: Principal, handle: str) -> bool:
+        return False
+
+    async def end_all(self, principal: Principal, keep_current: bool) -> None:
+        """Nothing to end: the server never stored a session."""
 
 
 def forget_cookies(authn: Authenticator, response: Response) -> None:

@@ -17,11 +17,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class AuthMode(StrEnum):
     session = "session"
     jwt = "jwt"
+    cookie = "cookie"  # the story's first stage: the identity in a cookie, in the clear (a lab mode, unsafe)
 
 
 class SessionStore(StrEnum):
     memory = "memory"
     redis = "redis"
+    replicated = "replicated"  # every replica holds every session, sent to it by the others
 
 
 class LBMode(StrEnum):
@@ -84,6 +86,9 @@ class Settings(BaseSettings):
 
     # Identity of one replica process.
     replica_id: str = "api-1"
+    # SESSION_STORE=replicated: replicas reach each other by name (compose) or on `host` (local).
+    peers_by_name: bool = False
+    replication_timeout: float = Field(default=0.5, gt=0)
 
     # Runtime state.
     cluster_dir: Path = ROOT / ".cluster"
@@ -212,6 +217,10 @@ class Settings(BaseSettings):
 
     def api_port(self, replica: str) -> int:
         return self.api_port_base + int(replica.removeprefix("api-"))
+
+    def replica_url(self, replica: str) -> str:
+        host = replica if self.peers_by_name else self.host
+        return f"http://{host}:{self.api_port(replica)}"
 
     @property
     def public_url(self) -> str:

@@ -334,8 +334,9 @@ def demo(
     users: Annotated[int | None, typer.Option(min=3, help="simulated users K")] = None,
     requests: Annotated[int | None, typer.Option(min=2, help="requests per user M")] = None,
     out: Annotated[Path, typer.Option(help="where to write demo.md, demo.json and the charts")] = Path("reports"),
+    target: Annotated[str, typer.Option(help="local (processes) or compose (containers)")] = "local",
 ) -> None:
-    """Run the scenario matrix on local clusters and print the comparison table."""
+    """Run the scenario matrix on local clusters (or the compose stack) and print the comparison table."""
     import tempfile
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -343,6 +344,8 @@ def demo(
     from scaleout.lab import demo as demo_mod
     from scaleout.lab import report
 
+    if target not in ("local", "compose"):
+        _fail(ValueError(f"unknown target {target!r}; choose local or compose"))
     names = scenario or list(demo_mod.SCENARIOS)
     unknown = [n for n in names if n not in demo_mod.SCENARIOS]
     if unknown:
@@ -361,11 +364,11 @@ def demo(
             )
             tasks = {n: progress.add_task(n, total=1) for n in names}
             with progress:
-                ctx = demo_mod.Context(k, m, Path(workdir), say=lambda line: progress.console.print(line))
+                ctx = demo_mod.Context(k, m, Path(workdir), lambda line: progress.console.print(line), target)
                 results = demo_mod.run(ctx, names, on_done=lambda n: progress.update(tasks[n], completed=1))
         else:
             # No terminal (CI): plain lines instead of live bars.
-            ctx = demo_mod.Context(k, m, Path(workdir), say=lambda line: print(line, flush=True))
+            ctx = demo_mod.Context(k, m, Path(workdir), lambda line: print(line, flush=True), target)
             results = demo_mod.run(ctx, names, on_done=lambda n: print(f"done: {n}", flush=True))
     document = report.write(results, out, quick)
     # Two tables (steady traffic; faults and revocation) that fit 120 columns, wrapping long cells.

@@ -327,3 +327,33 @@ class Stack:
         self._reload_nginx()
         if service.startswith("api-"):
             self._wait_through_nginx()
+
+
+class ComposeCluster:
+    """A compose stack seen through the few `Cluster` verbs the demo's scenarios use, so `scaleout demo
+    --target compose` runs the same scenarios on containers."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    @property
+    def settings(self) -> Settings:
+        return self.stack.settings
+
+    def up(self) -> None:
+        self.stack.up()
+
+    def down(self) -> None:
+        self.stack.down()
+
+    def stop(self, name: str, kill: bool = False) -> None:
+        self.stack.stop(name)  # compose kills: a crash, as `kill=True` means locally
+
+    def start(self, name: str) -> None:
+        self.stack.start(name)
+
+    def lb(self, mode: str) -> None:
+        self.stack.lb(str(mode))
+
+    def primary(self) -> str | None:
+        return "redis"

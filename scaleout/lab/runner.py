@@ -21,12 +21,17 @@ from pathlib import Path
 
 import httpx
 
-from scaleout.core.config import ROOT, JWTAlg, LBMode, Settings
+from scaleout.core.config import ROOT, AuthMode, JWTAlg, LBMode, Settings
 from scaleout.core.keys import KeyUnusable
 from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
 
 HEALTH_TIMEOUT = 30.0
+COOKIE_WARNING = (
+    "WARNING: AUTH_MODE=cookie is unsafe on purpose: the browser carries the username and the password in "
+    "the clear, anyone can edit the `user` cookie, and logout cannot revoke anything. A lab mode, bound to "
+    "loopback; never do this on a real site."
+)
 PANEL = "lab"  # the control panel's service name
 
 
@@ -375,6 +380,8 @@ class Cluster:
                 self._panel = previous.services[PANEL]
         for d in (self.dir, self.logs, self.prefix, self.dir / "redis"):
             d.mkdir(parents=True, exist_ok=True)
+        if self.settings.auth_mode is AuthMode.cookie:
+            progress(COOKIE_WARNING)
         self._write_secrets()
         self._services = self._plan()
         if self.settings.sentinel:

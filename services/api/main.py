@@ -7,6 +7,7 @@ What "checks credentials" means is the `Authenticator` chosen once at start-up f
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from scaleout.core.authn import (
     NO_STORE,
     Authenticator,
+    CookieAuthenticator,
     JWTAuthenticator,
     LoginGrant,
     MemorySessionAuthenticator,
@@ -98,6 +100,23 @@ async def build_authenticator(
         )
         refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user, durable)
         return JWTAuthenticator(verifier, jwks, denylist, refresh)
+    if settings.auth_mode is AuthMode.cookie:
+        return CookieAuthenticator()
+    if settings.session_store is SessionStore.replicated:
+        from scaleout.core.replication import ReplicatedSessions
+
+        peers = [settings.replica_url(n) for n in settings.replica_names if n != settings.replica_id]
+        replicated = ReplicatedSessions(
+            settings.session_idle_ttl,
+            settings.session_absolute_ttl,
+            settings.max_sessions_per_user,
+            settings.secret("session_key").encode(),
+            peers,
+            http,
+            settings.replication_timeout,
+        )
+        await replicated.catch_up()  # before this replica reports healthy
+        return MemorySessionAuthenticator(settings, replicated)
     if settings.session_store is SessionStore.memory:
         memory = MemorySessions(
             settings.session_idle_ttl, settings.session_absolute_ttl, settings.max_sessions_per_user
@@ -267,6 +286,8 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
         if upstream.status_code != 200:
             return relay_error(upstream)
         data = upstream.json()
+        if settings.auth_mode is AuthMode.cookie:
+            data["password"] = body.password  # the naive cookie carries it: that is the lesson
         grant = LoginGrant(data.pop("uid"), data.pop("username"), data)
         return await replica.authn.login(request.scope["headers"], grant, name)
 
@@ -362,10 +383,70 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
 
     app.add_route("/api/whoami", whoami, methods=["GET"])
     app.add_route("/api/me", me, methods=["GET"])
+    if settings.auth_mode is AuthMode.cookie:
+        add_profile_cookie(app)
+    elif settings.session_store is SessionStore.replicated:
+        add_replication(app, replica)
     install_docs(app, {("GET", "/api/whoami"): WhoAmI, ("GET", "/api/me"): Me}, settings.cookie_name)
     add_identity(app, name, {"X-Replica": name})
     app.add_middleware(Authenticate, replica=replica)  # outermost of ours: see its docstring
     return app
+
+
+def add_replication(app: FastAPI, replica: Replica) -> None:
+    """The replica-to-replica endpoints of SESSION_STORE=replicated (not behind nginx, and signed)."""
+    import logging
+
+    from scaleout.core.replication import MAX_MESSAGE, SIGNATURE, Refused, ReplicatedSessions, sign
+
+    log = logging.getLogger("scaleout.replication")
+
+    def store() -> ReplicatedSessions:
+        s = replica.authn.store  # type: ignore[attr-defined]  # a session authenticator in this mode
+        assert isinstance(s, ReplicatedSessions)
+        return s
+
+    async def replicate(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_MESSAGE:
+            log.warning("replication: refused a message of %s bytes", declared)
+            return error(413, "replication message too large")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_MESSAGE:
+                return error(413, "replication message too large")
+        try:
+            s = store()
+            s.apply(s.check(body, request.headers.get(SIGNATURE)))
+        except Refused as exc:
+            log.warning("replication: dropped a message: %s", exc)
+            return error(400, f"replication message refused: {exc}")
+        return Response(status_code=204)
+
+    async def sessions(request: Request) -> Response:
+        s = store()
+        if not secrets.compare_digest(request.headers.get(SIGNATURE, ""), sign(s.secret, b"snapshot")):
+            return error(403, "unsigned snapshot request")
+        body = s.snapshot()
+        return Response(body, media_type="application/json", headers={SIGNATURE: sign(s.secret, body)})
+
+    app.add_route("/internal/replicate", replicate, methods=["POST"], include_in_schema=False)
+    app.add_route("/internal/sessions", sessions, methods=["GET"], include_in_schema=False)
+
+
+def add_profile_cookie(app: FastAPI) -> None:
+    """AUTH_MODE=cookie: sets a `profile` cookie of `size` bytes, to see what a browser keeps (about 4 KB)."""
+
+    async def profile_cookie(request: Request) -> Response:
+        raw = request.query_params.get("size", "")
+        if not raw.isdigit() or not 1 <= int(raw) <= 16384:
+            return error(422, "size must be 1 to 16384 bytes")
+        response = JSONResponse({"set": "profile", "bytes": int(raw)}, headers=NO_STORE)
+        response.headers.append("Set-Cookie", f"profile={'p' * int(raw)}; Path=/; SameSite=Lax; Max-Age=600")
+        return response
+
+    app.add_route("/api/profile-cookie", profile_cookie, methods=["GET"], include_in_schema=False)
 
 
 app = create_api_app(get_settings())

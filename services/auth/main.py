@@ -136,6 +136,13 @@ class SessionIssuer(Issuer):
         }
 
 
+class CookieIssuer(Issuer):
+    """AUTH_MODE=cookie: the password was right; nothing is stored, the replica sets the naive cookies."""
+
+    async def issue(self, user: User, body: LoginRequest) -> dict[str, object]:
+        return {"auth_mode": "cookie"}
+
+
 class JWTIssuer(Issuer):
     """A short-lived access token and a single-use refresh token, both of one new family per login."""
 
@@ -213,6 +220,8 @@ def create_auth_app(settings: Settings) -> FastAPI:
             deny = svc.denylist if settings.jwt_revocation is JWTRevocation.denylist else None
             svc.jwt = JWTIssuer(settings, svc.keys, svc.refresh, deny)
             svc.issuer = svc.jwt
+        elif settings.auth_mode is AuthMode.cookie:
+            svc.issuer = CookieIssuer()
         else:
             shared = None
             if settings.session_store is SessionStore.redis:

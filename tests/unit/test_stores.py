@@ -210,7 +210,9 @@ def test_settings_defaults_match_the_contract() -> None:
     with pytest.raises(ValueError):
         Settings(replicas=10)
     with pytest.raises(ValueError):
-        Settings(auth_mode="cookie")
+        Settings(auth_mode="basic")
+    with pytest.raises(ValueError):
+        Settings(session_store="disk")
     with pytest.raises(ValueError):
         Settings(argon2_memory_kib=1024)  # below OWASP's minimum
 

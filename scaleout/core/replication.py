@@ -1,0 +1,215 @@
+"""Session clustering by replication (`SESSION_STORE=replicated`): every replica keeps every session in its
+own memory and sends each change to every other replica, as Tomcat's all-to-all `DeltaManager` does.
+
+Replication is synchronous with a bound: a login (or logout, or revocation) answers once every peer has
+acknowledged the change or `REPLICATION_TIMEOUT` has passed for the ones that did not, so a session is usable
+on every live replica as soon as the login returns, and a dead or slow peer delays a login by at most the
+timeout, never forever. A replica that starts late copies the sessions of a live peer before it reports
+healthy. Messages between replicas carry an HMAC under the cluster's session key: the replication
+endpoints are not behind nginx, and nobody without the key can plant a session through them.
+
+Idle-timer renewals are not replicated (each replica renews what it serves): under any balancing that
+spreads a user's requests, every replica keeps renewing; a replica that never sees a user forgets the
+session after the idle timeout, as that replica's memory would anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any
+
+import httpx
+import orjson
+
+from scaleout.core.sessions import MemorySessions, Session, _Entry
+
+log = logging.getLogger("scaleout.replication")
+MAX_MESSAGE = 64 * 1024  # one change is a few hundred bytes; anything far larger is refused
+SIGNATURE = "x-replication-mac"
+
+
+class Refused(Exception):
+    """A replication message that is malformed, unsigned, forged or too large: dropped with a log line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    peers: int
+    acknowledged: int
+    bytes_sent: int
+    seconds: float
+
+
+def sign(key: bytes, body: bytes) -> str:
+    return hmac.new(key, b"replication\0" + body, sha256).hexdigest()
+
+
+def _session_dict(session: Session) -> dict[str, Any]:
+    return orjson.loads(session.to_json())  # type: ignore[no-any-return]
+
+
+def _session_from(d: dict[str, Any]) -> Session:
+    return Session(
+        str(d["u"]),
+        str(d["c"]),
+        float(d["t"]),
+        str(d.get("i", "")),
+        str(d.get("h", "")),
+        str(d.get("a", "")),
+        str(d.get("p", "")),
+    )
+
+
+class ReplicatedSessions(MemorySessions):
+    """This replica's copy of every session, kept in step with its peers'."""
+
+    def __init__(
+        self,
+        idle_ttl: int,
+        absolute_ttl: int,
+        max_per_user: int,
+        key: bytes,
+        peers: list[str],
+        http: httpx.AsyncClient,
+        timeout: float,
+    ) -> None:
+        super().__init__(idle_ttl, absolute_ttl, max_per_user)
+        self.secret = key
+        self.peers = peers
+        self.http = http
+        self.timeout = timeout
+        self.sent_messages = 0
+        self.sent_bytes = 0
+        self.applied = 0
+        self.last_delivery: Delivery | None = None
+
+    # --- changes made here, then sent to every peer -------------------------------------------------
+
+    async def put(self, sid: str, session: Session) -> None:
+        await super().put(sid, session)
+        await self.broadcast({"op": "put", "key": self.key_of(sid).hex(), "s": _session_dict(session)})
+
+    async def delete(self, sid: str) -> None:
+        await super().delete(sid)
+        await self.broadcast({"op": "del", "key": self.key_of(sid).hex()})
+
+    async def end(self, uid: str, handle: str) -> bool:
+        ended = await super().end(uid, handle)
+        await self.broadcast({"op": "end", "uid": uid, "handle": handle})
+        return ended
+
+    async def end_all(self, uid: str, keep: str | None = None) -> None:
+        await super().end_all(uid, keep)
+        await self.broadcast({"op": "end_all", "uid": uid, "keep": keep})
+
+    @staticmethod
+    def key_of(sid: str) -> bytes:
+        return MemorySessions.key(sid.encode())
+
+    async def broadcast(self, change: dict[str, Any]) -> Delivery:
+        body = orjson.dumps(change)
+        headers = {SIGNATURE: sign(self.secret, body), "content-type": "application/json"}
+        started = time.perf_counter()
+
+        async def one(peer: str) -> bool:
+            try:
+                r = await self.http.post(
+                    f"{peer}/internal/replicate", content=body, headers=headers, timeout=self.timeout
+                )
+                return r.status_code == 204
+            except httpx.HTTPError:
+                return False
+
+        results = await asyncio.gather(*(one(p) for p in self.peers))
+        self.sent_messages += len(self.peers)
+        self.sent_bytes += len(self.peers) * len(body)
+        delivery = Delivery(len(self.peers), sum(results), len(self.peers) * len(body), time.perf_counter() - started)
+        self.last_delivery = delivery
+        if delivery.acknowledged < delivery.peers:
+            log.warning(
+                "replication: %d of %d peers did not acknowledge %s",
+                delivery.peers - delivery.acknowledged,
+                delivery.peers,
+                change["op"],
+            )
+        return delivery
+
+    # --- changes received from a peer -------------------------------------------------------------
+
+    def check(self, body: bytes, signature: str | None) -> dict[str, Any]:
+        if len(body) > MAX_MESSAGE:
+            raise Refused("too large")
+        if not signature or not hmac.compare_digest(signature, sign(self.secret, body)):
+            raise Refused("bad signature")
+        try:
+            change = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Refused("not JSON") from exc
+        if not isinstance(change, dict) or change.get("op") not in ("put", "del", "end", "end_all"):
+            raise Refused("unknown change")
+        return change
+
+    def apply(self, change: dict[str, Any]) -> None:
+        """A peer's change, applied here without sending it on (every replica sends its own changes)."""
+        try:
+            op = change["op"]
+            if op == "put":
+                session = _session_from(change["s"])
+                self._store(bytes.fromhex(change["key"]), session)
+            elif op == "del":
+                self._drop(bytes.fromhex(change["key"]))
+            elif op == "end":
+                key = self._by_user.get(str(change["uid"]), {}).get(str(change["handle"]))
+                if key is not None:
+                    self._drop(key)
+            else:
+                keep = change.get("keep")
+                for handle, key in list(self._by_user.get(str(change["uid"]), {}).items()):
+                    if handle != keep:
+                        self._drop(key)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise Refused(f"malformed {change.get('op')}") from exc
+        self.applied += 1
+
+    def _store(self, key: bytes, session: Session) -> None:
+        mine = self._by_user.setdefault(session.uid, {})
+        while len(mine) >= self.max_per_user:
+            self._drop(min(mine.values(), key=lambda k: self._data[k].seen))
+        if len(self._data) >= self.max_entries:
+            self._drop(next(iter(self._data)))
+        self._data[key] = _Entry(session, time.time())
+        self._by_user.setdefault(session.uid, {})[session.handle] = key
+
+    # --- state transfer for a replica that starts late ------------------------------------------
+
+    def snapshot(self) -> bytes:
+        now = time.time()
+        items = [
+            {"key": k.hex(), "s": _session_dict(e.session)}
+            for k, e in self._data.items()
+            if now - e.seen < self.idle_ttl and now - e.session.created < self.absolute_ttl
+        ]
+        return orjson.dumps({"sessions": items})
+
+    async def catch_up(self) -> int:
+        """Copy the sessions of the first peer that answers; 0 when none does (then this one starts empty)."""
+        for peer in self.peers:
+            try:
+                r = await self.http.get(
+                    f"{peer}/internal/sessions", headers={SIGNATURE: sign(self.secret, b"snapshot")}, timeout=2.0
+                )
+                if r.status_code != 200 or not hmac.compare_digest(
+                    r.headers.get(SIGNATURE, ""), sign(self.secret, r.content)
+                ):
+                    continue
+                for item in orjson.loads(r.content)["sessions"]:
+                    self._store(bytes.fromhex(item["key"]), _session_from(item["s"]))
+                return len(self._data)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                continue
+        return 0
