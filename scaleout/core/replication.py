@@ -25,10 +25,19 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client import Counter, Histogram
 
 from scaleout.core.sessions import MemorySessions, Session, _Entry
 
 log = logging.getLogger("scaleout.replication")
+MESSAGES = Counter("scaleout_replication_messages_total", "Replication messages sent to peers")
+BYTES = Counter("scaleout_replication_bytes_total", "Replication bytes sent to peers")
+APPLIED = Counter("scaleout_replication_applied_total", "Peers' changes applied here")
+FANOUT = Histogram(
+    "scaleout_replication_seconds",
+    "From sending a change to every peer's acknowledgement (or the timeout)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 MAX_MESSAGE = 64 * 1024  # one change is a few hundred bytes; anything far larger is refused
 SIGNATURE = "x-replication-mac"
 
@@ -128,6 +137,9 @@ class ReplicatedSessions(MemorySessions):
         results = await asyncio.gather(*(one(p) for p in self.peers))
         self.sent_messages += len(self.peers)
         self.sent_bytes += len(self.peers) * len(body)
+        MESSAGES.inc(len(self.peers))
+        BYTES.inc(len(self.peers) * len(body))
+        FANOUT.observe(time.perf_counter() - started)
         delivery = Delivery(len(self.peers), sum(results), len(self.peers) * len(body), time.perf_counter() - started)
         self.last_delivery = delivery
         if delivery.acknowledged < delivery.peers:
@@ -175,6 +187,7 @@ class ReplicatedSessions(MemorySessions):
         except (KeyError, ValueError, TypeError) as exc:
             raise Refused(f"malformed {change.get('op')}") from exc
         self.applied += 1
+        APPLIED.inc()
 
     def _store(self, key: bytes, session: Session) -> None:
         mine = self._by_user.setdefault(session.uid, {})

@@ -37,6 +37,42 @@ def write_cluster_secrets(settings: Settings) -> None:
     for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
         if (directory / name).exists():
             (directory / name).chmod(0o600)
+    if s.sentinel and s.peers_by_name:
+        write_compose_store_configs(s)
+
+
+def write_compose_store_configs(s: Settings) -> None:
+    """The Sentinel topology of the container stack (docker-compose.sentinel.yml): the replicas' and the
+    Sentinels' configs, which hold the password, among the secrets. Containers copy them before starting
+    (a Sentinel rewrites its config)."""
+    directory, password = s.secrets_path, s.redis_password()
+    replica = [
+        f"port {s.redis_port}",
+        "protected-mode yes",
+        'save ""',
+        "appendonly no",
+        "dir /tmp",
+        f"aclfile {directory / 'redis.acl'}",
+        f"masteruser {s.redis_username}",
+        f"masterauth {password}",
+        "repl-diskless-sync-delay 0",
+        f"replicaof redis {s.redis_port}",
+    ]
+    write_secret(directory / "redis-replica.conf", "\n".join(replica) + "\n", replace=True)
+    sentinel = [
+        f"port {s.sentinel_port}",
+        "dir /tmp",
+        f"requirepass {password}",
+        f"sentinel sentinel-pass {password}",
+        "sentinel resolve-hostnames yes",
+        "sentinel announce-hostnames yes",
+        f"sentinel monitor {s.sentinel_master} redis {s.redis_port} 2",
+        f"sentinel auth-user {s.sentinel_master} {s.redis_username}",
+        f"sentinel auth-pass {s.sentinel_master} {password}",
+        f"sentinel down-after-milliseconds {s.sentinel_master} {s.sentinel_down_after_ms}",
+        f"sentinel failover-timeout {s.sentinel_master} {s.sentinel_failover_timeout_ms}",
+    ]
+    write_secret(directory / "sentinel.conf", "\n".join(sentinel) + "\n", replace=True)
 
 
 def write_secret(path: Path, value: str, replace: bool = False) -> None:

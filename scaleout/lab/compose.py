@@ -25,6 +25,7 @@ from scaleout.core.config import ROOT, Settings
 from scaleout.lab.runner import pid_alive
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SENTINEL_FILE = ROOT / "docker-compose.sentinel.yml"  # the override for REDIS_TOPOLOGY=sentinel
 STANDINS = ROOT / "docker" / "standins"
 OFFICIAL = {"PYTHON_IMAGE": "python:3.11-slim", "REDIS_IMAGE": "redis:7.0-alpine", "NGINX_IMAGE": "nginx:1.27-alpine"}
 STANDIN = {
@@ -228,7 +229,8 @@ class Stack:
         return engine
 
     def _compose(self, *args: str, timeout: float = 600, extra: dict[str, str] | None = None) -> str:
-        argv = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        files = ["-f", str(COMPOSE_FILE)] + (["-f", str(SENTINEL_FILE)] if self.settings.sentinel else [])
+        argv = [*compose_command(), *files, "-p", self.project, *args]
         return _run(argv, timeout=timeout, env={**self.env, **self.modes(), **(extra or {})})
 
     def modes(self) -> dict[str, str]:

@@ -22,9 +22,12 @@ from scaleout.core.config import LBMode
 from scaleout.core.sessions import new_csrf_token, new_session_id
 from scaleout.lab.demo_results import (
     ClusteringResult,
+    CookieOnlyResult,
     DemoResults,
     DeviceRevocation,
     FailoverResult,
+    GrowthPoint,
+    GrowthResult,
     IpHashResult,
     JwtResult,
     LiveSwitchResult,
@@ -52,7 +55,17 @@ from scaleout.lab.load import (
 )
 from scaleout.lab.runner import Cluster, isolated_settings
 
-SCENARIOS = ("stateful_wall", "sticky", "clustering", "store_failover", "jwt", "revocation", "live_switch")
+SCENARIOS = (
+    "cookie_only",
+    "stateful_wall",
+    "sticky",
+    "clustering",
+    "store_failover",
+    "replication_growth",
+    "jwt",
+    "revocation",
+    "live_switch",
+)
 
 
 @dataclass
@@ -123,6 +136,176 @@ def users_loop(users: list[User], on_hit: Callable[[User, Hit], None] = lambda u
         return hit
 
     return RequestLoop(request)
+
+
+def browser_cookie_limit(url: str, sizes: tuple[int, ...] = (4000, 4090, 5000)) -> tuple[dict[str, bool], str]:
+    """Which of these cookie sizes a real browser (Debian's Chromium, through Playwright) keeps."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        return {}, "not measured: no chromium (make setup installs it)"
+    from playwright.sync_api import sync_playwright
+
+    kept: dict[str, bool] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/api/whoami")
+            for size in sizes:
+                page.context.clear_cookies()
+                page.evaluate("size => fetch('/api/profile-cookie?size=' + size)", size)
+                cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+                kept[str(size)] = len(cookies.get("profile", "")) == size
+            version = browser.version
+        finally:
+            browser.close()
+    return kept, f"Chromium {version}"
+
+
+def cookie_only(ctx: Context) -> CookieOnlyResult:
+    """The story's first stage: the identity in a cookie, in the clear, and no server state."""
+    with ctx.cluster(auth_mode="cookie", lb_mode="round_robin") as c:
+        url = c.settings.public_url
+        users = make_users(url, ctx.users)
+        hits = drive(users, ctx.requests)
+        victim = users[0]
+        captured = dict(victim.client.cookies)
+        password_in_cookie = captured.get("password", "").replace("%20", " ") == "demo password 1"
+        victim.logout()
+        with httpx.Client(base_url=url, cookies=captured) as thief:
+            replays = [thief.get("/api/me").status_code for _ in range(9)]
+        with httpx.Client(base_url=url, cookies={"user": "bob"}) as forger:
+            forged = forger.get("/api/me")
+        kept, browser = browser_cookie_limit(url)
+        for u in users:
+            u.close()
+    return measured(
+        CookieOnlyResult,
+        "cookie/round_robin (AUTH_MODE=cookie)",
+        hits,
+        forged_accepted=forged.status_code == 200 and forged.json().get("username") == "bob",
+        replays_after_logout=len(replays),
+        accepted_after_logout=sum(s == 200 for s in replays),
+        password_in_cookie=password_in_cookie,
+        browser_kept=kept,
+        browser=browser,
+    )
+
+
+def _metric_sum(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def _replica_cpu(c: Cluster) -> float:
+    from scaleout.lab.bench.wrk import CLK_TCK, cpu_ticks
+
+    pids = [c.services[n].pid or 0 for n in c.settings.replica_names]
+    return sum(cpu_ticks(pids).values()) / CLK_TCK
+
+
+def _logins_cost(ctx: Context, store: str, servers: int, logins: int) -> tuple[float, float, float, float]:
+    """Logins through nginx on a fresh cluster: (messages, bytes, fan-out seconds) summed over replicas, and
+    replica CPU seconds spent meanwhile."""
+    with ctx.cluster(auth_mode="session", session_store=store, replicas=servers, lb_mode="round_robin") as c:
+        people = make_users(c.settings.public_url, 1)  # a warm-up login
+        cpu_before = _replica_cpu(c)
+        for _ in range(logins):
+            device = User(1, c.settings.public_url, name=people[0].name)  # a new device: one new session each
+            device.login()
+            device.close()
+        cpu = _replica_cpu(c) - cpu_before
+        people[0].close()
+        urls = [c.settings.replica_url(n) for n in c.settings.replica_names]
+        sums = [
+            sum(_metric_sum(u, metric) for u in urls)
+            for metric in (
+                "scaleout_replication_messages_total",
+                "scaleout_replication_bytes_total",
+                "scaleout_replication_seconds_sum",
+                "scaleout_replication_seconds_count",
+            )
+        ]
+    messages, sent, fanout, fanouts = sums
+    return messages, sent, fanout / max(1.0, fanouts), cpu
+
+
+def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float]:
+    """Memory for 10,000 sessions: in one replica's memory store, and in Redis (values, keys, index)."""
+    import asyncio
+    import gc
+    import tracemalloc
+
+    from scaleout.core.sessions import MemorySessions, RedisSessions, Session, SessionMAC, new_handle
+    from scaleout.core.store import Coalescer, make_redis
+    from scaleout.lab.runner import redis_command
+
+    def session(i: int) -> Session:
+        return Session(
+            f"user{i}", new_csrf_token(), time.time(), f"uid{i}", new_handle(), "Mozilla/5.0 demo", "127.0.0.1"
+        )
+
+    async def memory() -> float:
+        store = MemorySessions(3600, 7200, 10, max_entries=50_000)
+        made = [(new_session_id(), session(i)) for i in range(10_000)]
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for sid, s in made:
+            await store.put(sid, s)
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return used / 1024
+
+    async def redis(c: Cluster) -> float:
+        s = c.settings
+
+        def used() -> int:
+            info = redis_command(s.host, s.redis_port, s.redis_username, s.redis_password(), "INFO", "memory")
+            line = next(x for x in str(info).splitlines() if x.startswith("used_memory:"))
+            return int(line.split(":")[1])
+
+        client = make_redis(s)
+        store = RedisSessions(client, Coalescer(client), 3600, 7200, SessionMAC(b"k" * 32))
+        before = used()
+        for i in range(10_000):
+            await store.put(new_session_id(), session(i))
+        after = used()
+        await client.aclose()
+        return (after - before) / 1024
+
+    in_memory = asyncio.run(memory())
+    with ctx.cluster(auth_mode="session", session_store="redis", replicas=1) as c:
+        in_redis = asyncio.run(redis(c))
+    return round(in_memory, 1), round(in_redis, 1)
+
+
+def replication_growth(ctx: Context) -> GrowthResult:
+    """What session clustering costs as servers are added: replication against a shared Redis and JWT."""
+    sizes = (1, 3) if ctx.users <= 10 else (1, 3, 5, 7, 9)
+    logins = 5 if ctx.users <= 10 else 20
+    points = []
+    for n in sizes:
+        messages, sent, fanout_s, cpu_replicated = _logins_cost(ctx, "replicated", n, logins)
+        _, _, _, cpu_memory = _logins_cost(ctx, "memory", n, logins)
+        points.append(
+            GrowthPoint(
+                servers=n,
+                logins=logins,
+                messages_per_login=round(messages / (logins + 1), 2),
+                bytes_per_login=round(sent / (logins + 1), 1),
+                fanout_ms=round(fanout_s * 1000, 3),
+                replica_cpu_ms_per_login_replicated=round(cpu_replicated / logins * 1000, 2),
+                replica_cpu_ms_per_login_memory=round(cpu_memory / logins * 1000, 2),
+            )
+        )
+        ctx.say(
+            f"  {n} servers: {points[-1].messages_per_login} messages and {points[-1].bytes_per_login} bytes per login"
+        )
+    in_memory, in_redis = _kib_per_10k_sessions(ctx)
+    return GrowthResult(points, in_memory, in_redis, 1)
 
 
 def stateful_wall(ctx: Context) -> WallResult:
@@ -477,6 +660,8 @@ def live_switch(ctx: Context) -> LiveSwitchResult:
 
 
 RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
+    "cookie_only": cookie_only,
+    "replication_growth": replication_growth,
     "stateful_wall": stateful_wall,
     "sticky": sticky,
     "clustering": clustering,

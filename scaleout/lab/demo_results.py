@@ -104,6 +104,57 @@ class FailoverResult(Traffic):
 
 
 @dataclass
+class CookieOnlyResult(Traffic):
+    """AUTH_MODE=cookie: the identity in the cookie, no server state."""
+
+    forged_accepted: bool = False  # `user=bob` set by hand, and accepted
+    replays_after_logout: int = 0
+    accepted_after_logout: int = 0
+    password_in_cookie: bool = False  # the captured cookie is the password
+    browser_kept: dict[str, bool] = field(default_factory=dict)  # cookie size in bytes -> kept by Chromium
+    browser: str = ""  # which browser measured it, or why none did
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class GrowthPoint:
+    """One cluster size: what session clustering costs there."""
+
+    servers: int
+    logins: int
+    messages_per_login: float  # replicated: to the other replicas
+    bytes_per_login: float
+    fanout_ms: float  # replicated: until every peer acknowledged (mean)
+    replica_cpu_ms_per_login_replicated: float
+    replica_cpu_ms_per_login_memory: float  # the same logins without replication, for comparison
+
+
+@dataclass
+class GrowthResult:
+    """Replication against a shared Redis against JWT, as the number of servers grows."""
+
+    points: list[GrowthPoint]
+    session_kib_per_10k_in_memory: float  # one replica's memory for 10,000 sessions
+    session_kib_per_10k_in_redis: float  # Redis's memory for 10,000 sessions (with their index)
+    redis_messages_per_login: int  # one write (and a WAIT in the sentinel topology), whatever N
+    duration_s: float = 0.0
+
+    def projection(self, servers: int, sessions: int = 1_000_000) -> dict[str, float]:
+        """Per login and in memory, at `servers` servers, from the measured constants."""
+        last = self.points[-1]
+        per_message = last.bytes_per_login / max(1.0, last.messages_per_login)
+        mem = self.session_kib_per_10k_in_memory * sessions / 10_000 / 1024  # MiB per replica
+        return {
+            "replicated_messages_per_login": servers - 1,
+            "replicated_bytes_per_login": (servers - 1) * per_message,
+            "replicated_memory_mib_total": servers * mem,
+            "redis_messages_per_login": self.redis_messages_per_login,
+            "redis_memory_mib_total": self.session_kib_per_10k_in_redis * sessions / 10_000 / 1024,
+            "jwt_messages_per_login": 0,
+        }
+
+
+@dataclass
 class WallResult(Traffic):
     duration_s: float = 0.0
 
@@ -166,10 +217,14 @@ class DemoResults:
     revocation: RevocationResult | None = None
     live_switch: LiveSwitchResult | None = None
     store_failover: FailoverResult | None = None
+    cookie_only: CookieOnlyResult | None = None
+    replication_growth: GrowthResult | None = None
 
     def traffic(self) -> list[Traffic]:
         """Every mode's steady traffic, in the table's order."""
         found: list[Traffic] = []
+        if self.cookie_only:
+            found.append(self.cookie_only)
         if self.stateful_wall:
             found.append(self.stateful_wall)
         if self.sticky:

@@ -111,6 +111,9 @@ def rows(results: DemoResults) -> list[Row]:
     """One row per mode, built only from what the run measured (absent scenarios give absent rows)."""
     out: list[Row] = []
     rev = results.revocation.modes if results.revocation else {}
+    if k := results.cookie_only:
+        window = f"never: {k.accepted_after_logout} of {k.replays_after_logout} replays after logout accepted"
+        out.append(_traffic_row(k, sessions_lost="none stored", revocation_window=window))
     if s := results.stateful_wall:
         out.append(_traffic_row(s))
     if st := results.sticky:
@@ -183,6 +186,19 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
 def readings(results: DemoResults) -> list[str]:
     """A plain-language reading of each scenario, from its numbers."""
     out = []
+    if k := results.cookie_only:
+        kept = ", ".join(f"{size} bytes {'kept' if ok else 'dropped'}" for size, ok in k.browser_kept.items())
+        forged = "accepted" if k.forged_accepted else "refused"
+        holds = "holds the password itself" if k.password_in_cookie else "does not hold the password"
+        out.append(
+            f"**The cookie alone** (AUTH_MODE=cookie, unsafe on purpose): {_pct(k.success_rate)} success on every "
+            f"replica ({_spread(k.requests_per_replica)}): nothing is stored on the server, so it scales perfectly. "
+            f"That is all it does well: a cookie edited to `user=bob` was {forged}; after its owner logged out, "
+            f"{k.accepted_after_logout} of {k.replays_after_logout} replays of the captured cookie were accepted (the "
+            f"server cannot forget what it never stored); the captured cookie {holds}. And a cookie is "
+            f"small: {k.browser or 'a browser'} {kept or 'was not measured'}, so 'put the profile in the cookie' fails "
+            "silently. Hence sessions: the browser keeps only a random ID, the server keeps the rest."
+        )
     if s := results.stateful_wall:
         out.append(
             f"**The stateful wall** (session/memory/round_robin): only {_pct(s.success_rate)} of requests "
@@ -223,6 +239,25 @@ def readings(results: DemoResults) -> list[str]:
             f"the kill. Meanwhile requests got {', '.join(f'{n} x {c}' for c, n in f.during.items())} (never a "
             f"401 for a good session, never a 500); logins tried meanwhile: {logins}. Sessions acknowledged before "
             f"the kill and lost after it: {f.sessions_lost} (each login waited for a replica to have its session)."
+        )
+    if g := results.replication_growth:
+        steps = "; ".join(
+            f"{p.servers} servers: {p.messages_per_login:g} messages, {p.bytes_per_login:.0f} bytes, "
+            f"{p.fanout_ms:.1f} ms until every peer has it, replica CPU {p.replica_cpu_ms_per_login_replicated:.1f} "
+            f"ms per login (memory store {p.replica_cpu_ms_per_login_memory:.1f})"
+            for p in g.points
+        )
+        at = g.projection(100)
+        out.append(
+            f"**Session clustering by replication** (SESSION_STORE=replicated, every replica sends each change to "
+            f"every other): {steps}. Every replica holds every session: {g.session_kib_per_10k_in_memory:.0f} KiB "
+            f"per 10,000 sessions on each of them, against {g.session_kib_per_10k_in_redis:.0f} KiB once in a shared "
+            f"Redis (which costs one write per login and one round trip per request, whatever the number of "
+            f"servers) and nothing for JWT. At 100 servers and a million sessions: "
+            f"{at['replicated_messages_per_login']:.0f} messages ({at['replicated_bytes_per_login'] / 1024:.0f} KiB) "
+            f"per login and {at['replicated_memory_mib_total'] / 1024:.1f} GiB of memory in all for replication "
+            f"(N - 1 messages per write, N copies), against {at['redis_messages_per_login']:.0f} message and "
+            f"{at['redis_memory_mib_total']:.0f} MiB for Redis, and 0 for JWT."
         )
     if j := results.jwt:
         out.append(
@@ -382,6 +417,31 @@ def _charts(results: DemoResults, out: Path) -> list[str]:
         fig.savefig(out / "latency.png", dpi=110)
         plt.close(fig)
         made.append("latency.png")
+
+    # 4b. Cost against the number of servers.
+    if g := results.replication_growth:
+        ns = [p.servers for p in g.points]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        ax1.plot(ns, [p.messages_per_login for p in g.points], "o-", label="replicated: messages per login")
+        ax1.plot(ns, [g.redis_messages_per_login] * len(ns), "s--", label="shared Redis: writes per login")
+        ax1.plot(ns, [0] * len(ns), "^:", label="JWT: shared writes per request")
+        ax1.set_xlabel("servers (replicas)")
+        ax1.set_ylabel("messages per login")
+        ax1.set_title("Messages per login, measured")
+        ax1.legend(fontsize=8)
+        mem = g.session_kib_per_10k_in_memory / 1024
+        ax2.plot(ns, [n * mem for n in ns], "o-", label="replicated: N copies")
+        ax2.plot(ns, [g.session_kib_per_10k_in_redis / 1024] * len(ns), "s--", label="shared Redis: one copy")
+        ax2.plot(ns, [0] * len(ns), "^:", label="JWT: none")
+        ax2.set_xlabel("servers (replicas)")
+        ax2.set_ylabel("MiB per 10,000 sessions, whole cluster")
+        ax2.set_title("Session memory, from the measured size")
+        ax2.legend(fontsize=8)
+        fig.suptitle("What session clustering costs as servers are added")
+        fig.tight_layout()
+        fig.savefig(out / "growth.png", dpi=110)
+        plt.close(fig)
+        made.append("growth.png")
 
     # 4. Revocation latency: seconds until every replica refuses a revoked device, per mode.
     if rev := results.revocation:

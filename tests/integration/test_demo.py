@@ -66,6 +66,25 @@ def test_a_redis_failover_loses_no_acknowledged_session(demo) -> None:
     assert 0 < f["recovery_s"] < 10
 
 
+def test_the_cookie_alone_scales_but_is_forged_stolen_and_too_small(demo) -> None:
+    k = demo[0]["scenarios"]["cookie_only"]
+    assert k["success_rate"] == 1.0 and set(k["requests_per_replica"]) == {"api-1", "api-2", "api-3"}
+    assert k["forged_accepted"] and k["password_in_cookie"]
+    assert k["accepted_after_logout"] == k["replays_after_logout"] > 0
+    assert k["browser"].startswith("Chromium")
+    assert k["browser_kept"] == {"4000": True, "4090": True, "5000": False}  # measured in the real browser
+
+
+def test_replication_costs_grow_with_the_servers_redis_does_not(demo) -> None:
+    g = demo[0]["scenarios"]["replication_growth"]
+    by_n = {p["servers"]: p for p in g["points"]}
+    assert by_n[1]["messages_per_login"] == 0  # nobody to tell
+    assert by_n[3]["messages_per_login"] >= 2  # every other replica, for every change
+    assert by_n[3]["bytes_per_login"] > by_n[1]["bytes_per_login"]
+    assert g["session_kib_per_10k_in_memory"] > 0 and g["session_kib_per_10k_in_redis"] > 0
+    assert g["redis_messages_per_login"] == 1
+
+
 def test_jwt_survives_redis_and_auth_down(demo) -> None:
     s = demo[0]["scenarios"]["jwt"]
     assert s["success_rate_with_redis_and_auth_down"] == 1.0
@@ -103,9 +122,9 @@ def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
     document, out, stdout = demo
     md = (out / "demo.md").read_text()
     assert parse_markdown_table(md) == document["rows"]
-    assert len(document["rows"]) == 7
+    assert len(document["rows"]) == 8
     assert all(set(row) == set(COLUMNS) for row in document["rows"])
-    assert len(document["charts"]) == 4
+    assert len(document["charts"]) == 5
     for chart in document["charts"]:
         data = (out / chart).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
