@@ -167,7 +167,7 @@ class Settings(BaseSettings):
 
     @property
     def sentinel(self) -> bool:
-        return self.redis_topology is RedisTopology.sentinel
+        return self.redis_topology == RedisTopology.sentinel  # also when set by model_copy, as a str
 
     @property
     def redis_ports(self) -> list[int]:

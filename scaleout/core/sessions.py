@@ -346,7 +346,8 @@ TOUCH_INTERVAL = 60.0  # seconds: how stale a session's `last_seen` in the index
 
 
 class RedisSessions:
-    """Sessions in the shared Redis: one round trip per lookup (GETEX reads and renews the idle TTL).
+    """Sessions in the shared Redis: one round trip per lookup (a GET, or a GETEX that also renews the idle
+    TTL when this replica last renewed it more than a quarter of the idle timeout ago, at most a minute).
 
     The per-user index is written by login, logout, listing and revocation, never by a plain lookup;
     `last_seen` is refreshed in the background at most once a `TOUCH_INTERVAL` per session per process.
@@ -376,6 +377,8 @@ class RedisSessions:
         # Redis's reply does).
         self._decoded: dict[bytes, tuple[str, Session]] = {}
         self._touched: dict[str, float] = {}
+        self._renewed: dict[str, float] = {}
+        self.renew_every = min(TOUCH_INTERVAL, idle_ttl / 4)
         self._put = redis.register_script(_PUT)
         self._end = redis.register_script(_END)
         self._end_all = redis.register_script(_END_ALL)
@@ -403,7 +406,16 @@ class RedisSessions:
         return session
 
     async def lookup(self, key: str) -> Session | None:
-        raw = await redis_call(lambda: self.coalescer.call("GETEX", key, "EX", self.idle_ttl), UNAVAILABLE)
+        # The idle timer is renewed (GETEX, a write that Redis also sends to its replicas) at most every
+        # `renew_every` seconds per session per replica; in between a plain GET reads it.
+        now = time.monotonic()
+        if now - self._renewed.get(key, -1e9) < self.renew_every:
+            raw = await redis_call(lambda: self.coalescer.call("GET", key), UNAVAILABLE)
+        else:
+            if len(self._renewed) >= 100_000:
+                self._renewed.clear()
+            self._renewed[key] = now
+            raw = await redis_call(lambda: self.coalescer.call("GETEX", key, "EX", self.idle_ttl), UNAVAILABLE)
         if raw is None:
             return None
         assert isinstance(raw, bytes)

@@ -257,7 +257,32 @@ class Stack:
         self._compose("up", "-d", "--build", "--wait", "--remove-orphans", timeout=1200)
         self._reload_nginx()  # a re-run picks up the re-rendered config and the recreated replicas' addresses
         self._wait_through_nginx()
+        if self.settings.sentinel:
+            self._wait_sentinels()
         return self.url
+
+    def _wait_sentinels(self, timeout: float = 60.0) -> None:
+        """Until every Sentinel knows both replicas and the two other Sentinels: before that a failover
+        cannot reach its quorum (the local runner waits the same way)."""
+        ask = (
+            'redis-cli -p 26380 -a "$(cat /secrets/redis_password)" --no-auth-warning '
+            f"SENTINEL master {self.settings.sentinel_master}"
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = 0
+            for n in (1, 2, 3):
+                try:
+                    out = self._compose("exec", "-T", f"sentinel-{n}", "sh", "-c", ask, timeout=20).split()
+                except ComposeError:
+                    break
+                fields = dict(zip(out[::2], out[1::2], strict=False))
+                if fields.get("num-slaves") == "2" and fields.get("num-other-sentinels") == "2":
+                    ready += 1
+            if ready == 3:
+                return
+            time.sleep(0.5)
+        raise ComposeError(f"the Sentinels did not find each other within {timeout:.0f} s")
 
     def _wait_through_nginx(self, timeout: float = 60.0) -> None:
         """Until every replica answers through the published port (nginx has found them all)."""

@@ -138,7 +138,7 @@ def users_loop(users: list[User], on_hit: Callable[[User, Hit], None] = lambda u
     return RequestLoop(request)
 
 
-def browser_cookie_limit(url: str, sizes: tuple[int, ...] = (4000, 4090, 5000)) -> tuple[dict[str, bool], str]:
+def browser_cookie_limit(url: str, sizes: tuple[int, ...] = (4000, 4080, 5000)) -> tuple[dict[str, bool], str]:
     """Which of these cookie sizes a real browser (Debian's Chromium, through Playwright) keeps."""
     import shutil
 

@@ -6,6 +6,7 @@ jwt without the denylist: access tokens live until `exp`).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -210,6 +211,10 @@ def test_no_request_that_started_after_the_revocation_returned_is_let_in(cluster
     a.close()
     b.close()
     log = [(o.started, o.value) for o in loop.outcomes]
+    # Requests in flight while it was deleted never brought it back: not listed, still refused.
+    if revokes_access_at_once(cluster):
+        with client(cluster) as c:
+            assert c.get("/api/me", headers=credential).status_code == 401
     before = {status for started, status in log if started <= returned}
     after = {status for started, status in log if started > returned}
     assert 200 in before
@@ -261,3 +266,33 @@ def test_memory_sessions_are_listed_and_ended_per_replica(start_cluster: Callabl
     finally:
         for d in devs:
             d.close()
+
+
+def test_logout_all_racing_a_new_login_ends_it_whole_or_leaves_it_whole(cluster: Cluster) -> None:
+    name, (a,) = devices(cluster, 1)
+    found: dict[str, Device] = {}
+
+    def log_in() -> None:
+        found["c"] = Device(cluster, name, "racing-login")
+
+    for _ in range(4):
+        racer = threading.Thread(target=log_in)
+        racer.start()
+        assert a.write("POST", "/api/logout-all", json={"keep_current": False}).status_code in (204, 401)
+        racer.join()
+        c = found["c"]
+        witness = Device(cluster, name, "witness")  # logged in after both finished
+        others = [s for s in listed(witness) if not s["current"]]
+        if c.refresh_token:  # jwt: its family is alive if and only if its refresh token still works
+            works = c.c.post("/api/refresh", json={"refresh_token": c.refresh_token}).status_code == 200
+        else:
+            works = c.me_everywhere() == {200}
+        assert len(others) == (1 if works else 0), (works, others)
+        if works:
+            assert others[0]["user_agent"] == "racing-login"
+        for d in (c, witness):
+            d.write("POST", "/api/logout-all", json={"keep_current": False})
+            d.close()
+        a.close()
+        a = Device(cluster, name, "device-a")
+    a.close()
