@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 import orjson
 from redis.asyncio import Redis
 
+from scaleout.core.config import Settings
 from scaleout.core.credentials import Malformed, single_cookie_raw
 from scaleout.core.store import Coalescer, Durability, redis_call
 
@@ -385,6 +386,19 @@ class RedisSessions:
         self._list = redis.register_script(_LIST)
 
     key = staticmethod(redis_key)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, redis: Redis, reads: Coalescer) -> RedisSessions:
+        """The cluster's Redis sessions, as the auth service writes them and every replica reads them."""
+        return cls(
+            redis,
+            reads,
+            settings.session_idle_ttl,
+            settings.session_absolute_ttl,
+            SessionMAC(settings.secret("session_key").encode()),
+            settings.max_sessions_per_user,
+            durability=Durability.of(settings),
+        )
 
     async def get(self, sid: str) -> Session | None:
         return await self.lookup(session_key(sid))

@@ -44,7 +44,7 @@ from scaleout.core.schemas import (
     TokenPair,
     WhoAmI,
 )
-from scaleout.core.sessions import HANDLE, MemorySessions, RedisSessions, SessionMAC
+from scaleout.core.sessions import HANDLE, MemorySessions, RedisSessions
 from scaleout.core.store import Coalescer, Denylist, Durability, RefreshTokens, StoreUnavailable, make_redis
 from scaleout.core.tokens import TokenKind, TokenVerifier
 from scaleout.core.web import (
@@ -122,17 +122,7 @@ async def build_authenticator(
             settings.session_idle_ttl, settings.session_absolute_ttl, settings.max_sessions_per_user
         )
         return MemorySessionAuthenticator(settings, memory)
-    mac = SessionMAC(settings.secret("session_key").encode())
-    shared = RedisSessions(
-        redis,
-        reads,
-        settings.session_idle_ttl,
-        settings.session_absolute_ttl,
-        mac,
-        settings.max_sessions_per_user,
-        durability=Durability.of(settings),
-    )
-    return RedisSessionAuthenticator(settings, shared)
+    return RedisSessionAuthenticator(settings, RedisSessions.for_settings(settings, redis, reads))
 
 
 class Replica:

@@ -26,7 +26,7 @@ from scaleout.core.schemas import (
     LoginRequest,
     RegisterRequest,
 )
-from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_csrf_token, new_handle, new_session_id
+from scaleout.core.sessions import RedisSessions, Session, new_csrf_token, new_handle, new_session_id
 from scaleout.core.store import (
     Coalescer,
     Denylist,
@@ -225,16 +225,7 @@ def create_auth_app(settings: Settings) -> FastAPI:
         else:
             shared = None
             if settings.session_store is SessionStore.redis:
-                mac = SessionMAC(settings.secret("session_key").encode())
-                shared = RedisSessions(
-                    redis,
-                    reads,
-                    settings.session_idle_ttl,
-                    settings.session_absolute_ttl,
-                    mac,
-                    settings.max_sessions_per_user,
-                    durability=durable,
-                )
+                shared = RedisSessions.for_settings(settings, redis, reads)
             svc.issuer = SessionIssuer(settings, shared)
         settle_heap()
         yield
