@@ -196,4 +196,3 @@ def test_jwt_works_everywhere_with_redis_and_auth_stopped(stack: Stack) -> None:
         assert c.post("/api/logout", headers=bearer(token)).status_code == 204
         # JWT_REVOCATION=none: logout ends the refresh family, the access token lives to `exp`.
         assert {s for _, s in replicas_of(c, 3, "/api/me", headers=bearer(token))} == {200}
-
