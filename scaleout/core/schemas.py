@@ -76,6 +76,10 @@ class Me(WhoAmI):
     username: str
 
 
+class Registered(BaseModel):
+    username: str
+
+
 class TokenPair(BaseModel):
     auth_mode: str
     access_token: str | None = None

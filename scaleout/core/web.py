@@ -156,7 +156,25 @@ _WRITES = {
 }
 
 
-def install_docs(app: FastAPI, documented: dict[tuple[str, str], type[BaseModel]], cookie: str = "sid") -> None:
+class ErrorDetail(BaseModel):
+    """Every error: a 4xx (or 503) with one human-readable sentence."""
+
+    detail: str
+
+
+def _add_model(models: dict[str, Any], model: type[BaseModel]) -> dict[str, str]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    models.update(schema.pop("$defs", {}))
+    models[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def install_docs(
+    app: FastAPI,
+    documented: dict[tuple[str, str], type[BaseModel]],
+    cookie: str = "sid",
+    answers: dict[tuple[str, str], type[BaseModel]] | None = None,
+) -> None:
     """`GET /api/openapi.json` and `GET /api/docs` (Swagger UI served from the installed package, no CDN).
 
     `documented` names the plain Starlette routes (kept off FastAPI's per-request machinery for speed) and
@@ -173,8 +191,14 @@ def install_docs(app: FastAPI, documented: dict[tuple[str, str], type[BaseModel]
         if cached:
             return cached
         schema = get_openapi(title=app.title, version="1", routes=app.routes)
+        # Served through nginx, which routes /api/ only: the services' own /healthz and /metrics stay out.
+        for own in ("/healthz", "/metrics"):
+            schema["paths"].pop(own, None)
         components = schema.setdefault("components", {})
         models = components.setdefault("schemas", {})
+        error = _add_model(models, ErrorDetail)
+        for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, but our 422s say `detail` in words
+            models.pop(name, None)
         for (method, path), model in documented.items():
             models[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schema["paths"].setdefault(path, {})[method.lower()] = {
@@ -192,8 +216,24 @@ def install_docs(app: FastAPI, documented: dict[tuple[str, str], type[BaseModel]
             "csrfHeader": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
             "bearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
         }
+        for (method, path), model in (answers or {}).items():
+            ref = _add_model(models, model)
+            for code, response in schema["paths"][path][method]["responses"].items():
+                if code.startswith("2") and code != "204":
+                    response["content"] = {"application/json": {"schema": ref}}
         for path, operations in schema["paths"].items():
             for method, operation in operations.items():
+                responses = operation["responses"]
+                if "requestBody" in operation or operation.get("parameters"):
+                    responses.setdefault("422", {"description": "Invalid request"})
+                if "requestBody" in operation:
+                    responses.setdefault("400", {"description": "A body that is not JSON, or not for this mode"})
+                for code, response in responses.items():
+                    if code[0] in "45":
+                        response["content"] = {"application/json": {"schema": error}}
+                        response.setdefault("description", "Error")
+                        if not response["description"]:
+                            response["description"] = "Error"
                 if (method, path) in _READS:
                     operation["security"] = [{"sessionCookie": []}, {"bearerToken": []}]
                 elif (method, path) in _WRITES:

@@ -40,6 +40,7 @@ from scaleout.core.schemas import (
     Me,
     PasswordConfirmation,
     RefreshRequest,
+    Registered,
     SessionList,
     TokenPair,
     WhoAmI,
@@ -377,7 +378,17 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
         add_profile_cookie(app)
     elif settings.session_store is SessionStore.replicated:
         add_replication(app, replica)
-    install_docs(app, {("GET", "/api/whoami"): WhoAmI, ("GET", "/api/me"): Me}, settings.cookie_name)
+    install_docs(
+        app,
+        {("GET", "/api/whoami"): WhoAmI, ("GET", "/api/me"): Me},
+        settings.cookie_name,
+        {
+            ("post", "/api/register"): Registered,
+            ("post", "/api/login"): TokenPair,
+            ("post", "/api/refresh"): TokenPair,
+            ("get", "/api/sessions"): SessionList,
+        },
+    )
     add_identity(app, name, {"X-Replica": name})
     app.add_middleware(Authenticate, replica=replica)  # outermost of ours: see its docstring
     return app
