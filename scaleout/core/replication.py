@@ -59,7 +59,8 @@ def sign(key: bytes, body: bytes) -> str:
 
 
 def _session_dict(session: Session) -> dict[str, Any]:
-    return orjson.loads(session.to_json())  # type: ignore[no-any-return]
+    d: dict[str, Any] = orjson.loads(session.to_json())
+    return d
 
 
 def _session_from(d: dict[str, Any]) -> Session:

@@ -33,8 +33,7 @@ Command = tuple[Arg, ...]
 
 
 def pack(command: Command) -> bytes:
-    # hiredis's stub types the argument as a one-element tuple; any length is what it takes.
-    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]
+    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says a 1-tuple; any length
     return packed
 
 

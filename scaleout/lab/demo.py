@@ -676,7 +676,7 @@ LOCAL_ONLY = {"store_failover": "the compose stack has a single Redis (REDIS_TOP
 
 
 def run(ctx: Context, names: list[str], on_done: Callable[[str], None] = lambda _: None) -> DemoResults:
-    results = DemoResults()
+    results = DemoResults(target=ctx.target)
     for name in names:
         if ctx.target == "compose" and name in LOCAL_ONLY:
             ctx.say(f"scenario {name}: skipped on compose ({LOCAL_ONLY[name]})")

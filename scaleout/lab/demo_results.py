@@ -210,6 +210,7 @@ class LiveSwitchResult:
 
 @dataclass
 class DemoResults:
+    target: str = "local"  # or "compose"
     stateful_wall: WallResult | None = None
     sticky: StickyScenario | None = None
     clustering: ClusteringResult | None = None

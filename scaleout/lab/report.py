@@ -219,6 +219,13 @@ def readings(results: DemoResults) -> list[str]:
             f"**ip_hash**: {_pct(i.success_rate)} success, pinned by address. Users behind one /24 (one NAT) "
             f"all landed together: {_in_words(i.one_nat_users_per_replica)}; users from many /24s spread: "
             f"{_in_words(i.many_networks_users_per_replica)}."
+            + (
+                " On the container stack every client on the host reaches nginx through Docker's proxy for the "
+                "published port, so nginx sees one address for all of them and ip_hash puts them all on one "
+                "replica; clients inside the stack's network keep their own addresses."
+                if results.target == "compose"
+                else ""
+            )
         )
     if c := results.clustering:
         d = c.redis_down

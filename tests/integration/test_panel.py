@@ -103,6 +103,9 @@ def test_sticky_turns_the_user_map_into_stripes(page: Page) -> None:
 
     assert wait_until(striped, 20)
     assert wait_until(lambda: all(s[-4:] == [200] * 4 for s in statuses(page).values()), 20)
+    # User 0's sessions, listed by the replica it is pinned to (GET /api/sessions).
+    assert wait_until(lambda: page.locator("#sessions li").count() >= 1, 10)
+    assert "(this one)" in (page.text_content("#sessions") or "")
 
 
 def test_killing_a_replica_shows_it_and_exactly_its_users_lose_their_session(page: Page) -> None:

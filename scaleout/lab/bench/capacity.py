@@ -14,6 +14,7 @@ import time
 from multiprocessing.connection import Connection
 
 from scaleout.core.config import Settings
+from scaleout.core.resp import pack
 from scaleout.lab.bench.results import Capacity, ModeResult, RedisDrive
 from scaleout.lab.bench.wrk import CLK_TCK, cpu_ticks
 
@@ -41,18 +42,14 @@ def project(modes: list[ModeResult]) -> list[Capacity]:
 
 
 def _auth_bytes(username: str, password: str | None) -> bytes:
-    import hiredis
 
-    return hiredis.pack_command(("AUTH", username, password)) if password else b""  # type: ignore[arg-type]
+    return pack(("AUTH", username, password)) if password else b""
 
 
 def _worker(host: str, port: int, auth: bytes, batch: int, seconds: float, out: Connection) -> None:
     import hiredis
 
-    payload = b"".join(
-        hiredis.pack_command(("GETEX", f"sess:bench:{i % KEYS}", "EX", "1800"))  # type: ignore[arg-type]
-        for i in range(batch)
-    )
+    payload = b"".join(pack(("GETEX", f"sess:bench:{i % KEYS}", "EX", "1800")) for i in range(batch))
     done = 0
     with socket.create_connection((host, port)) as s:
         reader = hiredis.Reader()

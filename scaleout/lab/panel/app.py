@@ -183,6 +183,7 @@ class Panel:
             "credential": credential,
             "actions": self.actions[-20:],
             "replay": self.last_replay,
+            "sessions": await gen.first_users_sessions() if gen and gen.users else None,
             "busy": self.busy.locked(),
         }
 

@@ -143,6 +143,16 @@ class TrafficGenerator:
         self._replicas, self._statuses, self._latencies, self._window_start = Counter(), Counter(), [], now
         return window
 
+    async def first_users_sessions(self) -> dict[str, object]:
+        """User 0's sessions as the replica that answers sees them (`GET /api/sessions`)."""
+        user = self.users[0]
+        try:
+            r = await user.client.get("/api/sessions", headers=user.headers())
+        except httpx.HTTPError:
+            return {"status": 599, "replica": "-", "sessions": []}
+        sessions = r.json().get("sessions", []) if r.status_code == 200 else []
+        return {"status": r.status_code, "replica": r.headers.get("x-replica", "-"), "sessions": sessions}
+
     async def revoke_and_replay(self, replicas: int) -> dict[str, object]:
         """Log user 0 out, then replay the credential it had on every replica (twice round)."""
         if not self.users:

@@ -174,6 +174,17 @@ function render(snap) {
     push(state.charts.latency, [["p50", w.p50_ms, "#1f77b4"], ["p99", w.p99_ms, "#d64541"]], time);
     document.body.dataset.lastWindow = JSON.stringify(w);
   }
+  if (snap.sessions) {
+    const s = snap.sessions;
+    document.getElementById("sessions-from").textContent =
+      s.status === 200 ? `${s.replica} lists ${s.sessions.length}` : `${s.replica} answered ${s.status}`;
+    document.getElementById("sessions").replaceChildren(...s.sessions.map((x) => {
+      const li = document.createElement("li");
+      li.textContent = `${x.id}${x.current ? " (this one)" : ""} · ${x.user_agent || "?"} · ${x.ip} · since ` +
+        new Date(x.created * 1000).toLocaleTimeString();
+      return li;
+    }));
+  }
   if (snap.actions.length) state.lastActions = snap.actions[snap.actions.length - 1].t;
   const list = document.getElementById("actions");
   list.replaceChildren(...snap.actions.slice().reverse().map((a) => {
