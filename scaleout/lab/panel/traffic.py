@@ -28,6 +28,9 @@ class SimUser:
     token: str | None = None
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY))
     statuses: deque[int] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    # One request at a time per user, as one browser tab: a login and a read racing on the same cookie jar
+    # could leave the user pinned (lb_route) to another replica than the one that holds its new session.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def headers(self, write: bool = False) -> dict[str, str]:
         if self.token:
@@ -38,7 +41,8 @@ class SimUser:
 
     async def login(self) -> int:
         try:
-            r = await self.client.post("/api/login", json={"username": self.name, "password": PASSWORD})
+            async with self.lock:
+                r = await self.client.post("/api/login", json={"username": self.name, "password": PASSWORD})
         except httpx.HTTPError:
             return 599
         if r.status_code == 200:
@@ -99,7 +103,8 @@ class TrafficGenerator:
         while self.running:
             started = time.perf_counter()
             try:
-                r = await user.client.get("/api/me", headers=user.headers())
+                async with user.lock:
+                    r = await user.client.get("/api/me", headers=user.headers())
                 status, replica = r.status_code, r.headers.get("x-replica", "-")
             except httpx.HTTPError:
                 status, replica = 599, "-"
@@ -147,7 +152,8 @@ class TrafficGenerator:
         """User 0's sessions as the replica that answers sees them (`GET /api/sessions`)."""
         user = self.users[0]
         try:
-            r = await user.client.get("/api/sessions", headers=user.headers())
+            async with user.lock:
+                r = await user.client.get("/api/sessions", headers=user.headers())
         except httpx.HTTPError:
             return {"status": 599, "replica": "-", "sessions": []}
         sessions = r.json().get("sessions", []) if r.status_code == 200 else []
