@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
@@ -44,14 +43,6 @@ SIGNATURE = "x-replication-mac"
 
 class Refused(Exception):
     """A replication message that is malformed, unsigned, forged or too large: dropped with a log line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    peers: int
-    acknowledged: int
-    bytes_sent: int
-    seconds: float
 
 
 def sign(key: bytes, body: bytes) -> str:
@@ -93,10 +84,6 @@ class ReplicatedSessions(MemorySessions):
         self.peers = peers
         self.http = http
         self.timeout = timeout
-        self.sent_messages = 0
-        self.sent_bytes = 0
-        self.applied = 0
-        self.last_delivery: Delivery | None = None
 
     # --- changes made here, then sent to every peer -------------------------------------------------
 
@@ -121,7 +108,7 @@ class ReplicatedSessions(MemorySessions):
     def key_of(sid: str) -> bytes:
         return MemorySessions.key(sid.encode())
 
-    async def broadcast(self, change: dict[str, Any]) -> Delivery:
+    async def broadcast(self, change: dict[str, Any]) -> None:
         body = orjson.dumps(change)
         headers = {SIGNATURE: sign(self.secret, body), "content-type": "application/json"}
         started = time.perf_counter()
@@ -135,22 +122,17 @@ class ReplicatedSessions(MemorySessions):
             except httpx.HTTPError:
                 return False
 
-        results = await asyncio.gather(*(one(p) for p in self.peers))
-        self.sent_messages += len(self.peers)
-        self.sent_bytes += len(self.peers) * len(body)
+        acknowledged = sum(await asyncio.gather(*(one(p) for p in self.peers)))
         MESSAGES.inc(len(self.peers))
         BYTES.inc(len(self.peers) * len(body))
         FANOUT.observe(time.perf_counter() - started)
-        delivery = Delivery(len(self.peers), sum(results), len(self.peers) * len(body), time.perf_counter() - started)
-        self.last_delivery = delivery
-        if delivery.acknowledged < delivery.peers:
+        if acknowledged < len(self.peers):
             log.warning(
                 "replication: %d of %d peers did not acknowledge %s",
-                delivery.peers - delivery.acknowledged,
-                delivery.peers,
+                len(self.peers) - acknowledged,
+                len(self.peers),
                 change["op"],
             )
-        return delivery
 
     # --- changes received from a peer -------------------------------------------------------------
 
@@ -187,7 +169,6 @@ class ReplicatedSessions(MemorySessions):
                         self._drop(key)
         except (KeyError, ValueError, TypeError) as exc:
             raise Refused(f"malformed {change.get('op')}") from exc
-        self.applied += 1
         APPLIED.inc()
 
     def _store(self, key: bytes, session: Session) -> None:

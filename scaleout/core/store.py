@@ -278,11 +278,9 @@ class RefreshTokens:
         (result,) = await self.durability.run(self.redis, lambda pipe: self._spend(keys=keys, args=args, client=pipe))
         return RefreshOutcome(result.decode() if isinstance(result, bytes) else result)
 
-    async def revoke_family(self, fam: str, uid: str | None = None) -> None:
-        if uid is None:
-            await self.durability.run(self.redis, lambda pipe: pipe.set(f"rf:{fam}", b"1", ex=self.ttl))
-            return
-        await self.revoke(uid, [fam])
+    async def revoke_family(self, fam: str) -> None:
+        """Mark a family revoked whether or not its user's index still names it."""
+        await self.durability.run(self.redis, lambda pipe: pipe.set(f"rf:{fam}", b"1", ex=self.ttl))
 
     async def revoke(self, uid: str, fams: list[str], keep: str = "") -> list[str]:
         """Revoke the named families of `uid` (those that are its own), or all but `keep` when none named."""

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,17 +35,27 @@ class Kind(StrEnum):
     api = "api"
 
 
+T = TypeVar("T")
+
+
+def _attempt(verb: Callable[[], T]) -> T:
+    """Run one verb; a cluster's or a stack's refusal is one red line and exit 1, not a traceback."""
+    from scaleout.lab.compose import ComposeError
+
+    try:
+        return verb()
+    except (ClusterError, ComposeError) as exc:
+        _fail(exc)
+        raise
+
+
 def _fail(exc: Exception) -> None:
     err.print(f"[red]error:[/] {exc}")
     raise typer.Exit(1)
 
 
 def _cluster() -> Cluster:
-    try:
-        return Cluster.load(get_settings().cluster_dir)
-    except ClusterError as exc:
-        _fail(exc)
-        raise
+    return _attempt(lambda: Cluster.load(get_settings().cluster_dir))
 
 
 @app.command()
@@ -75,10 +85,7 @@ def up(
     settings = get_settings().model_copy(update=overrides)
     settings = Settings(**settings.model_dump(), jwt_secret=settings.jwt_secret)  # re-validate the combination
     cluster = Cluster(settings)
-    try:
-        cluster.up(progress=lambda line: console.print(f"  {line}"))
-    except ClusterError as exc:
-        _fail(exc)
+    _attempt(lambda: cluster.up(progress=lambda line: console.print(f"  {line}")))
     s = cluster.settings
     console.print(
         f"cluster up: [bold]{s.public_url}[/]  AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} "
@@ -128,10 +135,7 @@ def status() -> None:
 @app.command()
 def lb(mode: LBMode) -> None:
     """Switch nginx's balancing live: `nginx -t`, then a graceful reload."""
-    try:
-        _cluster().lb(mode)
-    except ClusterError as exc:
-        _fail(exc)
+    _attempt(lambda: _cluster().lb(mode))
     console.print(f"nginx now balances with {mode}")
 
 
@@ -141,30 +145,21 @@ def stop(
     kill: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM (a crash, not a shutdown)")] = False,
 ) -> None:
     """Fault injection: stop one service (api-N, auth, redis, nginx) of the running cluster."""
-    try:
-        _cluster().stop(service, kill=kill)
-    except ClusterError as exc:
-        _fail(exc)
+    _attempt(lambda: _cluster().stop(service, kill=kill))
     console.print(f"stopped {service}")
 
 
 @app.command()
 def start(service: str) -> None:
     """Start a service stopped with `stop` again, with the same command and settings."""
-    try:
-        _cluster().start(service)
-    except ClusterError as exc:
-        _fail(exc)
+    _attempt(lambda: _cluster().start(service))
     console.print(f"started {service}")
 
 
 @app.command("rotate-keys")
 def rotate_keys() -> None:
     """Give the auth service a new signing key (old tokens keep verifying until they expire)."""
-    try:
-        kid = _cluster().rotate_keys()
-    except ClusterError as exc:
-        _fail(exc)
+    kid = _attempt(lambda: _cluster().rotate_keys())
     console.print(f"auth service now signs with {kid}")
 
 
@@ -179,10 +174,7 @@ def lab(
         serve(get_settings().cluster_dir)
         return
     cluster = _cluster()
-    try:
-        cluster.start_panel()
-    except ClusterError as exc:
-        _fail(exc)
+    _attempt(lambda: cluster.start_panel())
     console.print(f"control panel: {panel_url(cluster.settings)}", soft_wrap=True)
 
 
@@ -196,54 +188,44 @@ def _stack() -> Any:
     return Stack(get_settings(), say=lambda line: console.print(f"  {line}"))
 
 
-def _compose_verb(verb: Callable[[], object]) -> object:
-    from scaleout.lab.compose import ComposeError
-
-    try:
-        return verb()
-    except ComposeError as exc:
-        _fail(exc)
-        raise
-
-
 @compose_app.command("up")
 def compose_up() -> None:
     """Start the container stack (`docker compose up -d --build --wait`); returns once every service is healthy."""
-    url = _compose_verb(lambda: _stack().up())
+    url = _attempt(lambda: _stack().up())
     console.print(f"compose stack up: [bold]{url}[/]")
 
 
 @compose_app.command("down")
 def compose_down() -> None:
     """Remove the stack's containers, networks and volumes (nothing else)."""
-    _compose_verb(lambda: _stack().down())
+    _attempt(lambda: _stack().down())
     console.print("compose stack removed")
 
 
 @compose_app.command("status")
 def compose_status() -> None:
     """Each container's state and health."""
-    print(_compose_verb(lambda: _stack().status()))
+    print(_attempt(lambda: _stack().status()))
 
 
 @compose_app.command("lb")
 def compose_lb(mode: LBMode) -> None:
     """Re-render the nginx config in place and reload nginx (config test first)."""
-    _compose_verb(lambda: _stack().lb(str(mode)))
+    _attempt(lambda: _stack().lb(str(mode)))
     console.print(f"nginx in the stack now balances with {mode}")
 
 
 @compose_app.command("stop")
 def compose_stop(service: str) -> None:
     """Fault injection: kill one container (api-N, auth, redis, nginx)."""
-    _compose_verb(lambda: _stack().stop(service))
+    _attempt(lambda: _stack().stop(service))
     console.print(f"killed {service}")
 
 
 @compose_app.command("start")
 def compose_start(service: str) -> None:
     """Start a stopped container again and wait until it is healthy."""
-    _compose_verb(lambda: _stack().start(service))
+    _attempt(lambda: _stack().start(service))
     console.print(f"started {service}")
 
 
@@ -258,10 +240,7 @@ def init_secrets() -> None:
 @app.command("revoke-key")
 def revoke_key(kid: str) -> None:
     """Distrust a compromised signing key on every replica within seconds (no restarts)."""
-    try:
-        _cluster().revoke_key(kid)
-    except ClusterError as exc:
-        _fail(exc)
+    _attempt(lambda: _cluster().revoke_key(kid))
     console.print(f"key {kid} revoked; replicas drop it within {get_settings().jwks_refresh_interval:g} s")
 
 

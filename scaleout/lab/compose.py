@@ -39,16 +39,6 @@ STANDIN_FILE = {
     "NGINX_IMAGE": "nginx.Dockerfile",
 }
 BASE = "scaleout/debian:bookworm"
-MODE_VARS = (
-    "AUTH_MODE",
-    "SESSION_STORE",
-    "LB_MODE",
-    "JWT_REVOCATION",
-    "JWT_ALG",
-    "JWT_SECRET",
-    "MAX_SESSIONS_PER_USER",
-    "NGINX_PORT",
-)
 
 
 class ComposeError(Exception):

@@ -4,12 +4,12 @@ each scenario in words and numbers, demo.json and the PNG charts."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scaleout.lab.demo_results import DemoResults, DeviceRevocation, RevocationMode, Traffic
+from scaleout.lab.table import Column, render
 
 
 @dataclass(frozen=True)
@@ -27,24 +27,18 @@ class Row:
     revocation_window: str = "-"
 
 
-@dataclass(frozen=True)
-class Column:
-    title: str
-    cell: Callable[[Row], str]
-
-
 # Declared once: the Markdown table has them all; the terminal shows them as two tables that fit 120
 # characters (steady traffic, then faults and revocation), each starting with the mode.
 COLUMNS_BY_TITLE = (
-    Column("mode", lambda r: r.mode),
-    Column("success", lambda r: r.success),
-    Column("requests per replica", lambda r: r.requests_per_replica),
-    Column("p50 ms", lambda r: r.p50_ms),
-    Column("p99 ms", lambda r: r.p99_ms),
-    Column("5xx when a replica died", lambda r: r.died_5xx),
-    Column("sessions lost", lambda r: r.sessions_lost),
-    Column("Redis down", lambda r: r.redis_down),
-    Column("revocation window", lambda r: r.revocation_window),
+    Column[Row]("mode", lambda r: r.mode),
+    Column[Row]("success", lambda r: r.success),
+    Column[Row]("requests per replica", lambda r: r.requests_per_replica),
+    Column[Row]("p50 ms", lambda r: r.p50_ms),
+    Column[Row]("p99 ms", lambda r: r.p99_ms),
+    Column[Row]("5xx when a replica died", lambda r: r.died_5xx),
+    Column[Row]("sessions lost", lambda r: r.sessions_lost),
+    Column[Row]("Redis down", lambda r: r.redis_down),
+    Column[Row]("revocation window", lambda r: r.revocation_window),
 )
 COLUMNS = tuple(c.title for c in COLUMNS_BY_TITLE)
 TERMINAL_TABLES = (COLUMNS_BY_TITLE[:5], (COLUMNS_BY_TITLE[0], *COLUMNS_BY_TITLE[5:]))
@@ -171,9 +165,7 @@ def table_cells(table: list[Row]) -> list[dict[str, str]]:
 
 
 def markdown_table(table: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(c.cell(r) for c in COLUMNS_BY_TITLE) + " |" for r in table]
-    return "\n".join(lines)
+    return "\n".join(render(COLUMNS_BY_TITLE, table))
 
 
 def parse_markdown_table(text: str) -> list[dict[str, str]]:

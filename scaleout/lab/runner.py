@@ -343,7 +343,7 @@ class Cluster:
                 return next((n for n in self._redis_names() if self._services[n].address == address), None)
         return None
 
-    def _wait_topology(self, timeout: float = 30.0) -> None:
+    def wait_topology(self, timeout: float = 30.0) -> None:
         """Until the primary has both replicas in sync and every Sentinel knows the other two."""
         s = self.settings
         password = s.redis_password()
@@ -406,7 +406,7 @@ class Cluster:
                     self._wait_healthy(self._services[name])
                     progress(f"{name} healthy on {self._services[name].address}")
                 if group is store and self.settings.sentinel:
-                    self._wait_topology()
+                    self.wait_topology()
                     progress(f"Sentinels agree: {self.primary()} is the primary, two replicas in sync")
         except BaseException:
             self.down()

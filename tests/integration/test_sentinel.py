@@ -136,7 +136,7 @@ def test_make_stop_redis_stops_whichever_is_primary_and_start_brings_it_back_as_
     for name in ("redis-1", "redis-2", "redis-3"):  # whatever an earlier test left stopped
         if not cluster.services[name].pid:
             cluster.start(name)
-    cluster._wait_topology()
+    cluster.wait_topology()
     before = cluster.primary()
     assert before is not None
     cluster.stop("redis")

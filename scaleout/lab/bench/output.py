@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from scaleout.lab.bench.results import BenchResults, ModeResult, PeerResult
+from scaleout.lab.bench.results import BenchResults, Capacity, ModeResult, PeerResult
 from scaleout.lab.bench.wrk import CLIENT
-
-
-@dataclass(frozen=True)
-class Column:
-    title: str
-    cell: Callable[[ModeResult], str]
+from scaleout.lab.table import Column, render
 
 
 def _cpu(m: ModeResult) -> str:
@@ -23,43 +16,49 @@ def _cpu(m: ModeResult) -> str:
 
 
 MODE_COLUMNS = (
-    Column("mode", lambda m: m.mode),
-    Column("/api/me req/s", lambda m: str(m.me.rps)),
-    Column("/api/whoami req/s", lambda m: str(m.baseline.rps)),
-    Column("ratio (median)", lambda m: str(m.ratio.median)),
-    Column("min-max", lambda m: f"{m.ratio.min}-{m.ratio.max}"),
-    Column("p50 ms", lambda m: str(m.me.p50_ms)),
-    Column("p99 ms", lambda m: str(m.me.p99_ms)),
-    Column("p99.9 ms", lambda m: str(m.me.p999_ms)),
-    Column("errors", lambda m: str(m.me.errors + m.baseline.errors)),
-    Column("CPU µs/req (api, nginx, redis; wrk)", _cpu),
-    Column("auth check µs/req", lambda m: str(m.auth_check_us)),
+    Column[ModeResult]("mode", lambda m: m.mode),
+    Column[ModeResult]("/api/me req/s", lambda m: str(m.me.rps)),
+    Column[ModeResult]("/api/whoami req/s", lambda m: str(m.baseline.rps)),
+    Column[ModeResult]("ratio (median)", lambda m: str(m.ratio.median)),
+    Column[ModeResult]("min-max", lambda m: f"{m.ratio.min}-{m.ratio.max}"),
+    Column[ModeResult]("p50 ms", lambda m: str(m.me.p50_ms)),
+    Column[ModeResult]("p99 ms", lambda m: str(m.me.p99_ms)),
+    Column[ModeResult]("p99.9 ms", lambda m: str(m.me.p999_ms)),
+    Column[ModeResult]("errors", lambda m: str(m.me.errors + m.baseline.errors)),
+    Column[ModeResult]("CPU µs/req (api, nginx, redis; wrk)", _cpu),
+    Column[ModeResult]("auth check µs/req", lambda m: str(m.auth_check_us)),
 )
 # The terminal shows the first columns only (it must fit 120 characters).
 TERMINAL_COLUMNS = MODE_COLUMNS[:9]
 
 
-@dataclass(frozen=True)
-class PeerColumn:
-    title: str
-    cell: Callable[[PeerResult], str]
-
-
 PEER_COLUMNS = (
-    PeerColumn("peer", lambda p: p.peer),
-    PeerColumn("against our", lambda p: p.against),
-    PeerColumn("peer authenticated req/s", lambda p: str(p.peer_rps)),
-    PeerColumn("peer unauthenticated req/s", lambda p: str(p.peer_unauthenticated_rps)),
-    PeerColumn("ours req/s", lambda p: str(p.ours_rps)),
-    PeerColumn(
+    Column[PeerResult]("peer", lambda p: p.peer),
+    Column[PeerResult]("against our", lambda p: p.against),
+    Column[PeerResult]("peer authenticated req/s", lambda p: str(p.peer_rps)),
+    Column[PeerResult]("peer unauthenticated req/s", lambda p: str(p.peer_unauthenticated_rps)),
+    Column[PeerResult]("ours req/s", lambda p: str(p.ours_rps)),
+    Column[PeerResult](
         "ours ÷ peer (median)", lambda p: f"{p.ours_over_peer.median} ({p.ours_over_peer.min}-{p.ours_over_peer.max})"
     ),
-    PeerColumn("errors", lambda p: str(p.errors)),
+    Column[PeerResult]("errors", lambda p: str(p.errors)),
 )
 
 
-def markdown_table(titles: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles), *("| " + " | ".join(r) + " |" for r in rows)]
+CAPACITY_COLUMNS = (
+    Column[Capacity]("mode", lambda c: c.mode),
+    Column[Capacity]("replica CPU µs/req", lambda c: str(c.api_us)),
+    Column[Capacity]("nginx CPU µs/req", lambda c: str(c.nginx_us)),
+    Column[Capacity]("Redis CPU µs/req", lambda c: str(c.redis_us)),
+    Column[Capacity]("one replica req/s", lambda c: str(c.replica_rps)),
+    Column[Capacity](
+        "req/s one Redis core carries", lambda c: f"{c.redis_core_rps:,}" if c.redis_core_rps else "nothing shared"
+    ),
+    Column[Capacity](
+        "replicas per Redis core",
+        lambda c: str(c.replicas_per_redis_core) if c.replicas_per_redis_core else "no limit from Redis",
+    ),
+)
 
 
 def lines(results: BenchResults) -> list[str]:
@@ -70,7 +69,7 @@ def lines(results: BenchResults) -> list[str]:
         f"wrk {s.wrk}, {s.seconds} s per run, {s.pairs} interleaved pairs per mode (A B, B A, ...) from "
         f"{s.clusters} fresh clusters, each one replica behind nginx.",
         "",
-        *markdown_table([c.title for c in MODE_COLUMNS], [[c.cell(m) for c in MODE_COLUMNS] for m in results.modes]),
+        *render(MODE_COLUMNS, results.modes),
     ]
     if results.control:
         c = results.control
@@ -84,9 +83,7 @@ def lines(results: BenchResults) -> list[str]:
             "",
             "Peers, direct to one process each (no nginx), same uvicorn and wrk settings:",
             "",
-            *markdown_table(
-                [c.title for c in PEER_COLUMNS], [[c.cell(p) for c in PEER_COLUMNS] for p in results.peers]
-            ),
+            *render(PEER_COLUMNS, results.peers),
         ]
     if login := results.login:
         argon = ", ".join(f"{k}={v}" for k, v in login.argon2.items())
@@ -112,29 +109,8 @@ def lines(results: BenchResults) -> list[str]:
             f"without `WAIT 1`, {w.put_ms_with_wait} ms with it (confirmed on a replica before the login answers).",
         ]
     if results.capacity:
-        rows = [
-            [
-                c.mode,
-                str(c.api_us),
-                str(c.nginx_us),
-                str(c.redis_us),
-                str(c.replica_rps),
-                f"{c.redis_core_rps:,}" if c.redis_core_rps else "nothing shared",
-                str(c.replicas_per_redis_core) if c.replicas_per_redis_core else "no limit from Redis",
-            ]
-            for c in results.capacity
-        ]
-        titles = [
-            "mode",
-            "replica CPU µs/req",
-            "nginx CPU µs/req",
-            "Redis CPU µs/req",
-            "one replica req/s",
-            "req/s one Redis core carries",
-            "replicas per Redis core",
-        ]
         out += ["", f"Capacity ({results.topology} topology), projected from CPU per request:", ""]
-        out += markdown_table(titles, rows)
+        out += render(CAPACITY_COLUMNS, results.capacity)
     if d := results.redis_drive:
         out += [
             "",
