@@ -283,11 +283,13 @@ class Cluster:
     def _redis_names(self) -> list[str]:
         return [n for n, svc in self._services.items() if svc.health == "redis"]
 
-    def _write_store_configs(self, replica_of: dict[str, tuple[str, int]]) -> None:
-        """redis-N.conf and sentinel-N.conf (owner-only); `replica_of` says whom each Redis follows at start."""
+    def _write_store_configs(self, replica_of: dict[str, tuple[str, int]], only: list[str] | None = None) -> None:
+        """redis-N.conf and sentinel-N.conf (owner-only); `replica_of` says whom each Redis follows at start.
+
+        `only` limits the Redis configs written: a running Redis's config is left as the Sentinels rewrote it."""
         s = self.settings
         password = s.redis_password() or ""
-        for name in self._redis_names():
+        for name in only if only is not None else self._redis_names():
             svc = self._services[name]
             (self.dir / name).mkdir(parents=True, exist_ok=True)
             lines = [
@@ -311,7 +313,7 @@ class Cluster:
             if self._services[name].pid and pid_alive(self._services[name].pid or 0):
                 continue  # a running Sentinel owns (and rewrites) its config
             (self.dir / name).mkdir(parents=True, exist_ok=True)
-            primary = replica_of.get("__primary__", (s.host, s.redis_port))
+            primary = (s.host, s.redis_port)
             lines = [
                 f"port {port}",
                 f"bind {s.host}",
@@ -326,6 +328,13 @@ class Cluster:
                 f"sentinel down-after-milliseconds {s.sentinel_master} {s.sentinel_down_after_ms}",
                 f"sentinel failover-timeout {s.sentinel_master} {s.sentinel_failover_timeout_ms}",
                 f"sentinel parallel-syncs {s.sentinel_master} 1",
+                # Named at once: a Sentinel otherwise learns of a replica from the primary's INFO, polled every
+                # 10 s, and a failover before that leaves the replica it missed following a dead primary.
+                *(
+                    f"sentinel known-replica {s.sentinel_master} {self._services[r].host} {self._services[r].port}"
+                    for r, leader in replica_of.items()
+                    if leader == primary
+                ),
             ]
             write_secret(conf, "\n".join(lines) + "\n", replace=True)
 
@@ -358,7 +367,15 @@ class Cluster:
                     redis_command(h, p, "default", password, "SENTINEL", "sentinels", s.sentinel_master)
                     for h, p in s.sentinel_hosts
                 ]
-                if synced and all(isinstance(o, list) and len(o) == 2 for o in others):
+                replicas = [
+                    redis_command(h, p, "default", password, "SENTINEL", "replicas", s.sentinel_master)
+                    for h, p in s.sentinel_hosts
+                ]
+                if (
+                    synced
+                    and all(isinstance(o, list) and len(o) == len(others) - 1 for o in others)
+                    and all(healthy_replicas(r) == len(self._redis_names()) - 1 for r in replicas)
+                ):
                     return
             time.sleep(0.1)
         raise ClusterError(f"the Sentinel topology did not settle within {timeout:.0f} s")
@@ -468,7 +485,7 @@ class Cluster:
             primary = self.primary()
             if primary is not None and primary != name:
                 current = self._services[primary]
-                self._write_store_configs({name: (current.host, current.port)})
+                self._write_store_configs({name: (current.host, current.port)}, only=[name])
         if service.pid and pid_alive(service.pid):
             raise ClusterError(f"{name} is already running (pid {service.pid})")
         if not port_is_free(service.host, service.port):
@@ -649,6 +666,14 @@ def redis_args(port: int) -> list[str]:
     Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
     """
     return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
+
+
+def healthy_replicas(reply: object) -> int:
+    """How many replicas a `SENTINEL replicas` reply lists as up and linked to their primary."""
+    if not isinstance(reply, list):
+        return 0
+    fields = [dict(zip(r[::2], r[1::2], strict=True)) for r in reply if isinstance(r, list)]
+    return sum(f.get("flags") == "slave" and f.get("master-link-status") == "ok" for f in fields)
 
 
 def redis_command(host: str, port: int, username: str, password: str | None, *command: str) -> object:
