@@ -217,16 +217,16 @@ def compose_lb(mode: LBMode) -> None:
 
 @compose_app.command("stop")
 def compose_stop(service: str) -> None:
-    """Fault injection: kill one container (api-N, auth, redis, nginx)."""
-    _attempt(lambda: _stack().stop(service))
-    console.print(f"killed {service}")
+    """Fault injection: kill one container (api-N, auth, redis, nginx; with Sentinels `redis` is the primary)."""
+    killed = _attempt(lambda: _stack().stop(service))
+    console.print(f"killed {killed}")
 
 
 @compose_app.command("start")
 def compose_start(service: str) -> None:
     """Start a stopped container again and wait until it is healthy."""
-    _attempt(lambda: _stack().start(service))
-    console.print(f"started {service}")
+    started = _attempt(lambda: _stack().start(service))
+    console.print(f"started {started}")
 
 
 @app.command("init-secrets")

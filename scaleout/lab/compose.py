@@ -11,6 +11,7 @@ with `debootstrap` and reused).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,8 @@ STANDIN_FILE = {
     "NGINX_IMAGE": "nginx.Dockerfile",
 }
 BASE = "scaleout/debian:bookworm"
+REDIS_SERVICES = ("redis", "redis-2", "redis-3")  # docker-compose.sentinel.yml; `redis` alone otherwise
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 
 
 class ComposeError(Exception):
@@ -249,21 +252,21 @@ class Stack:
         self._wait_through_nginx()
         if self.settings.sentinel:
             self._wait_sentinels()
+        elif self.role("redis") == "slave":
+            # Back from the sentinel topology after a failover: the Sentinels made `redis` a replica of a
+            # container that is gone now; alone, it must take writes again (it holds what it replicated).
+            self.redis_cli("redis", "REPLICAOF", "NO", "ONE")
         return self.url
 
     def _wait_sentinels(self, timeout: float = 60.0) -> None:
         """Until every Sentinel knows both replicas and the two other Sentinels: before that a failover
         cannot reach its quorum (the local runner waits the same way)."""
-        ask = (
-            'redis-cli -p 26380 -a "$(cat /secrets/redis_password)" --no-auth-warning '
-            f"SENTINEL master {self.settings.sentinel_master}"
-        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ready = 0
-            for n in (1, 2, 3):
+            for sentinel in SENTINELS:
                 try:
-                    out = self._compose("exec", "-T", f"sentinel-{n}", "sh", "-c", ask, timeout=20).split()
+                    out = self.redis_cli(sentinel, "SENTINEL", "master", self.settings.sentinel_master).split()
                 except ComposeError:
                     break
                 fields = dict(zip(out[::2], out[1::2], strict=False))
@@ -273,6 +276,60 @@ class Stack:
                 return
             time.sleep(0.5)
         raise ComposeError(f"the Sentinels did not find each other within {timeout:.0f} s")
+
+    def redis_cli(self, service: str, *command: str) -> str:
+        """One command, authenticated, inside a Redis or Sentinel container (its raw output)."""
+        s = self.settings
+        port, user = (s.sentinel_port, "default") if service in SENTINELS else (s.redis_port, s.redis_username)
+        words = " ".join(shlex.quote(c) for c in command)
+        line = f'redis-cli -p {port} --user {user} --pass "$(cat /secrets/redis_password)" --no-auth-warning {words}'
+        return self._compose("exec", "-T", service, "sh", "-c", line, timeout=20)
+
+    def primary(self) -> str | None:
+        """The Redis service that is primary now, as the Sentinels say (sentinel topology), else `redis`."""
+        if not self.settings.sentinel:
+            return "redis"
+        for sentinel in SENTINELS:
+            try:
+                reply = self.redis_cli(sentinel, "SENTINEL", "get-master-addr-by-name", self.settings.sentinel_master)
+            except ComposeError:
+                continue
+            host = reply.split()[0] if reply.split() else ""
+            if host in REDIS_SERVICES:
+                return host
+            return next((r for r in REDIS_SERVICES if host and host in self._addresses(r)), None)
+        return None
+
+    def _addresses(self, service: str) -> list[str]:
+        ids = self._compose("ps", "-q", service).split()
+        if not ids:
+            return []
+        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+        return _run([_docker(), "inspect", "-f", template, ids[0]]).split()
+
+    def role(self, service: str) -> str | None:
+        """`master` or `slave` as the Redis in `service` says; None when it does not answer."""
+        try:
+            out = self.redis_cli(service, "ROLE").split()
+        except ComposeError:
+            return None
+        return out[0] if out else None
+
+    def _resolve(self, service: str, starting: bool = False) -> str:
+        """`redis` in the sentinel topology, as locally: the primary now (to stop), or a stopped Redis (to
+        start); `redis`, `redis-2`, `redis-3` name their containers only in the single topology."""
+        if service != "redis" or not self.settings.sentinel:
+            return service
+        if starting:
+            running = set(self._compose("ps", "--services", "--status", "running").split())
+            stopped = [r for r in REDIS_SERVICES if r not in running]
+            if not stopped:
+                raise ComposeError("every Redis is running")
+            return stopped[0]
+        primary = self.primary()
+        if primary is None:
+            raise ComposeError("no Redis is primary right now (a failover may be under way)")
+        return primary
 
     def _wait_through_nginx(self, timeout: float = 60.0) -> None:
         """Until every replica answers through the published port (nginx has found them all)."""
@@ -310,6 +367,8 @@ class Stack:
         for r in rows:
             published = r["Ports"] if "127.0.0.1:" in (r.get("Ports") or "") else ""
             lines.append(f"{r['Service']:<14}{r['State']:<10}{r.get('Health') or '-':<10}{published}")
+        if self.settings.sentinel:
+            lines.append(f"Redis primary, as the Sentinels say: {self.primary() or 'none known (failover under way?)'}")
         return "\n".join(lines)
 
     def lb(self, mode: str) -> None:
@@ -335,15 +394,20 @@ class Stack:
                 streak = 0
             time.sleep(0.05)
 
-    def stop(self, service: str) -> None:
+    def stop(self, service: str) -> str:
+        """Kill one container (a crash); returns the service killed (`redis` may name the primary)."""
+        service = self._resolve(service)
         self._compose("kill", service)
+        return service
 
-    def start(self, service: str) -> None:
+    def start(self, service: str) -> str:
+        service = self._resolve(service, starting=True)
         self._compose("start", service)
         self._compose("up", "-d", "--wait", "--no-recreate", service, timeout=300)
         self._reload_nginx()
         if service.startswith("api-"):
             self._wait_through_nginx()
+        return service
 
 
 class ComposeCluster:
@@ -373,4 +437,4 @@ class ComposeCluster:
         self.stack.lb(str(mode))
 
     def primary(self) -> str | None:
-        return "redis"
+        return self.stack.primary()

@@ -196,3 +196,53 @@ def test_jwt_works_everywhere_with_redis_and_auth_stopped(stack: Stack) -> None:
         assert c.post("/api/logout", headers=bearer(token)).status_code == 204
         # JWT_REVOCATION=none: logout ends the refresh family, the access token lives to `exp`.
         assert {s for _, s in replicas_of(c, 3, "/api/me", headers=bearer(token))} == {200}
+
+
+def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(stack: Stack) -> None:
+    """docker-compose.sentinel.yml on the running stack: the primary's container is killed under a GET loop;
+    the Sentinels promote a replica, every replica follows it, sessions and a logout acknowledged before
+    the kill hold after it, and the killed Redis comes back as a replica."""
+    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", redis_topology="sentinel")
+    try:
+        assert stack.primary() == "redis"
+        assert [stack.role(r) for r in ("redis", "redis-2", "redis-3")] == ["master", "slave", "slave"]
+        with client(stack) as c, client(stack) as gone:
+            new_session(c)
+            new_session(gone)
+            sid = gone.cookies["sid"]
+            assert gone.post("/api/logout", headers={"X-CSRF-Token": gone.cookies["csrf_token"]}).status_code == 204
+
+            def me(worker: int, n: int) -> int:
+                try:
+                    return c.get("/api/me").status_code
+                except httpx.HTTPError:
+                    return 599
+
+            with RequestLoop(me, workers=1) as loop:
+                assert wait_until(lambda: len(loop.outcomes) >= 20, 10)
+                assert stack.stop("redis") == "redis"  # `redis` names the primary: its container is killed
+                assert wait_until(lambda: stack.primary() not in (None, "redis"), 30)
+                assert wait_until(lambda: loop.values()[-10:] == [200] * 10, 30)
+            seen = set(loop.values())
+            assert seen <= {200, 503}, seen  # never 401 for a good session, never 500
+            assert 503 in seen  # the outage was seen, and answered 503
+            assert {s for _, s in replicas_of(c, 6, "/api/me")} == {200}
+            with httpx.Client(base_url=stack.url, timeout=10.0) as thief:
+                thief.cookies.set("sid", sid)
+                assert {thief.get("/api/me").status_code for _ in range(6)} == {401}  # the logout still holds
+            # New logins work after the failover (503 for a moment while the other replica follows).
+            name = c.get("/api/me").json()["username"]
+            logins: list[int] = []
+
+            def logs_in() -> bool:
+                logins.append(c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code)
+                return logins[-1] == 200
+
+            assert wait_until(logs_in, 20, interval=0.2), logins
+            assert set(logins) <= {200, 503}, logins
+        new_primary = stack.primary()
+        assert stack.start("redis") == "redis"  # the stopped one
+        assert wait_until(lambda: stack.role("redis") == "slave", 30)
+        assert stack.primary() == new_primary
+    finally:
+        restart_in(stack, redis_topology="single")
