@@ -42,6 +42,7 @@ STANDIN_FILE = {
 BASE = "scaleout/debian:bookworm"
 REDIS_SERVICES = ("redis", "redis-2", "redis-3")  # docker-compose.sentinel.yml; `redis` alone otherwise
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the containers (docker-compose*.yml), whatever the host uses
 
 
 class ComposeError(Exception):
@@ -280,7 +281,7 @@ class Stack:
     def redis_cli(self, service: str, *command: str) -> str:
         """One command, authenticated, inside a Redis or Sentinel container (its raw output)."""
         s = self.settings
-        port, user = (s.sentinel_port, "default") if service in SENTINELS else (s.redis_port, s.redis_username)
+        port, user = (SENTINEL_PORT, "default") if service in SENTINELS else (REDIS_PORT, s.redis_username)
         words = " ".join(shlex.quote(c) for c in command)
         line = f'redis-cli -p {port} --user {user} --pass "$(cat /secrets/redis_password)" --no-auth-warning {words}'
         return self._compose("exec", "-T", service, "sh", "-c", line, timeout=20)

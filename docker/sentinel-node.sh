@@ -1,0 +1,65 @@
+#!/bin/sh
+# Starts one Redis or Sentinel of docker-compose.sentinel.yml:  sentinel-node.sh primary|replica|sentinel
+#
+# Every peer is addressed by IP, resolved here once. A Sentinel that monitors a host name resolves it again
+# on every check; while that container is dead, Docker's DNS answers slowly, the Sentinel's single thread
+# blocks, it enters TILT mode and no failover happens. Clients would stall on the same lookups.
+set -eu
+role=$1
+master=${SENTINEL_MASTER:-scaleout}
+pass=$(cat /secrets/redis_password)
+
+ip_of() {  # the address of a compose service, waiting (up to 30 s) until its container has one
+    n=0
+    while [ $n -lt 60 ]; do
+        set -- $(getent hosts "$1" || true)
+        if [ $# -gt 0 ]; then echo "$1"; return 0; fi
+        n=$((n + 1))
+        sleep 0.5
+    done
+    echo "no address for $1" >&2
+    return 1
+}
+
+primary_now() {  # "ip port" of the primary as a Sentinel says, or nothing
+    for s in sentinel-1 sentinel-2 sentinel-3; do
+        set -- $(timeout 2 redis-cli -h "$s" -p 26380 --user default --pass "$pass" --no-auth-warning \
+            SENTINEL get-master-addr-by-name "$master" 2>/dev/null || true)
+        if [ $# -eq 2 ]; then echo "$1 $2"; return 0; fi
+    done
+}
+
+case "$role" in
+sentinel)
+    # A restarted Sentinel keeps the config it rewrote itself (what it learnt of the topology).
+    if [ ! -f /tmp/sentinel.conf ]; then
+        {
+            cat /secrets/sentinel.conf
+            echo "sentinel monitor $master $(ip_of redis) 6380 2"
+            cat /secrets/sentinel-master.conf
+            # Named at once, rather than learnt from the primary's INFO up to 10 s later.
+            echo "sentinel known-replica $master $(ip_of redis-2) 6380"
+            echo "sentinel known-replica $master $(ip_of redis-3) 6380"
+        } > /tmp/sentinel.conf
+    fi
+    exec redis-server /tmp/sentinel.conf --sentinel
+    ;;
+primary | replica)
+    cp /secrets/redis-node.conf /tmp/redis.conf
+    if [ -f /tmp/.started ]; then
+        # Back after a crash: follow whichever Redis is primary now, from the first moment, rather than
+        # claim to be a primary with an empty dataset until the Sentinels notice.
+        set -- $(primary_now)
+        me=$(ip_of "$(hostname)")
+        if [ $# -eq 2 ] && [ "$1" != "$me" ]; then echo "replicaof $1 $2" >> /tmp/redis.conf; fi
+    elif [ "$role" = replica ]; then
+        echo "replicaof $(ip_of redis) 6380" >> /tmp/redis.conf
+    fi
+    touch /tmp/.started
+    exec redis-server /tmp/redis.conf
+    ;;
+*)
+    echo "usage: $0 primary|replica|sentinel" >&2
+    exit 2
+    ;;
+esac
