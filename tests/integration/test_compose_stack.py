@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,12 +221,17 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
 
             with RequestLoop(me, workers=1) as loop:
                 assert wait_until(lambda: len(loop.outcomes) >= 20, 10)
+                killed_at = time.monotonic()
                 assert stack.stop("redis") == "redis"  # `redis` names the primary: its container is killed
                 assert wait_until(lambda: stack.primary() not in (None, "redis"), 30)
                 assert wait_until(lambda: loop.values()[-10:] == [200] * 10, 30)
             seen = set(loop.values())
             assert seen <= {200, 503}, seen  # never 401 for a good session, never 500
             assert 503 in seen  # the outage was seen, and answered 503
+            failures = [o.started for o in loop.outcomes if o.started >= killed_at and o.value != 200]
+            recovered = max(failures, default=killed_at) - killed_at
+            print(f"compose failover: 200 again {recovered:.2f} s after the primary's container was killed")
+            assert recovered < 10, recovered
             assert {s for _, s in replicas_of(c, 6, "/api/me")} == {200}
             with httpx.Client(base_url=stack.url, timeout=10.0) as thief:
                 thief.cookies.set("sid", sid)
