@@ -253,10 +253,6 @@ class Stack:
         self._wait_through_nginx()
         if self.settings.sentinel:
             self._wait_sentinels()
-        elif self.role("redis") == "slave":
-            # Back from the sentinel topology after a failover: the Sentinels made `redis` a replica of a
-            # container that is gone now; alone, it must take writes again (it holds what it replicated).
-            self.redis_cli("redis", "REPLICAOF", "NO", "ONE")
         return self.url
 
     def _wait_sentinels(self, timeout: float = 60.0) -> None:
