@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from scaleout.core.config import get_settings
+from pydantic import ValidationError
+
+from scaleout.core.config import explain, get_settings
 
 USAGE = "usage: python -m services.serve auth|api|secrets"
 
@@ -41,6 +43,11 @@ def serve(kind: str) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in ("auth", "api", "secrets"):
         print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        get_settings()
+    except ValidationError as exc:
+        print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
     if argv[0] == "secrets":
         from scaleout.core.keys import KeyUnusable

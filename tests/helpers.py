@@ -151,3 +151,33 @@ def cluster_redis(cluster: Cluster):
 
     s = cluster.settings
     return redis.Redis(host=s.host, port=s.redis_port, username=s.redis_username, password=s.redis_password())
+
+
+SERVICE_MARKERS = ("services.serve", "redis-server", "redis-sentinel", "nginx: master", "scaleout lab", "wrk ")
+
+
+def boot_ticks_now() -> int:
+    """The kernel's clock (in ticks since boot) that /proc/PID/stat's start times use."""
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def leftover_processes(since: int) -> dict[int, str]:
+    """Cluster processes (replicas, auth, Redis, Sentinels, nginx, the panel) started at or after `since`
+    in this pid namespace and still alive: what a test run must not leave behind."""
+    own_ns = os.readlink("/proc/self/ns/pid")
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "pid") != own_ns:
+                continue  # a container's process: the compose tests account for those
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] == "Z" or int(stat[19]) < since:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(marker in cmdline for marker in SERVICE_MARKERS):
+            found[int(entry.name)] = cmdline.strip()
+    return found

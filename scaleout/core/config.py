@@ -10,7 +10,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -147,13 +147,13 @@ class Settings(BaseSettings):
     @classmethod
     def _replica_id_shape(cls, v: str) -> str:
         if not v.startswith("api-") or not v[4:].isdigit():
-            raise ValueError("replica_id must look like api-N")
+            raise ValueError("REPLICA_ID must look like api-N")
         return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.session_absolute_ttl < self.session_idle_ttl:
-            raise ValueError("session_absolute_ttl must be >= session_idle_ttl")
+            raise ValueError("SESSION_ABSOLUTE_TTL must be at least SESSION_IDLE_TTL")
         return self
 
     # Derived values: computed, never stored twice.
@@ -235,3 +235,37 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def _allowed(field: str) -> str:
+    """What a setting accepts, in words: its choices, or its range."""
+    info = Settings.model_fields[field]
+    kind = info.annotation
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        return "one of " + ", ".join(m.value for m in kind)
+    bounds = [(k, v) for m in info.metadata for k in ("ge", "gt", "le", "lt") if (v := getattr(m, k, None)) is not None]
+    limits = dict(bounds)
+    if kind is int and "ge" in limits and "le" in limits:
+        return f"a whole number from {limits['ge']} to {limits['le']}"
+    nouns: dict[object, str] = {int: "a whole number", float: "a number", bool: "true or false"}
+    noun = nouns.get(kind, "a text")
+    words = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+    return " ".join([noun, *(f"{words[k]} {v}" for k, v in bounds)])
+
+
+def explain(exc: ValidationError) -> str:
+    """A refused setting as one line a user can act on: the variable, the value given, what is allowed.
+
+    The variables are what users type (`AUTH_MODE=jwtt`), so they are named as such, not as pydantic's
+    field paths, and without its traceback or documentation links."""
+    lines = []
+    for error in exc.errors():
+        if error["type"] == "value_error":  # our own validators' words already say what is wrong
+            given = f" (given: {error['input']})" if error["loc"] else ""
+            lines.append(str(error["msg"]).removeprefix("Value error, ") + given)
+        elif error["loc"] and str(error["loc"][0]) in Settings.model_fields:
+            field = str(error["loc"][0])
+            lines.append(f"{field.upper()}={error['input']} is not allowed: use {_allowed(field)}")
+        else:
+            lines.append(str(error["msg"]))
+    return "; ".join(lines)

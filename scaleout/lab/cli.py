@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -21,6 +22,7 @@ from scaleout.core.config import (
     RedisTopology,
     SessionStore,
     Settings,
+    explain,
     get_settings,
 )
 from scaleout.lab.runner import Cluster, ClusterError
@@ -44,18 +46,26 @@ def _attempt(verb: Callable[[], T]) -> T:
 
     try:
         return verb()
+    except ValidationError as exc:
+        _fail(explain(exc), status=2)
+        raise
     except (ClusterError, ComposeError) as exc:
         _fail(exc)
         raise
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(1)
+def _fail(exc: Exception | str, status: int = 1) -> None:
+    err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+    raise typer.Exit(status)
+
+
+def _settings() -> Settings:
+    """The settings from the environment; a wrong value is one line naming the variable, and exit 2."""
+    return _attempt(get_settings)
 
 
 def _cluster() -> Cluster:
-    return _attempt(lambda: Cluster.load(get_settings().cluster_dir))
+    return _attempt(lambda: Cluster.load(_settings().cluster_dir))
 
 
 @app.command()
@@ -82,7 +92,7 @@ def up(
         }.items()
         if v is not None
     }
-    settings = get_settings().model_copy(update=overrides)
+    settings = _settings().model_copy(update=overrides)
     settings = Settings(**settings.model_dump(), jwt_secret=settings.jwt_secret)  # re-validate the combination
     cluster = Cluster(settings)
     _attempt(lambda: cluster.up(progress=lambda line: console.print(f"  {line}")))
@@ -99,7 +109,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop everything `up` started (and nothing else)."""
-    settings = get_settings()
+    settings = _settings()
     if not (settings.cluster_dir / "state.json").exists():
         console.print("no cluster recorded; nothing to stop")
         return
@@ -171,7 +181,7 @@ def lab(
     from scaleout.lab.panel.app import panel_url, serve
 
     if foreground:
-        serve(get_settings().cluster_dir)
+        serve(_settings().cluster_dir)
         return
     cluster = _cluster()
     _attempt(lambda: cluster.start_panel())
@@ -241,7 +251,7 @@ def init_secrets() -> None:
 def revoke_key(kid: str) -> None:
     """Distrust a compromised signing key on every replica within seconds (no restarts)."""
     _attempt(lambda: _cluster().revoke_key(kid))
-    console.print(f"key {kid} revoked; replicas drop it within {get_settings().jwks_refresh_interval:g} s")
+    console.print(f"key {kid} revoked; replicas drop it within {_settings().jwks_refresh_interval:g} s")
 
 
 @app.command()
@@ -260,7 +270,7 @@ def render_nginx(
     """Render nginx/nginx.conf.j2 with the current settings (compose's nginx-config service runs this)."""
     from scaleout.lab import nginx
 
-    settings = get_settings()
+    settings = _settings()
     prefix = settings.cluster_dir / "nginx"
     text = nginx.render(settings, "compose" if target == "compose" else "local", prefix=prefix)
     if str(out) == "-":

@@ -6,6 +6,7 @@ Everything it starts is recorded (pid, address, command) in `<cluster_dir>/state
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -383,6 +384,8 @@ class Cluster:
     # --- lifecycle --------------------------------------------------------------------------------
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Start the cluster; a cluster already running from this directory is brought to these settings
+        (left as it is when it runs them already, else stopped and started again in them)."""
         if self.state_file.exists():
             try:
                 previous = Cluster.load(self.dir)
@@ -391,8 +394,16 @@ class Cluster:
             running = [
                 n for n, svc in (previous.services.items() if previous else ()) if svc.pid and pid_alive(svc.pid)
             ]
-            if any(n != PANEL for n in running):
-                raise ClusterError(f"a cluster is already running from {self.dir}: run `make down` first.")
+            if previous is not None and any(n != PANEL for n in running):
+                if previous.settings == self.settings and all(
+                    row.healthy for row in previous.status() if row.service != PANEL
+                ):
+                    self._services = previous.services
+                    progress("already running with these settings: nothing to change")
+                    return
+                changed = describe_change(previous.settings, self.settings) or "a service was down"
+                progress(f"a cluster is running from {self.dir}; restarting it ({changed})")
+                previous.down(keep=(PANEL,))
             if previous and PANEL in running:  # the control panel outlives a restart in another mode
                 self._panel = previous.services[PANEL]
         for d in (self.dir, self.logs, self.prefix, self.dir / "redis"):
@@ -430,6 +441,12 @@ class Cluster:
             raise
 
     def down(self, keep: tuple[str, ...] = ()) -> list[str]:
+        """Stop every service recorded, by pid. The record on disk is read afresh: another command (the
+        panel's restart, a `make start`) may have started a service since this object last looked."""
+        if self.state_file.exists():
+            # An unreadable record: stop what this object knows of.
+            with contextlib.suppress(ClusterError, ValueError, TypeError, KeyError):
+                self._services = Cluster.load(self.dir).services
         stopped = []
         for name in reversed(list(self._services)):
             if name not in keep and self._terminate(self._services[name]):
@@ -591,6 +608,9 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives `make up` returning; signals from a terminal pass it by
+                # Redis and the Sentinels rewrite their configs (CONFIG REWRITE after a failover), which hold
+                # the password: whatever they create is the owner's alone.
+                umask=0o077 if service.health in ("redis", "sentinel") else -1,
             )
         self._children[proc.pid] = proc
         service.pid = proc.pid
@@ -644,6 +664,12 @@ class Cluster:
                 return
             time.sleep(0.05)
         raise ClusterError(f"{service.name} not healthy after {HEALTH_TIMEOUT:.0f} s:\n{tail(service.log)}")
+
+
+def describe_change(before: Settings, after: Settings) -> str:
+    """The settings that differ, as VARIABLE=old->new (secrets never shown)."""
+    old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
+    return ", ".join(f"{k.upper()}={old[k]}->{new[k]}" for k in new if old.get(k) != new[k])
 
 
 def nginx_workers(master: int) -> list[int]:

@@ -147,3 +147,15 @@ def test_make_stop_redis_stops_whichever_is_primary_and_start_brings_it_back_as_
     with client(cluster) as c:
         new_user(c)
         assert {c.get("/api/me").status_code for _ in range(6)} == {200}
+
+
+def test_every_file_that_holds_the_password_stays_owner_only_after_failovers(cluster: Cluster) -> None:
+    """The Sentinels and the Redis servers rewrite their configs after a failover (CONFIG REWRITE); what
+    they write holds the password, and must stay the owner's alone like every other secret."""
+    s = cluster.settings
+    password = s.redis_password()
+    assert password
+    holding = [p for p in s.cluster_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert {p.name for p in holding} >= {"sentinel-1.conf", "redis-1.conf", "redis_password"}
+    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in holding if p.stat().st_mode & 0o077}
+    assert not loose, loose
