@@ -4,9 +4,10 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
+.PHONY: setup system test test-fast demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
 
 setup: system $(STAMP)
+	@$(PY) scripts/install_compose_plugin.py
 
 system:
 	@scripts/setup-system.sh
@@ -19,6 +20,10 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# The inner loop: what needs no cluster, container engine or browser (tests/unit), in well under a minute.
+test-fast: setup
+	$(PY) -m pytest -q tests/unit
 
 # ruff, the formatter, the strict type checker over the services and the lab, and the import contract
 # (the core never imports the lab; the services need none of the lab's dependencies).

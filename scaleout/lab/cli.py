@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -26,9 +26,13 @@ from scaleout.core.config import (
     get_settings,
 )
 from scaleout.lab.runner import Cluster, ClusterError
+from scaleout.lab.table import markdown
+
+if TYPE_CHECKING:
+    from scaleout.lab.compose import Stack
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # a line is never cut at 80 columns without a terminal
 err = Console(stderr=True, highlight=False)
 
 
@@ -121,15 +125,10 @@ def down() -> None:
 def status() -> None:
     """Each service's pid, address and health; the current modes."""
     cluster = _cluster()
-    table = Table("service", "pid", "address", "healthy")
-    for row in cluster.status():
-        table.add_row(
-            row.service,
-            str(row.pid or "-"),
-            row.address,
-            "[green]yes[/]" if row.healthy else "[red]no[/]",
-        )
-    console.print(table)
+    _table(
+        ["service", "pid", "address", "healthy"],
+        [[row.service, str(row.pid or "-"), row.address, "yes" if row.healthy else "NO"] for row in cluster.status()],
+    )
     s = cluster.settings
     console.print(
         f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
@@ -192,30 +191,45 @@ compose_app = typer.Typer(no_args_is_help=True, help="The same cluster in contai
 app.add_typer(compose_app, name="compose")
 
 
-def _stack() -> Any:
+def _stack(attach: bool = True) -> Stack:
+    """`compose up` brings the stack to this command's settings; every other verb acts on the stack as it runs."""
     from scaleout.lab.compose import Stack
 
-    return Stack(get_settings(), say=lambda line: console.print(f"  {line}"))
+    say: Callable[[str], None] = lambda line: console.print(f"  {line}")  # noqa: E731
+    settings = _settings()
+    return _attempt(lambda: Stack.attach(settings, say=say)) if attach else Stack(settings, say=say)
 
 
 @compose_app.command("up")
 def compose_up() -> None:
     """Start the container stack (`docker compose up -d --build --wait`); returns once every service is healthy."""
-    url = _attempt(lambda: _stack().up())
+    url = _attempt(lambda: _stack(attach=False).up())
     console.print(f"compose stack up: [bold]{url}[/]")
 
 
 @compose_app.command("down")
 def compose_down() -> None:
     """Remove the stack's containers, networks and volumes (nothing else)."""
+    from scaleout.lab.compose import Stack, engine_answers
+
+    stack = Stack(_settings())
+    if not engine_answers() or _attempt(stack.running_settings) is None:
+        console.print(f"no compose stack {stack.project!r}; nothing to remove")
+        return
     _attempt(lambda: _stack().down())
     console.print("compose stack removed")
 
 
 @compose_app.command("status")
 def compose_status() -> None:
-    """Each container's state and health."""
-    print(_attempt(lambda: _stack().status()))
+    """Each container's state and health, and the modes the stack runs."""
+    stack = _stack()
+    print(_attempt(stack.status))
+    s = stack.settings
+    print(
+        f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
+        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REDIS_TOPOLOGY={s.redis_topology}  url={stack.url}"
+    )
 
 
 @compose_app.command("lb")
@@ -285,6 +299,20 @@ def _interactive() -> bool:
     return sys.stdout.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
 
 
+def _table(titles: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A table on a terminal (wrapping long cells to fit 120 columns); elsewhere (a file, a pipe, CI) the
+    same table as plain Markdown, every cell whole, whatever the width."""
+    if not _interactive():
+        if title:
+            print(f"\n{title}\n")
+        print("\n".join(markdown(titles, rows)), flush=True)
+        return
+    table = Table(*titles, title=title)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=min(console.width, 120), highlight=False).print(table)
+
+
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="a smoke run of seconds (two modes, one pair)")] = False,
@@ -295,6 +323,7 @@ def bench(
     ] = RedisTopology.single,
 ) -> None:
     """Measure what each auth mode costs per request against the no-auth baseline, in one run."""
+    _settings()  # each measured cluster sets its own modes, but a mistyped variable is still refused
     from scaleout.lab import bench as bench_mod
 
     unknown = [m for m in mode or [] if m not in bench_mod.MODES]
@@ -304,10 +333,7 @@ def bench(
 
     results = bench_mod.run(quick, say=lambda line: print(line, flush=True), only=mode, topology=str(topology))
     lines = bench_mod.write(results, out)
-    table = Table(*(c.title for c in TERMINAL_COLUMNS))
-    for m in results.modes:
-        table.add_row(*(c.cell(m) for c in TERMINAL_COLUMNS))
-    console.print(table)
+    _table([c.title for c in TERMINAL_COLUMNS], [[c.cell(m) for c in TERMINAL_COLUMNS] for m in results.modes])
     for line in lines:
         if line.startswith(("Noise control", "Login:", "Session MAC", "WAIT on a login", "Check: the cluster")):
             console.print(line)
@@ -326,6 +352,7 @@ def demo(
     target: Annotated[str, typer.Option(help="local (processes) or compose (containers)")] = "local",
 ) -> None:
     """Run the scenario matrix on local clusters (or the compose stack) and print the comparison table."""
+    _settings()  # each scenario sets its own modes, but a mistyped variable is still refused
     import tempfile
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -361,13 +388,9 @@ def demo(
             results = demo_mod.run(ctx, names, on_done=lambda n: print(f"done: {n}", flush=True))
     document = report.write(results, out, quick)
     # Two tables (steady traffic; faults and revocation) that fit 120 columns, wrapping long cells.
-    narrow = Console(width=min(console.width, 120), highlight=False)
     for n, columns in enumerate(report.TERMINAL_TABLES):
         title = f"scaleout demo (K={k} users, M={m} requests each)" if n == 0 else None
-        table = Table(*(c.title for c in columns), title=title)
-        for row in report.rows(results):
-            table.add_row(*(c.cell(row) for c in columns))
-        narrow.print(table)
+        _table([c.title for c in columns], [[c.cell(row) for c in columns] for row in report.rows(results)], title)
     for line in report.readings(results):
         console.print("- " + line.replace("**", ""))
     console.print(f"wrote {out / 'demo.md'}, {out / 'demo.json'} and {len(document['charts'])} charts")

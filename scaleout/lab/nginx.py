@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from scaleout.core.config import ROOT, LBMode, Settings
 
 TEMPLATE_DIR = ROOT / "nginx"
+PROBE_PORT = 8081  # containers only: nginx's view of each replica, inside the stack's network
 Target = Literal["local", "compose"]
 
 
@@ -38,6 +39,7 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
             "access_log": f"{prefix / 'access.log'} combined buffer=64k flush=1s",
         }
         worker_user = "nobody nogroup" if os.geteuid() == 0 else ""
+        probe_listen = ""  # local replicas are probed directly on their own ports
     else:
         # Containers reach each other by service name; every service keeps its local port.
         replicas = [(n, f"{n}:{settings.api_port(n)}") for n in settings.replica_names]
@@ -45,6 +47,7 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
         listen = str(settings.nginx_port)
         paths = {"pid_file": "/tmp/nginx.pid", "error_log": "/dev/stderr", "access_log": "/dev/stdout combined"}
         worker_user = ""  # the image's own nginx.conf user is not read; the container runs nginx as is
+        probe_listen = str(PROBE_PORT)
     return (
         _environment()
         .get_template("nginx.conf.j2")
@@ -64,6 +67,7 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
             conn_per_ip=settings.conn_per_ip,
             client_timeout=settings.client_timeout,
             worker_user=worker_user,
+            probe_listen=probe_listen,
             **paths,
         )
     )

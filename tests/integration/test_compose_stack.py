@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,8 @@ import httpx
 import pytest
 from helpers import PASSWORD, bearer, new_username
 
-from scaleout.core.config import Settings
-from scaleout.lab.compose import ComposeError, Engine, Stack, stop_engine_if_ours
+from scaleout.core.config import ROOT, Settings
+from scaleout.lab.compose import IMAGE_LABEL, ComposeError, Engine, Stack, ensure_engine, stop_engine_if_ours
 from scaleout.lab.load import RequestLoop, wait_until
 from scaleout.lab.runner import free_ports
 
@@ -45,8 +46,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = Settings(cluster_dir=tmp_path_factory.mktemp("compose"), nginx_port=port)
     s = Stack(settings, project=f"scaleout-test-{secrets.token_hex(3)}", say=print)
     engine: Engine | None = None
+    images_before: set[str] | None = None
     try:
-        engine = s.prepare()
+        engine = ensure_engine(settings)
+        images_before = image_ids()
+        s.prepare()
         s.up()
         yield s
     finally:
@@ -54,8 +58,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.down()
         except ComposeError as exc:
             print(f"compose down failed: {exc}")
+        if images_before is not None:
+            # What this module built (the services' images, stand-ins, the base) goes with it.
+            built = image_ids() - images_before
+            if built:
+                subprocess.run(["docker", "rmi", "-f", *built], capture_output=True, timeout=300)
         if engine is not None and engine.started_by_us:
             stop_engine_if_ours(settings)
+
+
+def image_ids() -> set[str]:
+    return set(subprocess.run(["docker", "images", "-aq"], capture_output=True, text=True).stdout.split())
 
 
 def restart_in(stack: Stack, **modes: object) -> None:
@@ -93,6 +106,57 @@ def test_round_robin_spreads_over_three_replicas_and_redis_sessions_work_everywh
         csrf = c.cookies["csrf_token"]
         assert c.post("/api/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
         assert {s for _, s in replicas_of(c, 6, "/api/me")} == {401}
+
+
+def test_the_readmes_plain_docker_compose_up_acts_on_the_same_stack(stack: Stack) -> None:
+    """`docker compose up --build -d --wait`, typed as the README shows it (the plugin the project
+    provisions), with the stand-in images where the registry cannot serve the official ones: it is the
+    stack the verbs act on, it rotates over the replicas, and a rebuild leaves no image of ours dangling."""
+    result = subprocess.run(
+        ["docker", "compose", "up", "--build", "-d", "--wait"],
+        cwd=ROOT,
+        # COMPOSE_PROJECT_NAME and NGINX_PORT keep it on this module's stack, off a user's `make compose-up`.
+        env={
+            **os.environ,
+            **stack.env,
+            "COMPOSE_PROJECT_NAME": stack.project,
+            "NGINX_PORT": str(stack.settings.nginx_port),
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with client(stack) as c:
+        assert sorted(r for r, _ in replicas_of(c, 6)) == ["api-1", "api-1", "api-2", "api-2", "api-3", "api-3"]
+    os.environ["COMPOSE_PROJECT_NAME"] = stack.project
+    try:
+        attached = Stack.attach(Settings(auth_mode="jwt", lb_mode="sticky"))  # the environment is not the stack
+    finally:
+        del os.environ["COMPOSE_PROJECT_NAME"]
+    assert attached.project == stack.project
+    assert (attached.settings.auth_mode, attached.settings.lb_mode) == ("session", "round_robin")
+    assert attached.settings.nginx_port == stack.settings.nginx_port
+    stack.up()  # a second build of unchanged code, then the verbs' prune
+    dangling = subprocess.run(
+        ["docker", "images", "-q", "-f", "dangling=true", "-f", f"label={IMAGE_LABEL}"], capture_output=True, text=True
+    ).stdout.split()
+    assert dangling == []
+
+
+@pytest.mark.parametrize("mode", ["sticky", "ip_hash"])
+def test_the_stack_starts_directly_in_every_balancer_mode(stack: Stack, mode: str) -> None:
+    """Readiness asks nginx itself whether it reaches every replica: through the published port ip_hash
+    and sticky show one replica, and `compose-up LB_MODE=ip_hash` once timed out waiting for the others."""
+    try:
+        restart_in(stack, lb_mode=mode)
+        assert stack.upstreams_reached() == {"api-1", "api-2", "api-3"}
+        with client(stack) as c:
+            r = c.get("/api/whoami")
+            assert r.status_code == 200 and r.headers["x-lb-mode"] == mode
+    finally:
+        restart_in(stack, lb_mode="round_robin")
 
 
 def test_redis_stopped_gives_503_only_and_back_it_heals(stack: Stack) -> None:
@@ -247,6 +311,10 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
             assert wait_until(logs_in, 20, interval=0.2), logins
             assert set(logins) <= {200, 503}, logins
         new_primary = stack.primary()
+        # A later command, with nothing typed about the topology, acts on the stack as it runs.
+        later = Stack.attach(Settings(cluster_dir=stack.settings.cluster_dir), project=stack.project)
+        assert later.settings.redis_topology == "sentinel"
+        assert later.primary() == new_primary
         assert stack.start("redis") == "redis"  # the stopped one
         assert wait_until(lambda: stack.role("redis") == "slave", 30)
         assert stack.primary() == new_primary

@@ -126,6 +126,37 @@ def test_killing_a_replica_shows_it_and_exactly_its_users_lose_their_session(pag
     page.screenshot(path=str(ROOT / "reports" / "dashboard.png"), full_page=True)
 
 
+def test_the_restart_form_follows_the_balancer_and_the_replay_reaches_every_replica(page: Page) -> None:
+    # The balancer was switched to sticky by a button: the restart form shows the mode the cluster runs.
+    assert page.input_value("#restart-lb_mode") == "sticky"
+    assert page.input_value("#restart-auth_mode") == "session"
+    # Under sticky, a replay through nginx would reach one replica only: each is asked directly.
+    page.click("#revoke-replay")
+    page.wait_for_function("document.getElementById('replay').textContent.includes('accepted')", timeout=10000)
+    text = page.text_content("#replay") or ""
+    for replica in ("api-1", "api-2", "api-3"):
+        assert f"{replica} 401 \u00d72" in text, text  # "api-N 401 x2", as the page writes it
+    assert "accepted after logout: 0" in text
+
+
+def test_after_stop_the_charts_keep_time_moving_with_zeros_and_mark_the_stop(page: Page) -> None:
+    def status_chart() -> dict:
+        return page.evaluate(
+            """() => { const c = Chart.getChart('chart-status');
+                       const data = (label) => c.data.datasets.find(d => d.label === label).data;
+                       return {n: c.data.labels.length, ok: data('200').slice(-3),
+                               marks: data('action').filter(v => v !== null).length}; }"""
+        )
+
+    marks_before = status_chart()["marks"]
+    page.click("#traffic-stop")
+    assert wait_until(lambda: status_chart()["ok"] == [0, 0, 0], 10)
+    moving = status_chart()["n"]
+    assert wait_until(lambda: status_chart()["n"] > moving or moving >= 240, 5)  # time moves (or the window is full)
+    assert status_chart()["marks"] > marks_before  # the stop is marked
+    assert wait_until(lambda: (page.text_content("#tile-api-1 .meta") or "").endswith(" 0 req/s"), 10)
+
+
 def test_bad_input_is_refused_with_a_message_on_the_page(page: Page) -> None:
     result = page.evaluate(
         """async () => {

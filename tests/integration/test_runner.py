@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import cluster_settings
 
-from scaleout.core.config import LBMode
+from scaleout.core.config import LBMode, Settings
 from scaleout.lab.nginx import render
 from scaleout.lab.runner import Cluster, ClusterError, require_program, settings_env
 
@@ -45,3 +45,34 @@ def test_local_config_names_every_replica_and_the_mode(tmp_path: Path, mode: LBM
     assert text.count(f"X-LB-Mode {mode}") >= 3
     assert ("ip_hash;" in text) == (mode is LBMode.ip_hash)
     assert ("$cookie_lb_route" in text) == (mode is LBMode.sticky)
+
+
+def test_up_again_with_other_settings_brings_the_running_cluster_to_them(tmp_path: Path) -> None:
+    import httpx
+
+    first = Cluster(cluster_settings(tmp_path, session_store="memory"))
+    said: list[str] = []
+    try:
+        first.up()
+        old_pids = {n: s.pid for n, s in first.services.items()}
+        again = Cluster(first.settings)
+        again.up(progress=said.append)
+        assert said == ["already running with these settings: nothing to change"]
+        assert {n: s.pid for n, s in again.services.items()} == old_pids  # nothing restarted
+        wanted = {**first.settings.model_dump(), "auth_mode": "jwt", "lb_mode": "sticky", "replicas": 2}
+        changed = Cluster(Settings.model_validate(wanted))
+        said.clear()
+        changed.up(progress=said.append)
+        assert "AUTH_MODE=session->jwt" in said[0] and "LB_MODE=round_robin->sticky" in said[0], said
+        r = httpx.get(f"{changed.settings.public_url}/api/whoami")
+        assert r.json()["auth_mode"] == "jwt" and r.headers["x-lb-mode"] == "sticky"
+        assert sorted(Cluster.load(tmp_path).services) == sorted(["redis", "auth", "api-1", "api-2", "nginx"])
+        assert all(not (pid and _alive(pid)) for pid in old_pids.values())  # the old processes are gone
+    finally:
+        Cluster.load(tmp_path).down()
+
+
+def _alive(pid: int) -> bool:
+    from scaleout.lab.runner import pid_alive
+
+    return pid_alive(pid)

@@ -340,7 +340,8 @@ def create_panel_app(cluster_dir: Path, token: str, port: int) -> FastAPI:
         if panel.generator is None or not panel.generator.users:
             raise HTTPException(409, "start the traffic first")
         panel.act("user 0 logs out; its credential is replayed on every replica")
-        panel.last_replay = await panel.generator.revoke_and_replay(panel.cluster().settings.replicas)
+        s = panel.cluster().settings
+        panel.last_replay = await panel.generator.revoke_and_replay([s.replica_url(n) for n in s.replica_names])
         return panel.last_replay
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

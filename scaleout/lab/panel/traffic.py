@@ -159,21 +159,22 @@ class TrafficGenerator:
         sessions = r.json().get("sessions", []) if r.status_code == 200 else []
         return {"status": r.status_code, "replica": r.headers.get("x-replica", "-"), "sessions": sessions}
 
-    async def revoke_and_replay(self, replicas: int) -> dict[str, object]:
-        """Log user 0 out, then replay the credential it had on every replica (twice round)."""
+    async def revoke_and_replay(self, replica_urls: list[str]) -> dict[str, object]:
+        """Log user 0 out, then replay the credential it had on every replica, each asked directly (twice):
+        through nginx, sticky and ip_hash would send every replay to one replica."""
         if not self.users:
             raise ValueError("start the traffic generator first")
         user = self.users[0]
         header, value = user.credential()
         r = await user.client.post("/api/logout", headers=user.headers(write=True))
         replays: Counter[str] = Counter()
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=5.0) as thief:
-            for _ in range(replicas * 2):
+        async with httpx.AsyncClient(timeout=5.0) as thief:
+            for url in replica_urls * 2:
                 try:
-                    got = await thief.get("/api/me", headers={header: value})
+                    got = await thief.get(f"{url}/api/me", headers={header: value})
                     replays[f"{got.headers.get('x-replica', '-')} {got.status_code}"] += 1
                 except httpx.HTTPError:
-                    replays["no answer"] += 1
+                    replays[f"{url} no answer"] += 1
         accepted = sum(n for k, n in replays.items() if k.endswith(" 200"))
         await user.login()  # the user carries on with a fresh login
         return {"logout_status": r.status_code, "replays": dict(sorted(replays.items())), "accepted": accepted}

@@ -121,8 +121,10 @@ function renderModes(modes, choices) {
   document.querySelectorAll("button[data-lb]").forEach((b) => b.classList.toggle("active", b.dataset.lb === modes.lb_mode));
   for (const [k, options] of Object.entries(choices || {})) {
     const select = document.getElementById(`restart-${k}`);
-    if (!select || select.options.length) continue;
-    for (const o of options) select.add(new Option(o, o, o === modes[k], o === modes[k]));
+    if (!select) continue;
+    if (!select.options.length) for (const o of options) select.add(new Option(o, o));
+    // The form follows the cluster's modes (a balancer switch included) until the user picks another value.
+    if (select.dataset.touched !== "true" && select.value !== modes[k]) select.value = modes[k];
   }
 }
 
@@ -160,19 +162,27 @@ function render(snap) {
   document.getElementById("credential-size").textContent = cred ? `${cred.bytes} bytes on the wire, per request` : "";
   const time = new Date(snap.t * 1000).toLocaleTimeString();
   const w = snap.traffic.window;
+  const actions = snap.actions.filter((a) => a.t > state.lastActions);
+  const actionMark = ["action", null, "#000", { showLine: false, pointRadius: 7, pointStyle: "triangle", rotation: 180 }];
   if (w && w.seconds > 0) {
     const replicas = Object.keys(w.per_replica).filter((r) => r !== "-");
     for (const r of replicas) if (!state.replicas.includes(r)) state.replicas.push(r);
     state.replicas.sort();
     push(state.charts.replicas, state.replicas.map((r) => [r, (w.per_replica[r] || 0) / w.seconds, colourOf(r)]), time);
-    const actions = snap.actions.filter((a) => a.t > state.lastActions);
-    const marker = actions.length ? Math.max(1, ...Object.values(w.statuses)) / w.seconds : null;
+    actionMark[1] = actions.length ? Math.max(1, ...Object.values(w.statuses)) / w.seconds : null;
     push(state.charts.status, [
       ...["200", "401", "503", "other"].map((s) => [s, (w.statuses[s] || 0) / w.seconds, STATUS_COLOURS[s]]),
-      ["action", marker, "#000", { showLine: false, pointRadius: 7, pointStyle: "triangle", rotation: 180 }],
+      actionMark,
     ], time);
     push(state.charts.latency, [["p50", w.p50_ms, "#1f77b4"], ["p99", w.p99_ms, "#d64541"]], time);
     document.body.dataset.lastWindow = JSON.stringify(w);
+  } else if (state.charts.status.data.labels.length) {
+    // No traffic: time keeps moving with zeros (no latency to show), and the stop is marked where it happened.
+    push(state.charts.replicas, state.replicas.map((r) => [r, 0, colourOf(r)]), time);
+    actionMark[1] = actions.length ? 1 : null;
+    push(state.charts.status, [...["200", "401", "503", "other"].map((s) => [s, 0, STATUS_COLOURS[s]]), actionMark], time);
+    push(state.charts.latency, [["p50", null, "#1f77b4"], ["p99", null, "#d64541"]], time);
+    document.body.dataset.lastWindow = JSON.stringify({ idle: true, time });
   }
   if (snap.sessions) {
     const s = snap.sessions;
@@ -219,7 +229,10 @@ function wire() {
       body[k] = document.getElementById(`restart-${k}`).value;
     }
     post("/api/restart", body).catch(() => {});
+    for (const k of Object.keys(body)) document.getElementById(`restart-${k}`).dataset.touched = "false";
   });
+  document.querySelectorAll("select[id^=restart-]").forEach((select) =>
+    select.addEventListener("change", () => { select.dataset.touched = "true"; }));
   if (!TOKEN) say("no token in the URL: use the link `make up` or `make lab` printed", false);
   const events = new EventSource(`/api/events?token=${encodeURIComponent(TOKEN)}`);
   events.onmessage = (e) => render(JSON.parse(e.data));
