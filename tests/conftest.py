@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import HOST, boot_ticks_now, cluster_settings, free_ports, leftover_processes, wait_for_port
+from helpers import HOST, RUN_MARKER, cluster_settings, free_ports, leftover_processes, wait_for_port
 
 from scaleout.core.config import Settings
 from scaleout.lab.runner import Cluster, redis_args, require_program
@@ -24,15 +25,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests choose their own modes and ports: settings from the caller's environment must not leak in.
     for name in Settings.model_fields:
         os.environ.pop(name.upper(), None)
+    # Inherited by every process the run starts (directly, through the CLI or the panel): how the end of
+    # the run recognises its own leftovers, and only those.
+    os.environ[RUN_MARKER] = secrets.token_hex(8)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     """The run ends with no process of its own alive: every replica, Redis, nginx and panel a test started
     (directly, through the CLI, or through the panel's restart) was stopped by pid."""
-    since = boot_ticks_now() - 1
     yield
-    left = leftover_processes(since)
+    left = leftover_processes(os.environ[RUN_MARKER])
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # stop them anyway, so that one failure does not pile up

@@ -153,31 +153,24 @@ def cluster_redis(cluster: Cluster):
     return redis.Redis(host=s.host, port=s.redis_port, username=s.redis_username, password=s.redis_password())
 
 
-SERVICE_MARKERS = ("services.serve", "redis-server", "redis-sentinel", "nginx: master", "scaleout lab", "wrk ")
+RUN_MARKER = "SCALEOUT_TEST_RUN"  # set once per test run; every process the run starts inherits it
 
 
-def boot_ticks_now() -> int:
-    """The kernel's clock (in ticks since boot) that /proc/PID/stat's start times use."""
-    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
-
-
-def leftover_processes(since: int) -> dict[int, str]:
-    """Cluster processes (replicas, auth, Redis, Sentinels, nginx, the panel) started at or after `since`
-    in this pid namespace and still alive: what a test run must not leave behind."""
-    own_ns = os.readlink("/proc/self/ns/pid")
+def leftover_processes(run_id: str) -> dict[int, str]:
+    """Processes of this test run still alive (replicas, auth, Redis, Sentinels, nginx, the panel, wrk):
+    those whose environment carries this run's marker. Another run's, or a `make up` cluster's, never match."""
+    marker = f"{RUN_MARKER}={run_id}".encode()
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if os.readlink(entry / "ns" / "pid") != own_ns:
-                continue  # a container's process: the compose tests account for those
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if stat[0] == "Z" or int(stat[19]) < since:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(marker in cmdline for marker in SERVICE_MARKERS):
-            found[int(entry.name)] = cmdline.strip()
+        found[int(entry.name)] = cmdline.strip()
     return found

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from scaleout.core.config import Settings
 from scaleout.core.keys import BoundKey
 
 
@@ -269,3 +270,16 @@ class TokenVerifier:
             ),
             kid,
         )
+
+
+def token_verifier(settings: Settings, keys: Mapping[str, BoundKey] | None = None) -> TokenVerifier:
+    """The verifier both services use, from the settings: issuer, audience, leeway, size and lifetime caps.
+    Replicas start with no key and learn them from the JWKS (or the HS256 secret)."""
+    return TokenVerifier(
+        keys or {},
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        settings.jwt_leeway,
+        settings.jwt_max_bytes,
+        {TokenKind.access: settings.access_ttl, TokenKind.refresh: settings.refresh_ttl},
+    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -13,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scaleout.core.store import StoreUnavailable
@@ -95,7 +98,10 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
+        return error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
@@ -145,15 +151,21 @@ async def timed(store: str, op: str, call: Awaitable[Any]) -> Any:
         store_timer(store, op).observe(time.perf_counter() - start)
 
 
-# Which documented operations need a credential, and which of them change state (cookie requests then
-# need the CSRF header too).
-_READS = {("get", "/api/me"), ("get", "/api/sessions")}
-_WRITES = {
-    ("post", "/api/logout"),
-    ("delete", "/api/sessions/{session_id}"),
-    ("post", "/api/logout-all"),
-    ("delete", "/api/me"),
-}
+class Access(StrEnum):
+    """What a route needs of its caller (declared by the service's endpoints, read back by `install_docs`)."""
+
+    reader = "reader"  # a credential
+    writer = "writer"  # a credential, and the CSRF header when that credential is a cookie
+
+
+def allowed_methods(app: Starlette, path: str) -> list[str]:
+    """Every method some route serves at `path`: a 405 must name them all (RFC 9110, 15.5.6), while
+    Starlette names only those of the first route whose path matched."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 class ErrorDetail(BaseModel):
@@ -171,15 +183,17 @@ def _add_model(models: dict[str, Any], model: type[BaseModel]) -> dict[str, str]
 
 def install_docs(
     app: FastAPI,
-    documented: dict[tuple[str, str], type[BaseModel]],
+    documented: Mapping[tuple[str, str], type[BaseModel]],
+    access: Mapping[tuple[str, str], Access],
     cookie: str = "sid",
-    answers: dict[tuple[str, str], type[BaseModel]] | None = None,
 ) -> None:
     """`GET /api/openapi.json` and `GET /api/docs` (Swagger UI served from the installed package, no CDN).
 
     `documented` names the plain Starlette routes (kept off FastAPI's per-request machinery for speed) and
-    their response models, so the document describes every endpoint all the same.
+    their response models, so the document describes every endpoint all the same; `access` says which
+    operations need a credential (METHOD, path template), from which their `security` is written.
     """
+    needs = {(method.lower(), path): kind for (method, path), kind in access.items()}
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.openapi.utils import get_openapi
     from starlette.staticfiles import StaticFiles
@@ -216,11 +230,6 @@ def install_docs(
             "csrfHeader": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"},
             "bearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
         }
-        for (method, path), model in (answers or {}).items():
-            ref = _add_model(models, model)
-            for code, response in schema["paths"][path][method]["responses"].items():
-                if code.startswith("2") and code != "204":
-                    response["content"] = {"application/json": {"schema": ref}}
         for path, operations in schema["paths"].items():
             for method, operation in operations.items():
                 responses = operation["responses"]
@@ -228,19 +237,23 @@ def install_docs(
                     responses.setdefault("422", {"description": "Invalid request"})
                 if "requestBody" in operation:
                     responses.setdefault("400", {"description": "A body that is not JSON, or not for this mode"})
+                    responses.setdefault("413", {"description": "Request body too large (nginx refuses it)"})
+                # What nginx or a dependency may answer for any operation, before or instead of the endpoint.
+                responses.setdefault("431", {"description": "Request headers too large (nginx refuses them)"})
+                responses.setdefault("503", {"description": "No replica, session store or auth service available"})
                 for code, response in responses.items():
                     if code[0] in "45":
                         response["content"] = {"application/json": {"schema": error}}
                         response.setdefault("description", "Error")
                         if not response["description"]:
                             response["description"] = "Error"
-                if (method, path) in _READS:
+                kind = needs.get((method, path))
+                if kind is Access.reader:
                     operation["security"] = [{"sessionCookie": []}, {"bearerToken": []}]
-                elif (method, path) in _WRITES:
+                elif kind is Access.writer:
                     operation["security"] = [{"sessionCookie": [], "csrfHeader": []}, {"bearerToken": []}]
-                if (method, path) in _READS | _WRITES:
+                if kind is not None:
                     operation["responses"].setdefault("401", {"description": "Not authenticated"})
-                    operation["responses"].setdefault("503", {"description": "Session store unavailable"})
         cached.update(schema)
         return cached
 

@@ -253,6 +253,12 @@ def ensure_images(say: Callable[[str], None] = print) -> dict[str, str]:
     return chosen
 
 
+def prune_images() -> None:
+    """A rebuild moves the tag to the new image and leaves the previous one dangling: remove ours (by label)
+    that no container uses any more. Images of other projects, and ours that are tagged, stay."""
+    _run([_docker(), "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}"], timeout=120)
+
+
 class Stack:
     """One compose project (`-p NAME`): the verbs of `make compose-*` on it."""
 
@@ -342,8 +348,7 @@ class Stack:
     def up(self) -> str:
         self.prepare()
         self._compose("up", "-d", "--build", "--wait", "--remove-orphans", timeout=1200)
-        # A rebuild moves the tag to the new image and leaves the previous one dangling: remove ours only.
-        _run([_docker(), "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}"], timeout=120)
+        prune_images()
         self._reload_nginx()  # a re-run picks up the re-rendered config and the recreated replicas' addresses
         self._wait_through_nginx()
         if self.settings.sentinel:
@@ -477,6 +482,7 @@ class Stack:
     def down(self) -> None:
         if engine_answers():
             self._compose("down", "--volumes", "--remove-orphans", timeout=300)
+            prune_images()  # what the removed containers still held
 
     def status(self) -> str:
         import json
@@ -523,7 +529,11 @@ class Stack:
         service = self._resolve(service, starting=True)
         self._compose("start", service)
         self._compose("up", "-d", "--wait", "--no-recreate", service, timeout=300)
-        self._reload_nginx()
+        if service == "auth" or service.startswith("api-"):
+            # nginx resolves the names of what it proxies to when it loads its config: a container back with
+            # another address is found again by a reload. Only then: a reload while another upstream's
+            # container is down fails ("host not found"), and Redis is none of nginx's business.
+            self._reload_nginx()
         if service.startswith("api-"):
             self._wait_through_nginx()
         return service

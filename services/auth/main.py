@@ -36,7 +36,7 @@ from scaleout.core.store import (
     Throttle,
     make_redis,
 )
-from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier
+from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, token_verifier
 from scaleout.core.users import User, UsernameTaken, Users
 from scaleout.core.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap
 
@@ -207,14 +207,7 @@ def create_auth_app(settings: Settings) -> FastAPI:
         svc.refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user, durable)
         svc.denylist = Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway, durable)
         svc.keys = Keys(settings)
-        svc.verifier = TokenVerifier(
-            svc.keys.verifiers,
-            settings.jwt_issuer,
-            settings.jwt_audience,
-            settings.jwt_leeway,
-            settings.jwt_max_bytes,
-            {TokenKind.access: settings.access_ttl, TokenKind.refresh: settings.refresh_ttl},
-        )
+        svc.verifier = token_verifier(settings, svc.keys.verifiers)
         svc.jwt = None
         if settings.auth_mode is AuthMode.jwt:
             deny = svc.denylist if settings.jwt_revocation is JWTRevocation.denylist else None

@@ -43,7 +43,29 @@ def test_compose_file_is_valid_against_the_compose_schema(compose: dict) -> None
     import json
 
     schema = json.loads(SCHEMA.read_text())
-    jsonschema.Draft201909Validator(schema).validate(compose)
+    # That schema predates the top-level `name` (checked by Compose v2 itself, below); the rest must hold.
+    jsonschema.Draft201909Validator(schema).validate({k: v for k, v in compose.items() if k != "name"})
+
+
+def test_compose_v2_reads_the_file_and_names_the_project_the_verbs_act_on(tmp_path: Path) -> None:
+    """`docker compose config` (Compose v2's own validation, no engine needed) with no project given: the
+    file's name is the project, the same one `make compose-*` acts on."""
+    import json
+    import os
+    import subprocess
+
+    from scaleout.core.config import Settings
+    from scaleout.lab.compose import PROJECT, Stack
+
+    env = {k: v for k, v in os.environ.items() if k != "COMPOSE_PROJECT_NAME"}
+    binary = Path(sys.executable).parent / "docker-compose"
+    result = subprocess.run(
+        [str(binary), "-f", str(COMPOSE), "config", "--format", "json"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["name"] == PROJECT
+    os.environ.pop("COMPOSE_PROJECT_NAME", None)
+    assert Stack(Settings(cluster_dir=tmp_path)).project == PROJECT
 
 
 def test_build_contexts_dockerfiles_and_copy_sources_exist(compose: dict) -> None:

@@ -151,8 +151,9 @@ async def test_refresh_is_single_use_and_jwt_only(replica: Replica) -> None:
     name = "u" + secrets.token_hex(5)
     await replica.http.post("/api/register", json={"username": name, "password": PASSWORD})
     login = (await replica.http.post("/api/login", json={"username": name, "password": PASSWORD})).json()
-    if not replica.jwt:
-        assert (await replica.http.post("/api/refresh", json={"refresh_token": "x"})).status_code == 400
+    if not replica.jwt:  # the endpoint does not exist in this mode, and its document does not list it
+        assert (await replica.http.post("/api/refresh", json={"refresh_token": "x"})).status_code == 404
+        assert "/api/refresh" not in (await replica.http.get("/api/openapi.json")).json()["paths"]
         return
     first = await replica.http.post("/api/refresh", json={"refresh_token": login["refresh_token"]})
     assert first.status_code == 200 and first.json()["access_token"] != login["access_token"]
@@ -189,18 +190,41 @@ async def test_the_openapi_document_describes_every_endpoint(replica: Replica) -
         ("post", "/api/register"),
         ("post", "/api/login"),
         ("post", "/api/logout"),
-        ("post", "/api/refresh"),
         ("get", "/api/sessions"),
         ("delete", "/api/sessions/{session_id}"),
         ("post", "/api/logout-all"),
-    }
-    assert {(m, p) for p, ops in paths.items() for m in ops} >= expected
+    } | ({("post", "/api/refresh")} if replica.jwt else set())
+    assert {(m, p) for p, ops in paths.items() for m in ops} == expected
     schemes = doc["components"]["securitySchemes"]
     assert set(schemes) == {"sessionCookie", "csrfHeader", "bearerToken"}
-    assert paths["/api/logout"]["post"]["security"][0] == {"sessionCookie": [], "csrfHeader": []}
+    # `security` as the endpoints declare it: reads want a credential, writes the CSRF header with a cookie.
+    writes = {("post", "/api/logout"), ("delete", "/api/sessions/{session_id}"), ("post", "/api/logout-all")}
+    for method, path in expected:
+        security = paths[path][method].get("security")
+        if (method, path) in writes | {("delete", "/api/me")}:
+            assert security == [{"sessionCookie": [], "csrfHeader": []}, {"bearerToken": []}], (method, path)
+        elif (method, path) in {("get", "/api/me"), ("get", "/api/sessions")}:
+            assert security == [{"sessionCookie": []}, {"bearerToken": []}], (method, path)
+        else:
+            assert security is None, (method, path)
     assert "Me" in doc["components"]["schemas"] and "Credentials" in doc["components"]["schemas"]
     page = await replica.http.get("/api/docs")
     assert page.status_code == 200 and "/api/docs/static/swagger-ui-bundle.js" in page.text
     assert "cdn" not in page.text.lower() and "https://" not in page.text
     js = await replica.http.get("/api/docs/static/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
+
+
+async def test_a_405_names_every_method_the_path_serves(replica: Replica) -> None:
+    """RFC 9110: a 405's Allow lists all the resource's methods (not only those of the first route matched:
+    `/api/me` is a plain GET route beside FastAPI's DELETE)."""
+    paths = (await replica.http.get("/api/openapi.json")).json()["paths"]
+    for path, operations in paths.items():
+        concrete = path.replace("{session_id}", "A" * 16)
+        r = await replica.http.request("OPTIONS", concrete)
+        assert r.status_code == 405, (path, r.status_code)
+        allowed = {m.strip() for m in r.headers["allow"].split(",")}
+        assert allowed >= {m.upper() for m in operations}, (path, allowed)
+        assert r.json() == {"detail": "Method Not Allowed"}
+    me = await replica.http.request("PUT", "/api/me")
+    assert {m.strip() for m in me.headers["allow"].split(",")} == {"DELETE", "GET", "HEAD"}
