@@ -3,7 +3,7 @@ so that the README's plain `docker compose up` works as typed. Nothing happens w
 already answers, or when there is no `docker` command yet (the compose verbs install the engine and then
 run this step themselves)."""
 
-from scaleout.lab.compose import install_compose_plugin
+from scaleout.lab.engine import install_compose_plugin
 
 if __name__ == "__main__":
     install_compose_plugin()

@@ -18,7 +18,9 @@ import pytest
 from helpers import HOST, RUN_MARKER, cluster_settings, free_ports, leftover_processes, wait_for_port
 
 from scaleout.core.config import Settings
-from scaleout.lab.runner import Cluster, redis_args, require_program
+from scaleout.lab.drivers.local import Cluster
+from scaleout.lab.processes import require_program
+from scaleout.lab.redisadmin import redis_args
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # Inherited by every process the run starts (directly, through the CLI or the panel): how the end of
     # the run recognises its own leftovers, and only those.
     os.environ[RUN_MARKER] = secrets.token_hex(8)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for its own redis-server is marked so, like the cluster, engine and browser tests."""
+    for item in items:
+        if "redis_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 
 from scaleout.core.config import Settings
-from scaleout.lab.runner import Cluster, isolated_settings
-from scaleout.lab.runner import free_ports as runner_free_ports
+from scaleout.lab.drivers.local import Cluster
+from scaleout.lab.ports import free_ports as runner_free_ports
+from scaleout.lab.ports import isolated_settings
 
 HOST = "127.0.0.1"
 PASSWORD = "correct horse battery"

@@ -15,7 +15,7 @@ import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from starlette.responses import Response
@@ -23,15 +23,15 @@ from starlette.responses import Response
 from scaleout.core.config import Settings
 from scaleout.core.credentials import Ambiguous, Malformed, bearer_token, header_value, single_cookie
 from scaleout.core.jwks import JWKSClient
+from scaleout.core.revocation import Denylist, RefreshTokens
 from scaleout.core.sessions import (
-    MemorySessions,
-    RedisSessions,
     Session,
     SessionCookie,
     SessionInfo,
+    SessionStore,
     is_well_formed,
 )
-from scaleout.core.store import Denylist, RefreshTokens, StoreUnavailable
+from scaleout.core.store import StoreUnavailable
 from scaleout.core.tokens import TokenError, TokenKind, TokenVerifier, UnknownKid
 from scaleout.core.web import JSONResponse
 
@@ -53,18 +53,6 @@ class Principal(NamedTuple):  # a NamedTuple builds in a third of a frozen datac
     sid: str | None = None  # session mode
     bearer: str | None = None  # jwt mode
     fam: str | None = None  # jwt mode
-
-
-@dataclass(frozen=True, slots=True)
-class SessionView:
-    """One entry of `GET /api/sessions`."""
-
-    id: str
-    created: float
-    last_seen: float
-    current: bool
-    user_agent: str
-    ip: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +85,7 @@ class Authenticator(ABC):
     def allows_write(self, headers: list[tuple[bytes, bytes]], principal: Principal) -> bool: ...
 
     @abstractmethod
-    async def sessions(self, principal: Principal) -> list[SessionView]: ...
+    async def sessions(self, principal: Principal) -> list[SessionInfo]: ...
 
     @abstractmethod
     async def end(self, principal: Principal, handle: str) -> bool: ...
@@ -116,7 +104,7 @@ AuthCall = Callable[[str, dict[str, object], dict[str, str]], Awaitable[Response
 class SessionAuthenticator(Authenticator):
     """A session ID in an HttpOnly cookie, a CSRF token in a script-readable one (double submit)."""
 
-    def __init__(self, settings: Settings, store: MemorySessions | RedisSessions) -> None:
+    def __init__(self, settings: Settings, store: SessionStore) -> None:
         self.store = store
         self.cookie_name = settings.cookie_name
         self.cookie: SessionCookie[bytes | str] = SessionCookie(self.cookie_name, store.key)
@@ -124,9 +112,6 @@ class SessionAuthenticator(Authenticator):
         self.idle = settings.session_idle_ttl
         self.secure = settings.cookie_secure
         self.challenge = f'Cookie realm="scaleout", cookie-name="{self.cookie_name}"'
-
-    @abstractmethod
-    async def _lookup(self, key: bytes | str) -> Session | None: ...
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         try:
@@ -138,7 +123,7 @@ class SessionAuthenticator(Authenticator):
         if found is None:
             raise NotAuthenticated("missing")
         sid, key = found
-        session = await self._lookup(key)
+        session = await self.store.lookup(key)
         if session is None:
             raise NotAuthenticated("unknown_session")
         self.store.touch(session)
@@ -193,12 +178,9 @@ class SessionAuthenticator(Authenticator):
         forget_cookies(self, response)
         return response
 
-    async def sessions(self, principal: Principal) -> list[SessionView]:
+    async def sessions(self, principal: Principal) -> list[SessionInfo]:
         found: list[SessionInfo] = await self.store.list(principal.uid)
-        return [
-            SessionView(s.id, s.created, s.last_seen, s.id == principal.handle, s.user_agent, s.ip)
-            for s in sorted(found, key=lambda s: s.created)
-        ]
+        return [replace(s, current=s.id == principal.handle) for s in sorted(found, key=lambda s: s.created)]
 
     async def end(self, principal: Principal, handle: str) -> bool:
         return await self.store.end(principal.uid, handle)
@@ -209,31 +191,6 @@ class SessionAuthenticator(Authenticator):
 
 class MemorySessionAuthenticator(SessionAuthenticator):
     """Sessions in this replica's memory: no other replica will ever know them."""
-
-    store: MemorySessions
-
-    def __init__(self, settings: Settings, store: MemorySessions) -> None:
-        super().__init__(settings, store)
-        self.memory_cookie: SessionCookie[bytes] = SessionCookie(self.cookie_name, store.key)
-
-    async def _lookup(self, key: bytes | str) -> Session | None:
-        assert isinstance(key, bytes)
-        return self.store.lookup(key)  # a dict: nothing to wait for
-
-    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
-        # The same as the base class without the coroutine per lookup: this runs on every request.
-        try:
-            found = self.memory_cookie.read(headers)
-        except Ambiguous as exc:
-            raise NotAuthenticated("ambiguous") from exc
-        except Malformed as exc:
-            raise NotAuthenticated("malformed") from exc
-        if found is None:
-            raise NotAuthenticated("missing")
-        session = self.store.lookup(found[1])
-        if session is None:
-            raise NotAuthenticated("unknown_session")
-        return Principal(session.uid, session.username, session.handle, csrf=session.csrf, sid=found[0])
 
     async def _keep(self, sid: str, grant: LoginGrant) -> None:
         body = grant.body
@@ -250,16 +207,8 @@ class MemorySessionAuthenticator(SessionAuthenticator):
 
 
 class RedisSessionAuthenticator(SessionAuthenticator):
-    """Sessions in the shared Redis: every replica sees every session, one round trip per request."""
-
-    store: RedisSessions
-
-    def __init__(self, settings: Settings, store: RedisSessions) -> None:
-        super().__init__(settings, store)
-
-    async def _lookup(self, key: bytes | str) -> Session | None:
-        assert isinstance(key, str)
-        return await self.store.lookup(key)
+    """Sessions in the shared Redis: every replica sees every session, one round trip per request. The auth
+    service stored the session at login; this replica only reads it."""
 
 
 class JWTAuthenticator(Authenticator):
@@ -317,10 +266,10 @@ class JWTAuthenticator(Authenticator):
                 await self.denylist.add_family(fam)
         return bool(ended)
 
-    async def sessions(self, principal: Principal) -> list[SessionView]:
+    async def sessions(self, principal: Principal) -> list[SessionInfo]:
         families = await self.refresh.families(principal.uid)
         return [
-            SessionView(f.handle, f.created, f.last_seen, f.fam == principal.fam, f.user_agent, f.ip)
+            SessionInfo(f.handle, f.created, f.last_seen, f.user_agent, f.ip, current=f.fam == principal.fam)
             for f in sorted(families, key=lambda f: f.created)
         ]
 
@@ -383,7 +332,7 @@ class CookieAuthenticator(Authenticator):
     def allows_write(self, headers: list[tuple[bytes, bytes]], principal: Principal) -> bool:
         return True  # naive sites had no CSRF defence either
 
-    async def sessions(self, principal: Principal) -> list[SessionView]:
+    async def sessions(self, principal: Principal) -> list[SessionInfo]:
         return []  # nothing is stored on the server
 
     async def end(self, principal: Principal, handle: str) -> bool:

@@ -26,7 +26,7 @@ import httpx
 import orjson
 from prometheus_client import Counter, Histogram
 
-from scaleout.core.sessions import MemorySessions, Session, _Entry
+from scaleout.core.sessions import MemorySessions, Session
 
 log = logging.getLogger("scaleout.replication")
 MESSAGES = Counter("scaleout_replication_messages_total", "Replication messages sent to peers")
@@ -47,23 +47,6 @@ class Refused(Exception):
 
 def sign(key: bytes, body: bytes) -> str:
     return hmac.new(key, b"replication\0" + body, sha256).hexdigest()
-
-
-def _session_dict(session: Session) -> dict[str, Any]:
-    d: dict[str, Any] = orjson.loads(session.to_json())
-    return d
-
-
-def _session_from(d: dict[str, Any]) -> Session:
-    return Session(
-        str(d["u"]),
-        str(d["c"]),
-        float(d["t"]),
-        str(d.get("i", "")),
-        str(d.get("h", "")),
-        str(d.get("a", "")),
-        str(d.get("p", "")),
-    )
 
 
 class ReplicatedSessions(MemorySessions):
@@ -89,7 +72,7 @@ class ReplicatedSessions(MemorySessions):
 
     async def put(self, sid: str, session: Session) -> None:
         await super().put(sid, session)
-        await self.broadcast({"op": "put", "key": self.key_of(sid).hex(), "s": _session_dict(session)})
+        await self.broadcast({"op": "put", "key": self.key_of(sid).hex(), "s": session.as_dict()})
 
     async def delete(self, sid: str) -> None:
         await super().delete(sid)
@@ -154,42 +137,22 @@ class ReplicatedSessions(MemorySessions):
         try:
             op = change["op"]
             if op == "put":
-                session = _session_from(change["s"])
-                self._store(bytes.fromhex(change["key"]), session)
+                self.keep(bytes.fromhex(change["key"]), Session.from_dict(change["s"]))
             elif op == "del":
-                self._drop(bytes.fromhex(change["key"]))
+                self.drop(bytes.fromhex(change["key"]))
             elif op == "end":
-                key = self._by_user.get(str(change["uid"]), {}).get(str(change["handle"]))
-                if key is not None:
-                    self._drop(key)
+                self.end_now(str(change["uid"]), str(change["handle"]))
             else:
                 keep = change.get("keep")
-                for handle, key in list(self._by_user.get(str(change["uid"]), {}).items()):
-                    if handle != keep:
-                        self._drop(key)
+                self.end_all_now(str(change["uid"]), None if keep is None else str(keep))
         except (KeyError, ValueError, TypeError) as exc:
             raise Refused(f"malformed {change.get('op')}") from exc
         APPLIED.inc()
 
-    def _store(self, key: bytes, session: Session) -> None:
-        mine = self._by_user.setdefault(session.uid, {})
-        while len(mine) >= self.max_per_user:
-            self._drop(min(mine.values(), key=lambda k: self._data[k].seen))
-        if len(self._data) >= self.max_entries:
-            self._drop(next(iter(self._data)))
-        self._data[key] = _Entry(session, time.time())
-        self._by_user.setdefault(session.uid, {})[session.handle] = key
-
     # --- state transfer for a replica that starts late ------------------------------------------
 
     def snapshot(self) -> bytes:
-        now = time.time()
-        items = [
-            {"key": k.hex(), "s": _session_dict(e.session)}
-            for k, e in self._data.items()
-            if now - e.seen < self.idle_ttl and now - e.session.created < self.absolute_ttl
-        ]
-        return orjson.dumps({"sessions": items})
+        return orjson.dumps({"sessions": [{"key": k.hex(), "s": session.as_dict()} for k, session in self.live()]})
 
     async def catch_up(self) -> int:
         """Copy the sessions of the first peer that answers; 0 when none does (then this one starts empty)."""
@@ -203,8 +166,8 @@ class ReplicatedSessions(MemorySessions):
                 ):
                     continue
                 for item in orjson.loads(r.content)["sessions"]:
-                    self._store(bytes.fromhex(item["key"]), _session_from(item["s"]))
-                return len(self._data)
+                    self.keep(bytes.fromhex(item["key"]), Session.from_dict(item["s"]))
+                return len(self)
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 continue
         return 0

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-
-if TYPE_CHECKING:
-    from scaleout.core.authn import SessionView
 
 Username = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{3,32}$")]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
@@ -93,7 +90,7 @@ class TokenPair(BaseModel):
 
 
 class SessionEntry(BaseModel):
-    """A login as its user sees it in `GET /api/sessions`: a public handle, never a session ID or token."""
+    """`sessions.SessionInfo` as the document describes it."""
 
     id: str
     created: int
@@ -101,17 +98,6 @@ class SessionEntry(BaseModel):
     current: bool
     user_agent: str
     ip: str
-
-    @classmethod
-    def of(cls, view: SessionView) -> SessionEntry:
-        return cls(
-            id=view.id,
-            created=int(view.created),
-            last_seen=int(view.last_seen),
-            current=view.current,
-            user_agent=view.user_agent,
-            ip=view.ip,
-        )
 
 
 class SessionList(BaseModel):

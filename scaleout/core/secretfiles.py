@@ -45,36 +45,17 @@ def write_compose_store_configs(s: Settings) -> None:
     """The Sentinel topology of the container stack (docker-compose.sentinel.yml): the Redis servers' and the
     Sentinels' configs, which hold the password, among the secrets. docker/sentinel-node.sh completes them
     with the peers' addresses in each container (a Sentinel rewrites its config)."""
-    directory, password = s.secrets_path, s.redis_password()
-    node = [
-        f"port {s.redis_port}",
-        "protected-mode yes",
-        'save ""',
-        "appendonly no",
-        "dir /tmp",
-        f"aclfile {directory / 'redis.acl'}",
-        f"masteruser {s.redis_username}",
-        f"masterauth {password}",
-        "repl-diskless-sync-delay 0",
-    ]
-    write_secret(directory / "redis-node.conf", "\n".join(node) + "\n", replace=True)
-    sentinel = [
-        f"port {s.sentinel_port}",
-        "dir /tmp",
-        f"requirepass {password}",
-        f"sentinel sentinel-pass {password}",
-        "sentinel resolve-hostnames no",  # addresses only: see docker/sentinel-node.sh
-    ]
-    write_secret(directory / "sentinel.conf", "\n".join(sentinel) + "\n", replace=True)
+    from scaleout.core import redisconf
+
+    directory = s.secrets_path
+    write_secret(directory / "redis-node.conf", _lines(redisconf.redis_node(s, s.redis_port, "/tmp")), replace=True)
+    write_secret(directory / "sentinel.conf", _lines(redisconf.sentinel_node(s, s.sentinel_port, "/tmp")), replace=True)
     # After `sentinel monitor`, which the container writes once it knows the primary's address.
-    master = [
-        f"sentinel auth-user {s.sentinel_master} {s.redis_username}",
-        f"sentinel auth-pass {s.sentinel_master} {password}",
-        f"sentinel down-after-milliseconds {s.sentinel_master} {s.sentinel_down_after_ms}",
-        f"sentinel failover-timeout {s.sentinel_master} {s.sentinel_failover_timeout_ms}",
-        f"sentinel parallel-syncs {s.sentinel_master} 1",
-    ]
-    write_secret(directory / "sentinel-master.conf", "\n".join(master) + "\n", replace=True)
+    write_secret(directory / "sentinel-master.conf", _lines(redisconf.sentinel_monitor(s)), replace=True)
+
+
+def _lines(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
 
 
 def write_secret(path: Path, value: str, replace: bool = False) -> None:

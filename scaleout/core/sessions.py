@@ -12,10 +12,10 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -124,34 +124,67 @@ class Session:
     user_agent: str = ""
     ip: str = ""
 
+    def as_dict(self) -> dict[str, str | float]:
+        """The stored shape (short keys: it is stored once per session, in Redis or sent to every peer)."""
+        return {
+            "u": self.username,
+            "c": self.csrf,
+            "t": self.created,
+            "i": self.uid,
+            "h": self.handle,
+            "a": self.user_agent,
+            "p": self.ip,
+        }
+
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "u": self.username,
-                "c": self.csrf,
-                "t": self.created,
-                "i": self.uid,
-                "h": self.handle,
-                "a": self.user_agent,
-                "p": self.ip,
-            }
+        return orjson.dumps(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Session:
+        """The one decoder of a stored session, whoever stored it; a value of the wrong shape is a KeyError,
+        ValueError or TypeError, never a half-built session."""
+        created = d["t"]
+        if not isinstance(created, int | float):
+            raise TypeError("created must be a number")
+        return cls(
+            str(d["u"]),
+            str(d["c"]),
+            float(created),
+            str(d.get("i", "")),
+            str(d.get("h", "")),
+            str(d.get("a", "")),
+            str(d.get("p", "")),
         )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Session:
         d = orjson.loads(raw)
-        return cls(d["u"], d["c"], d["t"], d.get("i", ""), d.get("h", ""), d.get("a", ""), d.get("p", ""))
+        if not isinstance(d, dict):
+            raise TypeError("a stored session is a JSON object")
+        return cls.from_dict(d)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """What a user may see of one of their sessions (never its ID)."""
+    """A login as its user may see it (`GET /api/sessions`): a public handle, never a session ID or token.
+    Stores list them; the authenticator marks the caller's own (`current`)."""
 
     id: str
     created: float
     last_seen: float
     user_agent: str
     ip: str
+    current: bool = False
+
+    def as_json(self) -> dict[str, str | int | bool]:
+        return {
+            "id": self.id,
+            "created": int(self.created),
+            "last_seen": int(self.last_seen),
+            "current": self.current,
+            "user_agent": self.user_agent,
+            "ip": self.ip,
+        }
 
 
 class SessionMAC:
@@ -177,6 +210,33 @@ class SessionMAC:
         if not sep or not hmac.compare_digest(tag, self._tag(store_key, value)):
             return None
         return value
+
+
+class SessionStore(Protocol):
+    """Where sessions live, whichever store it is (this process's memory, every replica's memory kept in
+    step, the shared Redis): one interface, chosen once at start-up. Keys are the store's own form of a
+    session ID (`key`), computed once per distinct Cookie header by `SessionCookie`."""
+
+    @staticmethod
+    def key(raw_sid: bytes) -> Any: ...
+
+    async def lookup(self, key: Any) -> Session | None:
+        """The session at a store key, its idle timer renewed; None when absent or expired."""
+        ...
+
+    def touch(self, session: Session) -> None:
+        """After a lookup: renew what the lookup itself did not (the Redis index's `last_seen`)."""
+        ...
+
+    async def put(self, sid: str, session: Session) -> None: ...
+
+    async def delete(self, sid: str) -> None: ...
+
+    async def list(self, uid: str) -> list[SessionInfo]: ...
+
+    async def end(self, uid: str, handle: str) -> bool: ...
+
+    async def end_all(self, uid: str, keep: str | None = None) -> None: ...
 
 
 def _expired(session: Session, last_seen: float, now: float, idle_ttl: int, absolute_ttl: int) -> bool:
@@ -209,38 +269,45 @@ class MemorySessions:
         self._data: OrderedDict[bytes, _Entry] = OrderedDict()
         self._by_user: dict[str, dict[str, bytes]] = {}  # uid -> handle -> key
 
-    key = staticmethod(memory_key)
+    @staticmethod
+    def key(raw_sid: bytes) -> bytes:
+        return memory_key(raw_sid)
 
     async def get(self, sid: str) -> Session | None:
-        return self.lookup(memory_key(sid.encode()))
+        return await self.lookup(memory_key(sid.encode()))
 
-    def lookup(self, key: bytes) -> Session | None:
-        """`get` by store key and without a coroutine: a dict has nothing to wait for, and this runs per request."""
+    async def lookup(self, key: bytes) -> Session | None:
+        """The session at a store key, its idle timer renewed (None when absent or expired)."""
         entry = self._data.get(key)
         if entry is None:
             return None
         now = time.time()
         if _expired(entry.session, entry.seen, now, self.idle_ttl, self.absolute_ttl):
-            self._drop(key)
+            self.drop(key)
             return None
         entry.seen = now
         self._data.move_to_end(key)
         return entry.session
 
     async def put(self, sid: str, session: Session) -> None:
-        key = memory_key(sid.encode())
+        self.keep(memory_key(sid.encode()), session)
+
+    def keep(self, key: bytes, session: Session) -> None:
+        """Store a session at its store key (a login here, or one a peer replicated); beyond the user's cap
+        or the store's, the least recently used make room."""
         mine = self._by_user.setdefault(session.uid, {})
         while len(mine) >= self.max_per_user:  # the user's least recently used session makes room
-            self._drop(min(mine.values(), key=lambda k: self._data[k].seen))
+            self.drop(min(mine.values(), key=lambda k: self._data[k].seen))
         if len(self._data) >= self.max_entries:
-            self._drop(next(iter(self._data)))  # the least recently used of all
+            self.drop(next(iter(self._data)))  # the least recently used of all
         self._data[key] = _Entry(session, time.time())
         self._by_user.setdefault(session.uid, {})[session.handle] = key
 
     async def delete(self, sid: str) -> None:
-        self._drop(memory_key(sid.encode()))
+        self.drop(memory_key(sid.encode()))
 
-    def _drop(self, key: bytes) -> None:
+    def drop(self, key: bytes) -> None:
+        """Forget the session at a store key, and its place in the user's index."""
         entry = self._data.pop(key, None)
         if entry is None:
             return
@@ -258,22 +325,35 @@ class MemorySessions:
             entry = self._data[key]
             session = entry.session
             if _expired(session, entry.seen, now, self.idle_ttl, self.absolute_ttl):
-                self._drop(key)
+                self.drop(key)
                 continue
             out.append(SessionInfo(session.handle, session.created, entry.seen, session.user_agent, session.ip))
         return out
 
     async def end(self, uid: str, handle: str) -> bool:
+        return self.end_now(uid, handle)
+
+    async def end_all(self, uid: str, keep: str | None = None) -> None:
+        self.end_all_now(uid, keep)
+
+    def end_now(self, uid: str, handle: str) -> bool:
         key = self._by_user.get(uid, {}).get(handle)
         if key is None:
             return False
-        self._drop(key)
+        self.drop(key)
         return True
 
-    async def end_all(self, uid: str, keep: str | None = None) -> None:
+    def end_all_now(self, uid: str, keep: str | None = None) -> None:
         for handle, key in list(self._by_user.get(uid, {}).items()):
             if handle != keep:
-                self._drop(key)
+                self.drop(key)
+
+    def live(self) -> Iterator[tuple[bytes, Session]]:
+        """Every session not yet expired, with its store key (what a replica that starts late copies)."""
+        now = time.time()
+        for k, e in self._data.items():
+            if not _expired(e.session, e.seen, now, self.idle_ttl, self.absolute_ttl):
+                yield k, e.session
 
     def touch(self, session: Session) -> None:
         """The idle timer was renewed by `lookup` itself."""
@@ -385,7 +465,9 @@ class RedisSessions:
         self._end_all = redis.register_script(_END_ALL)
         self._list = redis.register_script(_LIST)
 
-    key = staticmethod(redis_key)
+    @staticmethod
+    def key(raw_sid: bytes) -> str:
+        return redis_key(raw_sid)
 
     @classmethod
     def for_settings(cls, settings: Settings, redis: Redis, reads: Coalescer) -> RedisSessions:

@@ -25,11 +25,12 @@ from scaleout.core.config import (
     explain,
     get_settings,
 )
-from scaleout.lab.runner import Cluster, ClusterError
+from scaleout.lab.drivers.base import ClusterDriver, ClusterError
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.table import markdown
 
 if TYPE_CHECKING:
-    from scaleout.lab.compose import Stack
+    from scaleout.lab.drivers.compose import Stack
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(highlight=False, soft_wrap=True)  # a line is never cut at 80 columns without a terminal
@@ -46,14 +47,12 @@ T = TypeVar("T")
 
 def _attempt(verb: Callable[[], T]) -> T:
     """Run one verb; a cluster's or a stack's refusal is one red line and exit 1, not a traceback."""
-    from scaleout.lab.compose import ComposeError
-
     try:
         return verb()
     except ValidationError as exc:
         _fail(explain(exc), status=2)
         raise
-    except (ClusterError, ComposeError) as exc:
+    except ClusterError as exc:  # every driver's refusal, the container runtimes' included
         _fail(exc)
         raise
 
@@ -121,24 +120,26 @@ def down() -> None:
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
-@app.command()
-def status() -> None:
-    """Each service's pid, address and health; the current modes."""
-    cluster = _cluster()
+def _show_status(cluster: ClusterDriver) -> None:
+    """The same view of any driver's cluster: each service, then the modes it runs and its primary."""
     _table(
-        ["service", "pid", "address", "healthy"],
-        [[row.service, str(row.pid or "-"), row.address, "yes" if row.healthy else "NO"] for row in cluster.status()],
+        ["service", "pid", "address", "healthy", "state"],
+        [[r.service, str(r.pid or "-"), r.address, "yes" if r.healthy else "NO", r.state] for r in cluster.status()],
     )
     s = cluster.settings
     console.print(
         f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
         f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
-        f"REDIS_TOPOLOGY={s.redis_topology}  url={s.public_url}"
+        f"REDIS_TOPOLOGY={s.redis_topology}  url={cluster.public_url}"
     )
     if s.sentinel:
-        primary = cluster.primary()
-        where = f"{primary} ({cluster.services[primary].address})" if primary else "none known (failover under way?)"
-        console.print(f"Redis primary, as the Sentinels say: {where}")
+        console.print(f"Redis primary, as the Sentinels say: {cluster.primary() or 'none known (failover under way?)'}")
+
+
+@app.command()
+def status() -> None:
+    """Each service's pid, address and health; the current modes."""
+    _show_status(_cluster())
 
 
 @app.command()
@@ -193,7 +194,7 @@ app.add_typer(compose_app, name="compose")
 
 def _stack(attach: bool = True) -> Stack:
     """`compose up` brings the stack to this command's settings; every other verb acts on the stack as it runs."""
-    from scaleout.lab.compose import Stack
+    from scaleout.lab.drivers.compose import Stack
 
     say: Callable[[str], None] = lambda line: console.print(f"  {line}")  # noqa: E731
     settings = _settings()
@@ -203,14 +204,16 @@ def _stack(attach: bool = True) -> Stack:
 @compose_app.command("up")
 def compose_up() -> None:
     """Start the container stack (`docker compose up -d --build --wait`); returns once every service is healthy."""
-    url = _attempt(lambda: _stack(attach=False).up())
-    console.print(f"compose stack up: [bold]{url}[/]")
+    stack = _stack(attach=False)
+    _attempt(stack.up)
+    console.print(f"compose stack up: [bold]{stack.public_url}[/]")
 
 
 @compose_app.command("down")
 def compose_down() -> None:
     """Remove the stack's containers, networks and volumes (nothing else)."""
-    from scaleout.lab.compose import Stack, engine_answers
+    from scaleout.lab.drivers.compose import Stack
+    from scaleout.lab.engine import engine_answers
 
     stack = Stack(_settings())
     if not engine_answers() or _attempt(stack.running_settings) is None:
@@ -223,13 +226,7 @@ def compose_down() -> None:
 @compose_app.command("status")
 def compose_status() -> None:
     """Each container's state and health, and the modes the stack runs."""
-    stack = _stack()
-    print(_attempt(stack.status))
-    s = stack.settings
-    print(
-        f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
-        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REDIS_TOPOLOGY={s.redis_topology}  url={stack.url}"
-    )
+    _show_status(_stack())
 
 
 @compose_app.command("lb")

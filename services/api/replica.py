@@ -20,8 +20,9 @@ from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, 
 from scaleout.core.credentials import header_value
 from scaleout.core.jwks import JWKSClient
 from scaleout.core.keys import hs256_key
+from scaleout.core.revocation import Denylist, RefreshTokens
 from scaleout.core.sessions import MemorySessions, RedisSessions
-from scaleout.core.store import Coalescer, Denylist, Durability, RefreshTokens, StoreUnavailable
+from scaleout.core.store import Coalescer, Durability, StoreUnavailable
 from scaleout.core.tokens import token_verifier
 from scaleout.core.web import JSONResponse, error
 

@@ -18,7 +18,6 @@ from scaleout.core.schemas import (
     PasswordConfirmation,
     RefreshRequest,
     Registered,
-    SessionEntry,
     SessionList,
     TokenPair,
 )
@@ -64,9 +63,8 @@ async def logout(principal: Writer, replica: ReplicaDep) -> Response:
 @accounts.get("/sessions", response_model=SessionList, responses={401: {}})
 async def sessions(principal: Caller, replica: ReplicaDep) -> Response:
     """The caller's sessions (jwt mode: its refresh families, one per login). Memory store: this replica's."""
-    views = await replica.authn.sessions(principal)
-    listed = SessionList(sessions=[SessionEntry.of(v) for v in views])
-    return JSONResponse(listed.model_dump(), headers=NO_STORE)
+    listed = await replica.authn.sessions(principal)
+    return JSONResponse({"sessions": [s.as_json() for s in listed]}, headers=NO_STORE)
 
 
 @accounts.delete("/sessions/{session_id}", status_code=204, responses={401: {}, 403: {}, 404: {}})

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, Settings, get_settings
 from scaleout.core.keys import BoundKey, KeyRing, hs256_key
 from scaleout.core.passwords import Passwords
+from scaleout.core.revocation import Denylist, RefreshOutcome, RefreshTokens
 from scaleout.core.schemas import (
     AuthRefreshRequest,
     DeleteAccountRequest,
@@ -27,15 +28,8 @@ from scaleout.core.schemas import (
     RegisterRequest,
 )
 from scaleout.core.sessions import RedisSessions, Session, new_csrf_token, new_handle, new_session_id
-from scaleout.core.store import (
-    Coalescer,
-    Denylist,
-    Durability,
-    RefreshOutcome,
-    RefreshTokens,
-    Throttle,
-    make_redis,
-)
+from scaleout.core.store import Coalescer, Durability, make_redis
+from scaleout.core.throttle import Throttle
 from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, token_verifier
 from scaleout.core.users import User, UsernameTaken, Users
 from scaleout.core.web import AUTH_FAILURES, JSONResponse, add_identity, create_app, error, settle_heap

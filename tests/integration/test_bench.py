@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:

@@ -20,11 +20,12 @@ import pytest
 from helpers import PASSWORD, bearer, new_username
 
 from scaleout.core.config import ROOT, Settings
-from scaleout.lab.compose import IMAGE_LABEL, ComposeError, Engine, Stack, ensure_engine, stop_engine_if_ours
+from scaleout.lab.drivers.compose import Stack
+from scaleout.lab.engine import IMAGE_LABEL, ComposeError, Engine, ensure_engine, stop_engine_if_ours
 from scaleout.lab.load import RequestLoop, wait_until
-from scaleout.lab.runner import free_ports
+from scaleout.lab.ports import free_ports
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.cluster, pytest.mark.engine]
 
 
 def _can_have_an_engine() -> str | None:

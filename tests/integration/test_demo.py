@@ -10,7 +10,7 @@ from helpers import run_cli
 
 from scaleout.lab.report import COLUMNS, parse_markdown_table
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

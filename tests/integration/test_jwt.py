@@ -8,9 +8,9 @@ import time
 import pytest
 from helpers import bearer, client, decode_part, forge, new_user, signing_key, spread, valid_claims
 
-from scaleout.lab.runner import Cluster
+from scaleout.lab.drivers.local import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import bearer, client, decode_part, new_user, spread
 
-from scaleout.lab.runner import Cluster
+from scaleout.lab.drivers.local import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from helpers import client
 
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop
 from scaleout.lab.load import wait_until as shared_wait_until
-from scaleout.lab.runner import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from helpers import PASSWORD, new_username
 
-from scaleout.lab.runner import Cluster
+from scaleout.lab.drivers.local import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 MODES = {
     "session": {"auth_mode": "session", "session_store": "redis"},

@@ -14,11 +14,11 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from scaleout.core.config import ROOT
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import wait_until
 from scaleout.lab.panel.app import panel_token
-from scaleout.lab.runner import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

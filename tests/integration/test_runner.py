@@ -9,8 +9,11 @@ import pytest
 from helpers import cluster_settings
 
 from scaleout.core.config import LBMode, Settings
+from scaleout.lab.drivers.base import ClusterError
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.nginx import render
-from scaleout.lab.runner import Cluster, ClusterError, require_program, settings_env
+from scaleout.lab.ports import settings_env
+from scaleout.lab.processes import require_program
 
 
 def test_a_missing_program_is_named_with_the_fix() -> None:
@@ -73,6 +76,6 @@ def test_up_again_with_other_settings_brings_the_running_cluster_to_them(tmp_pat
 
 
 def _alive(pid: int) -> bool:
-    from scaleout.lab.runner import pid_alive
+    from scaleout.lab.processes import pid_alive
 
     return pid_alive(pid)

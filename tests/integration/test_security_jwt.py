@@ -14,9 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from helpers import b64, bearer, client, decode_part, forge, new_user, signing_key, valid_claims
 
-from scaleout.lab.runner import Cluster, ClusterError
+from scaleout.lab.drivers.base import ClusterError
+from scaleout.lab.drivers.local import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

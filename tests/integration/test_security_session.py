@@ -13,10 +13,10 @@ from helpers import PASSWORD, client, cluster_redis, login, new_user, new_userna
 
 from scaleout.core.sessions import new_session_id
 from scaleout.core.users import Users
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop, wait_until
-from scaleout.lab.runner import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 GENERIC_401 = {"detail": "not authenticated"}
 
 

@@ -13,10 +13,11 @@ import httpx
 import pytest
 from helpers import PASSWORD, client, new_user, new_username, spread
 
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop, wait_until
-from scaleout.lab.runner import Cluster, redis_command
+from scaleout.lab.redisadmin import redis_command
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

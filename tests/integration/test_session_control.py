@@ -14,10 +14,10 @@ import httpx
 import pytest
 from helpers import PASSWORD, bearer, client, login, new_username, register
 
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop, wait_until
-from scaleout.lab.runner import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 class Device:

@@ -13,9 +13,9 @@ import pytest
 from helpers import client, login, new_user, spread
 
 from scaleout.core.config import LBMode
-from scaleout.lab.runner import Cluster
+from scaleout.lab.drivers.local import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import httpx
 import pytest
 from helpers import client, new_user, spread
 
-from scaleout.lab.runner import Cluster
+from scaleout.lab.drivers.local import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

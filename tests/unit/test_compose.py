@@ -22,7 +22,8 @@ import yaml
 
 from scaleout.core.config import ROOT, Settings
 from scaleout.lab.cli import app as cli_app
-from scaleout.lab.runner import redis_args, require_program
+from scaleout.lab.processes import require_program
+from scaleout.lab.redisadmin import redis_args
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(sys.prefix) / "share" / "compose_spec.json"
@@ -55,7 +56,7 @@ def test_compose_v2_reads_the_file_and_names_the_project_the_verbs_act_on(tmp_pa
     import subprocess
 
     from scaleout.core.config import Settings
-    from scaleout.lab.compose import PROJECT, Stack
+    from scaleout.lab.drivers.compose import PROJECT, Stack
 
     env = {k: v for k, v in os.environ.items() if k != "COMPOSE_PROJECT_NAME"}
     binary = Path(sys.executable).parent / "docker-compose"

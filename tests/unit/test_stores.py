@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from scaleout.core.config import Settings
 from scaleout.core.credentials import Ambiguous, Malformed, bearer_token, single_cookie
+from scaleout.core.revocation import Denylist, RefreshOutcome, RefreshTokens
 from scaleout.core.sessions import (
     MemorySessions,
     RedisSessions,
@@ -24,15 +25,8 @@ from scaleout.core.sessions import (
     redis_key,
     session_key,
 )
-from scaleout.core.store import (
-    Coalescer,
-    Denylist,
-    RefreshOutcome,
-    RefreshTokens,
-    StoreUnavailable,
-    Throttle,
-    make_redis,
-)
+from scaleout.core.store import Coalescer, StoreUnavailable, make_redis
+from scaleout.core.throttle import Throttle
 
 MAC = SessionMAC(b"k" * 32)
 
@@ -246,10 +240,10 @@ async def test_memory_store_forgets_a_deleted_session_even_after_the_cookie_was_
     await store.put(sid, session())
     header = [(b"cookie", f"sid={sid}".encode())]
     _, key = reader.read(header)
-    assert store.lookup(key).username == "alice"
+    assert (await store.lookup(key)).username == "alice"
     await store.delete(sid)
     _, key = reader.read(header)
-    assert store.lookup(key) is None
+    assert await store.lookup(key) is None
 
 
 @pytest.mark.anyio

@@ -14,9 +14,9 @@ import time
 from multiprocessing.connection import Connection
 
 from scaleout.core.config import Settings
-from scaleout.core.resp import pack
+from scaleout.core.pipelined import pack
 from scaleout.lab.bench.results import Capacity, ModeResult, RedisDrive
-from scaleout.lab.bench.wrk import CLK_TCK, cpu_ticks
+from scaleout.lab.processes import CLK_TCK, cpu_ticks
 
 KEYS = 1000
 

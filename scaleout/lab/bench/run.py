@@ -29,8 +29,10 @@ from scaleout.lab.bench.results import (
     WaitCost,
 )
 from scaleout.lab.bench.wrk import Target, summarise, wrk_run
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import PASSWORD, make_users
-from scaleout.lab.runner import Cluster, isolated_settings, nginx_workers
+from scaleout.lab.ports import isolated_settings
+from scaleout.lab.processes import nginx_workers
 
 MODES: dict[str, dict[str, object]] = {
     "session/memory": {"auth_mode": "session", "session_store": "memory"},

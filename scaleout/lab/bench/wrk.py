@@ -7,7 +7,6 @@ its rusage as our child.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -15,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from scaleout.lab.runner import require_program
+from scaleout.lab.processes import CLK_TCK, cpu_ticks, require_program
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LUA = Template((Path(__file__).parent / "wrk.lua").read_text())
 CLIENT = "wrk (client)"
 
@@ -48,17 +46,6 @@ def lua_script(target: Target, directory: Path) -> Path:
     script = directory / f"wrk-{abs(hash((target.path, target.header, target.creds)))}.lua"
     script.write_text(LUA.substitute(creds=creds, header=target.header, path=target.path))
     return script
-
-
-def cpu_ticks(pids: list[int]) -> dict[int, int]:
-    out = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[pid] = int(fields[11]) + int(fields[12])  # utime + stime
-        except (OSError, IndexError):
-            out[pid] = 0
-    return out
 
 
 def wrk_run(target: Target, seconds: float, processes: dict[str, list[int]], workdir: Path) -> WrkRun:

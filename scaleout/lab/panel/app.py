@@ -28,8 +28,11 @@ from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
 
 from scaleout.core.config import AuthMode, JWTRevocation, LBMode, RedisTopology, SessionStore, Settings
+from scaleout.lab.drivers.base import ClusterError
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.panel.traffic import TrafficGenerator
-from scaleout.lab.runner import Cluster, ClusterError, pid_alive, redis_ping
+from scaleout.lab.processes import pid_alive
+from scaleout.lab.redisadmin import redis_ping
 
 STATIC = Path(__file__).parent / "static"
 CHART_JS = (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from scaleout.lab.runner import free_ports, port_is_free
+from scaleout.lab.ports import free_ports, port_is_free
 
 HOST = "127.0.0.1"
 

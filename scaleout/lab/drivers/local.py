@@ -1,7 +1,8 @@
-"""The local cluster: redis-server, the auth service, N API replicas and nginx as plain processes.
+"""The local driver: redis-server, the auth service, N API replicas and nginx as plain processes.
 
 Everything it starts is recorded (pid, address, command) in `<cluster_dir>/state.json`, so `down`, `stop`,
-`start`, `lb` and `status` work from a later command, and `down` stops only what `up` started.
+`start`, `lb` and `status` work from a later command, on the cluster as it runs, and `down` stops only what
+`up` started.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,10 +20,16 @@ from pathlib import Path
 
 import httpx
 
+from scaleout.core import redisconf
 from scaleout.core.config import ROOT, AuthMode, JWTAlg, LBMode, Settings
 from scaleout.core.keys import KeyUnusable
 from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
+from scaleout.lab.drivers.base import ClusterError, Say, ServiceStatus
+from scaleout.lab.ports import port_is_free, settings_env
+from scaleout.lab.processes import CLK_TCK, cmdline, cpu_ticks, nginx_workers, pid_alive, require_program, tail
+from scaleout.lab.redisadmin import redis_args, redis_command, redis_ping
+from scaleout.lab.topology import Topology
 
 HEALTH_TIMEOUT = 30.0
 COOKIE_WARNING = (
@@ -34,10 +38,6 @@ COOKIE_WARNING = (
     "loopback; never do this on a real site."
 )
 PANEL = "lab"  # the control panel's service name
-
-
-class ClusterError(Exception):
-    pass
 
 
 @dataclass
@@ -56,116 +56,13 @@ class Service:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceStatus:
-    service: str
-    pid: int | None
-    address: str
-    healthy: bool
-
-
-def require_program(name: str) -> str:
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        raise ClusterError(f"'{name}' is not installed: run `make setup` (it installs Debian's {name}).")
-    return path
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _listening_range() -> tuple[int, int]:
-    """Ports outside the kernel's ephemeral range: an outgoing connection can never take one meanwhile."""
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return (10000, low - 1) if low > 12000 else (high + 1, 65000)
-
-
-def free_ports(host: str, count: int, contiguous: int = 0) -> tuple[list[int], int]:
-    """`count` free ports, and a base such that base+1..base+contiguous are free too (for api-N ports)."""
-    rng = random.Random()
-    first, last = _listening_range()
-    for _ in range(1000):
-        base = rng.randrange(first, last - contiguous)
-        wanted = [base + i for i in range(1, contiguous + 1)] + [rng.randrange(first, last) for _ in range(count)]
-        if len(set(wanted)) == len(wanted) and all(port_is_free(host, p) for p in wanted):
-            return wanted[contiguous:], base
-    raise ClusterError("no free ports found")
-
-
-def free_blocks(host: str, sizes: list[int]) -> list[int]:
-    """Bases of non-overlapping blocks of free ports (base .. base+size-1 each), outside the ephemeral range."""
-    rng = random.Random()
-    first, last = _listening_range()
-    for _ in range(1000):
-        bases = [rng.randrange(first, last - size) for size in sizes]
-        wanted = [b + i for b, size in zip(bases, sizes, strict=True) for i in range(size)]
-        if len(set(wanted)) == len(wanted) and all(port_is_free(host, p) for p in wanted):
-            return bases
-    raise ClusterError("no free ports found")
-
-
-def isolated_settings(cluster_dir: Path, **overrides: object) -> Settings:
-    """Settings for a cluster of its own: its own directory and free ports, so it never meets `make up`'s."""
-    wanted = Settings.model_validate({"cluster_dir": cluster_dir, **overrides})  # validates the overrides first
-    # api-N listens on base+N, so that block starts one below its first port.
-    api, nginx_port, auth_port, redis_port, sentinel_port, lab_port = free_blocks(
-        wanted.host, [wanted.replicas + 1, 1, 1, len(wanted.redis_ports), max(1, len(wanted.sentinel_ports)), 1]
-    )
-    ports = {
-        "lab_port": lab_port,
-        "nginx_port": nginx_port,
-        "auth_port": auth_port,
-        "redis_port": redis_port,
-        "sentinel_port": sentinel_port,
-        "api_port_base": api,
-    }
-    return Settings.model_validate({"cluster_dir": cluster_dir, **ports, **overrides})
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Settings as the environment variables every service reads them back from."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 class Cluster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dir = settings.cluster_dir
         self.state_file = self.dir / "state.json"
         self.prefix = self.dir / "nginx"
-        self.logs = self.dir / "logs"
+        self.log_dir = self.dir / "logs"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._services: dict[str, Service] = {}
         self._panel: Service | None = None
@@ -204,7 +101,7 @@ class Cluster:
         host = s.host
 
         def log(name: str) -> str:
-            return str(self.logs / f"{name}.log")
+            return str(self.log_dir / f"{name}.log")
 
         services = (
             self._plan_store(log)
@@ -289,101 +186,51 @@ class Cluster:
 
         `only` limits the Redis configs written: a running Redis's config is left as the Sentinels rewrote it."""
         s = self.settings
-        password = s.redis_password() or ""
         for name in only if only is not None else self._redis_names():
             svc = self._services[name]
             (self.dir / name).mkdir(parents=True, exist_ok=True)
-            lines = [
-                f"port {svc.port}",
-                f"bind {s.host}",
-                "protected-mode yes",
-                'save ""',
-                "appendonly no",
-                f"dir {self.dir / name}",
-                f"aclfile {s.secrets_path / 'redis.acl'}",
-                f"masteruser {s.redis_username}",
-                f"masterauth {password}",
-                "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once
-            ]
+            lines = redisconf.redis_node(s, svc.port, self.dir / name, bind=s.host)
             if name in replica_of:
                 lines.append("replicaof {} {}".format(*replica_of[name]))
             write_secret(s.secrets_path / f"{name}.conf", "\n".join(lines) + "\n", replace=True)
+        primary = (s.host, s.redis_port)
+        followers = [
+            (self._services[r].host, self._services[r].port) for r, lead in replica_of.items() if lead == primary
+        ]
         for n, port in enumerate(s.sentinel_ports, start=1):
             name = f"sentinel-{n}"
-            conf = s.secrets_path / f"{name}.conf"
             if self._services[name].pid and pid_alive(self._services[name].pid or 0):
                 continue  # a running Sentinel owns (and rewrites) its config
             (self.dir / name).mkdir(parents=True, exist_ok=True)
-            primary = (s.host, s.redis_port)
             lines = [
-                f"port {port}",
-                f"bind {s.host}",
-                "protected-mode yes",
-                f"dir {self.dir / name}",
-                f"requirepass {password}",
-                f"sentinel sentinel-pass {password}",
-                "sentinel resolve-hostnames no",
-                f"sentinel monitor {s.sentinel_master} {primary[0]} {primary[1]} 2",
-                f"sentinel auth-user {s.sentinel_master} {s.redis_username}",
-                f"sentinel auth-pass {s.sentinel_master} {password}",
-                f"sentinel down-after-milliseconds {s.sentinel_master} {s.sentinel_down_after_ms}",
-                f"sentinel failover-timeout {s.sentinel_master} {s.sentinel_failover_timeout_ms}",
-                f"sentinel parallel-syncs {s.sentinel_master} 1",
-                # Named at once: a Sentinel otherwise learns of a replica from the primary's INFO, polled every
-                # 10 s, and a failover before that leaves the replica it missed following a dead primary.
-                *(
-                    f"sentinel known-replica {s.sentinel_master} {self._services[r].host} {self._services[r].port}"
-                    for r, leader in replica_of.items()
-                    if leader == primary
-                ),
+                *redisconf.sentinel_node(s, port, self.dir / name, bind=s.host),
+                *redisconf.sentinel_monitor(s, primary, followers),
             ]
-            write_secret(conf, "\n".join(lines) + "\n", replace=True)
+            write_secret(s.secrets_path / f"{name}.conf", "\n".join(lines) + "\n", replace=True)
+
+    def topology(self) -> Topology:
+        """The Sentinel topology, asked over sockets: Redis as the ACL user, the Sentinels as `default`."""
+        s = self.settings
+        sentinels = [n for n, svc in self._services.items() if svc.health == "sentinel"]
+
+        def ask(node: str, *command: str) -> object:
+            svc = self._services[node]
+            user = "default" if svc.health == "sentinel" else s.redis_username
+            return redis_command(svc.host, svc.port, user, s.redis_password(), *command)
+
+        return Topology(self._redis_names(), sentinels, s.sentinel_master, ask, lambda n: [self._services[n].address])
 
     def primary(self) -> str | None:
         """The name of the Redis that is primary now (sentinel topology: as the Sentinels say)."""
-        s = self.settings
-        if not s.sentinel:
-            return "redis"
-        for host, port in s.sentinel_hosts:
-            reply = redis_command(
-                host, port, "default", s.redis_password(), "SENTINEL", "get-master-addr-by-name", s.sentinel_master
-            )
-            if isinstance(reply, list) and len(reply) == 2:
-                address = f"{reply[0]}:{reply[1]}"
-                return next((n for n in self._redis_names() if self._services[n].address == address), None)
-        return None
+        return self.topology().primary() if self.settings.sentinel else "redis"
 
     def wait_topology(self, timeout: float = 30.0) -> None:
-        """Until the primary has both replicas in sync and every Sentinel knows the other two."""
-        s = self.settings
-        password = s.redis_password()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            primary = self.primary()
-            if primary is not None:
-                svc = self._services[primary]
-                info = redis_command(svc.host, svc.port, s.redis_username, password, "INFO", "replication")
-                synced = isinstance(info, str) and info.count("state=online") == len(self._redis_names()) - 1
-                others = [
-                    redis_command(h, p, "default", password, "SENTINEL", "sentinels", s.sentinel_master)
-                    for h, p in s.sentinel_hosts
-                ]
-                replicas = [
-                    redis_command(h, p, "default", password, "SENTINEL", "replicas", s.sentinel_master)
-                    for h, p in s.sentinel_hosts
-                ]
-                if (
-                    synced
-                    and all(isinstance(o, list) and len(o) == len(others) - 1 for o in others)
-                    and all(healthy_replicas(r) == len(self._redis_names()) - 1 for r in replicas)
-                ):
-                    return
-            time.sleep(0.1)
-        raise ClusterError(f"the Sentinel topology did not settle within {timeout:.0f} s")
+        """Until the primary has both replicas in sync and every Sentinel knows the others and the replicas."""
+        self.topology().wait_settled(timeout)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
+    def up(self, progress: Say = lambda _: None) -> None:
         """Start the cluster; a cluster already running from this directory is brought to these settings
         (left as it is when it runs them already, else stopped and started again in them)."""
         if self.state_file.exists():
@@ -406,7 +253,7 @@ class Cluster:
                 previous.down(keep=(PANEL,))
             if previous and PANEL in running:  # the control panel outlives a restart in another mode
                 self._panel = previous.services[PANEL]
-        for d in (self.dir, self.logs, self.prefix, self.dir / "redis"):
+        for d in (self.dir, self.log_dir, self.prefix, self.dir / "redis"):
             d.mkdir(parents=True, exist_ok=True)
         if self.settings.auth_mode is AuthMode.cookie:
             progress(COOKIE_WARNING)
@@ -462,7 +309,7 @@ class Cluster:
             return
         env = {"CLUSTER_DIR": str(self.dir)}
         argv = [sys.executable, "-m", "scaleout", "lab", "--foreground"]
-        panel = Service(PANEL, argv, env, "127.0.0.1", s.lab_port, "http", str(self.logs / "lab.log"))
+        panel = Service(PANEL, argv, env, "127.0.0.1", s.lab_port, "http", str(self.log_dir / "lab.log"))
         if not port_is_free(panel.host, panel.port):
             raise ClusterError(f"port {panel.address} for the panel is taken by another process")
         self._services[PANEL] = panel
@@ -472,28 +319,23 @@ class Cluster:
 
     def _resolve(self, name: str, starting: bool = False) -> str:
         """`redis` in the sentinel topology: the primary now (to stop), or a stopped Redis (to start)."""
-        if name != "redis" or not self.settings.sentinel:
+        if not self.settings.sentinel:
             return name
-        if starting:
-            stopped = [
-                n for n in self._redis_names() if not (self._services[n].pid and pid_alive(self._services[n].pid or 0))
-            ]
-            if not stopped:
-                raise ClusterError("every Redis is running")
-            return stopped[0]
-        primary = self.primary()
-        if primary is None:
-            raise ClusterError("no Redis is primary right now (a failover may be under way)")
-        return primary
 
-    def stop(self, name: str, kill: bool = False) -> None:
+        def running(node: str) -> bool:
+            return bool(self._services[node].pid and pid_alive(self._services[node].pid or 0))
+
+        return self.topology().resolve(name, running, starting)
+
+    def stop(self, name: str, kill: bool = False) -> str:
         name = self._resolve(name)
         service = self._get(name)
         if not self._terminate(service, sig=signal.SIGKILL if kill else signal.SIGTERM):
             raise ClusterError(f"{name} is not running")
         self._save()
+        return name
 
-    def start(self, name: str) -> None:
+    def start(self, name: str) -> str:
         name = self._resolve(name, starting=True)
         service = self._get(name)
         if service.health == "redis" and self.settings.sentinel:
@@ -510,6 +352,7 @@ class Cluster:
         self._spawn(service)
         self._save()
         self._wait_healthy(service)
+        return name
 
     def lb(self, mode: LBMode) -> None:
         """Switch nginx's balancing live: config test, then a graceful reload (in-flight requests finish)."""
@@ -577,6 +420,20 @@ class Cluster:
             )
         return rows
 
+    @property
+    def public_url(self) -> str:
+        return self.settings.public_url
+
+    def replica_cpu_seconds(self) -> float:
+        pids = [self._services[n].pid or 0 for n in self.settings.replica_names if n in self._services]
+        return sum(cpu_ticks(pids).values()) / CLK_TCK
+
+    def logs(self, service: str, lines: int = 50) -> str:
+        return tail(self._get(service).log, lines)
+
+    def cannot_run(self, scenario: str) -> str | None:
+        return None  # every scenario runs on local processes
+
     # --- helpers ----------------------------------------------------------------------------------
 
     def _get(self, name: str) -> Service:
@@ -620,7 +477,7 @@ class Cluster:
         service.pid = None
         if not pid or not pid_alive(pid):
             return False
-        if Path(service.argv[0]).name not in " ".join(_cmdline(pid)):
+        if Path(service.argv[0]).name not in " ".join(cmdline(pid)):
             return False  # the pid was recycled by something that is not ours: leave it alone
         try:
             os.kill(pid, sig)
@@ -670,89 +527,3 @@ def describe_change(before: Settings, after: Settings) -> str:
     """The settings that differ, as VARIABLE=old->new (secrets never shown)."""
     old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
     return ", ".join(f"{k.upper()}={old[k]}->{new[k]}" for k in new if old.get(k) != new[k])
-
-
-def nginx_workers(master: int) -> list[int]:
-    """The worker processes of an nginx master (those of a previous config included, until they exit)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if f"\nPPid:\t{master}\n" in (entry / "status").read_text():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def redis_args(port: int) -> list[str]:
-    """The redis-server options shared by the local runner and compose: no persistence, own port.
-
-    Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
-    """
-    return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
-
-
-def healthy_replicas(reply: object) -> int:
-    """How many replicas a `SENTINEL replicas` reply lists as up and linked to their primary."""
-    if not isinstance(reply, list):
-        return 0
-    fields = [dict(zip(r[::2], r[1::2], strict=True)) for r in reply if isinstance(r, list)]
-    return sum(f.get("flags") == "slave" and f.get("master-link-status") == "ok" for f in fields)
-
-
-def redis_command(host: str, port: int, username: str, password: str | None, *command: str) -> object:
-    """One command to a Redis or Sentinel, authenticated, as its raw reply (bytes decoded, errors as None);
-    None too when it cannot be asked."""
-    import hiredis
-
-    def plain(value: object) -> object:
-        if isinstance(value, bytes):
-            return value.decode(errors="replace")
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
-
-    setup = [("AUTH", username, password)] if password else []
-    try:
-        with socket.create_connection((host, port), timeout=1.0) as s:
-            s.sendall(b"".join(hiredis.pack_command(c) for c in [*setup, command]))  # type: ignore[arg-type]  # any length
-            reader = hiredis.Reader()
-            replies: list[object] = []
-            while len(replies) < len(setup) + 1:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return None
-                reader.feed(chunk)
-                while (reply := reader.gets()) is not False:
-                    replies.append(reply)
-    except OSError:
-        return None
-    if any(isinstance(r, hiredis.ReplyError) for r in replies):
-        return None
-    return plain(replies[-1])
-
-
-def redis_ping(host: str, port: int, username: str, password: str | None) -> bool:
-    """Health of the cluster's Redis, asked as its ACL user."""
-    try:
-        with socket.create_connection((host, port), timeout=0.5) as s:
-            auth = f"AUTH {username} {password}\r\n".encode() if password else b""
-            s.sendall(auth + b"PING\r\n")
-            reply = b""
-            while reply.count(b"\r\n") < (2 if auth else 1):
-                chunk = s.recv(64)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply.rstrip().endswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def tail(path: str, lines: int = 20) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

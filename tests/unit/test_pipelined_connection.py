@@ -1,4 +1,4 @@
-"""The lean pipelined Redis connection (`scaleout.core.resp`): its documented failure rules, on the
+"""The lean pipelined Redis connection (`scaleout.core.pipelined`): its documented failure rules, on the
 standard event loop and on uvloop (which the services run)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scaleout.core.resp import PipelinedConnection
-from scaleout.lab.runner import redis_args, require_program
+from scaleout.core.pipelined import PipelinedConnection
+from scaleout.lab.processes import require_program
+from scaleout.lab.redisadmin import redis_args
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])

@@ -18,9 +18,10 @@ import httpx
 import pytest
 from helpers import PASSWORD, bearer, client, decode_part, login, new_user, new_username, register
 
-from scaleout.lab.runner import Cluster, _cmdline, nginx_workers
+from scaleout.lab.drivers.local import Cluster
+from scaleout.lab.processes import cmdline, nginx_workers
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_secrets_are_owner_only_and_never_copied(cluster: Cluster, start_cluster
             assert not any(v in text for v in values), path
         for service in c.services.values():
             assert service.pid
-            assert not any(v in " ".join(_cmdline(service.pid)) for v in values), service.name
+            assert not any(v in " ".join(cmdline(service.pid)) for v in values), service.name
             environ = Path(f"/proc/{service.pid}/environ").read_bytes().decode(errors="replace")
             assert not any(v in environ for v in values), service.name
     if os.geteuid() == 0:  # started as root: the workers must not be

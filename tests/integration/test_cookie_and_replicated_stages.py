@@ -14,10 +14,10 @@ import pytest
 from helpers import PASSWORD, client, new_user, new_username, spread
 
 from scaleout.core.replication import SIGNATURE, sign
+from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import wait_until
-from scaleout.lab.runner import Cluster
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def test_the_cookie_alone_scales_and_is_forged_stolen_and_never_revoked(cookie_c
 
 
 def test_cookie_mode_prints_its_warning(start_cluster: Callable[..., Cluster], tmp_path) -> None:
-    from scaleout.lab.runner import COOKIE_WARNING, isolated_settings
+    from scaleout.lab.drivers.local import COOKIE_WARNING
+    from scaleout.lab.ports import isolated_settings
 
     said: list[str] = []
     cluster = Cluster(isolated_settings(tmp_path / "c", auth_mode="cookie", replicas=1))

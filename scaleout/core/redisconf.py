@@ -1,0 +1,62 @@
+"""The Redis and Sentinel configuration of the cluster's store, written once for every place it runs.
+
+The local runner writes whole files (it knows every address); compose's `secrets` service writes the same
+lines as templates that `docker/sentinel-node.sh` completes in each container with the addresses only it
+can resolve (`replicaof`, `sentinel monitor`, `sentinel known-replica`). Every file holds the password, so
+each is written owner-only, among the secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scaleout.core.config import Settings
+
+
+def redis_node(s: Settings, port: int, data_dir: Path | str, bind: str | None = None) -> list[str]:
+    """A Redis of the Sentinel topology: no persistence, the ACL file, and how a replica authenticates."""
+    return [
+        f"port {port}",
+        *([f"bind {bind}"] if bind else []),
+        "protected-mode yes",
+        'save ""',
+        "appendonly no",
+        f"dir {data_dir}",
+        f"aclfile {s.secrets_path / 'redis.acl'}",
+        f"masteruser {s.redis_username}",
+        f"masterauth {s.redis_password() or ''}",
+        "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once
+    ]
+
+
+def sentinel_node(s: Settings, port: int, data_dir: Path | str, bind: str | None = None) -> list[str]:
+    """A Sentinel: clients and the other Sentinels authenticate; peers by address, never by host name."""
+    password = s.redis_password() or ""
+    return [
+        f"port {port}",
+        *([f"bind {bind}", "protected-mode yes"] if bind else []),
+        f"dir {data_dir}",
+        f"requirepass {password}",
+        f"sentinel sentinel-pass {password}",
+        # A Sentinel that monitors a host name resolves it on every check, and blocks while the dead
+        # container's name takes Docker's DNS seconds to answer: addresses only.
+        "sentinel resolve-hostnames no",
+    ]
+
+
+def sentinel_monitor(
+    s: Settings, primary: tuple[str, int] | None = None, replicas: list[tuple[str, int]] | None = None
+) -> list[str]:
+    """What a Sentinel watches: the primary (when known here), how to reach it, the failover's pace, and the
+    replicas named at once (a Sentinel otherwise learns of them from the primary's INFO, polled every 10 s,
+    and a failover before that leaves the one it missed following a dead primary)."""
+    m = s.sentinel_master
+    return [
+        *([f"sentinel monitor {m} {primary[0]} {primary[1]} 2"] if primary else []),
+        f"sentinel auth-user {m} {s.redis_username}",
+        f"sentinel auth-pass {m} {s.redis_password() or ''}",
+        f"sentinel down-after-milliseconds {m} {s.sentinel_down_after_ms}",
+        f"sentinel failover-timeout {m} {s.sentinel_failover_timeout_ms}",
+        f"sentinel parallel-syncs {m} 1",
+        *(f"sentinel known-replica {m} {host} {port}" for host, port in replicas or []),
+    ]
