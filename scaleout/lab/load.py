@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 import httpx
 
+from scaleout.lab.credential import Credential
+
 T = TypeVar("T")
 
 PASSWORD = "demo password 1"
@@ -35,23 +37,21 @@ class User:
     base_url: str
     local_address: str | None = None
     name: str = field(default_factory=lambda: "demo" + secrets.token_hex(5))
-    token: str | None = None
     home: str | None = None  # the replica that answered its first /api/me
     last_status: int = 0  # of its last login
 
     def __post_init__(self) -> None:
         transport = httpx.HTTPTransport(local_address=self.local_address) if self.local_address else None
         self.client = httpx.Client(base_url=self.base_url, timeout=10.0, transport=transport)
+        self.credential = Credential(self.client.cookies)
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    @property
+    def token(self) -> str | None:
+        return self.credential.token
 
     def auth_headers(self, write: bool = False) -> dict[str, str]:
         """Its credential for a request; a cookie write also carries the CSRF token."""
-        headers = self._headers()
-        if write and not self.token:
-            headers["X-CSRF-Token"] = self.client.cookies.get("csrf_token") or ""
-        return headers
+        return self.credential.headers(write)
 
     def register_and_login(self) -> None:
         self.client.post("/api/register", json={"username": self.name, "password": PASSWORD})
@@ -64,14 +64,13 @@ class User:
             self.last_status = 599
             return False
         self.last_status = r.status_code
-        if r.status_code == 200 and r.json().get("auth_mode") == "jwt":
-            self.token = r.json()["access_token"]
+        self.credential.took(r)
         return r.status_code == 200
 
     def me(self) -> Hit:
         start = time.perf_counter()
         try:
-            r = self.client.get("/api/me", headers=self._headers())
+            r = self.client.get("/api/me", headers=self.credential.headers())
             status, replica = r.status_code, r.headers.get("x-replica", "-")
         except httpx.HTTPError:
             status, replica = 599, "-"  # no HTTP answer at all

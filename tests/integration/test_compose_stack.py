@@ -84,7 +84,7 @@ def restart_in(stack: Stack, **modes: object) -> None:
 
 def client(stack: Stack, local_address: str | None = None) -> httpx.Client:
     transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
-    return httpx.Client(base_url=stack.url, timeout=10.0, transport=transport)
+    return httpx.Client(base_url=stack.public_url, timeout=10.0, transport=transport)
 
 
 def new_session(c: httpx.Client) -> dict:
@@ -193,7 +193,7 @@ def test_a_live_balancer_switch_and_a_killed_replica_lose_no_get(stack: Stack) -
 
         def get(worker: int, n: int) -> int:
             try:
-                r = keepalive_get() if worker else httpx.get(f"{stack.url}/api/whoami", timeout=10)
+                r = keepalive_get() if worker else httpx.get(f"{stack.public_url}/api/whoami", timeout=10)
             except httpx.HTTPError as exc:
                 failures.append(repr(exc))
                 return 599
@@ -303,7 +303,7 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
             print(f"compose failover: 200 again {recovered:.2f} s after the primary's container was killed")
             assert recovered < 10, recovered
             assert {s for _, s in replicas_of(c, 6, "/api/me")} == {200}
-            with httpx.Client(base_url=stack.url, timeout=10.0) as thief:
+            with httpx.Client(base_url=stack.public_url, timeout=10.0) as thief:
                 thief.cookies.set("sid", sid)
                 assert {thief.get("/api/me").status_code for _ in range(6)} == {401}  # the logout still holds
             # New logins work after the failover (503 for a moment while the other replica follows).

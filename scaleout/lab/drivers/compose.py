@@ -166,11 +166,12 @@ class Stack:
             out = self.redis_cli(node, *command, json_reply=True).strip()
         except ComposeError:
             return None
-        try:
-            reply = json.loads(out)
-        except ValueError:
+        if out.startswith(("(error)", "ERR", "NOAUTH", "WRONGPASS")):
             return None
-        return None if isinstance(reply, str) and reply.startswith(("ERR", "NOAUTH", "WRONGPASS")) else reply
+        try:
+            return json.loads(out)
+        except ValueError:
+            return out  # a bulk string (INFO) is printed as it is, not as JSON
 
     def _addresses(self, service: str) -> list[str]:
         found = self._containers().get(service)

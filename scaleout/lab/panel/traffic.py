@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from scaleout.lab.credential import Credential
+
 PASSWORD = "panel password 1"
 PACE = 0.1  # seconds between one user's requests: K users make about 10 K requests a second
 HISTORY = 24  # replicas remembered per user for the map
@@ -25,19 +27,17 @@ class SimUser:
     index: int
     name: str
     client: httpx.AsyncClient
-    token: str | None = None
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY))
     statuses: deque[int] = field(default_factory=lambda: deque(maxlen=HISTORY))
     # One request at a time per user, as one browser tab: a login and a read racing on the same cookie jar
     # could leave the user pinned (lb_route) to another replica than the one that holds its new session.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def __post_init__(self) -> None:
+        self.carried = Credential(self.client.cookies)
+
     def headers(self, write: bool = False) -> dict[str, str]:
-        if self.token:
-            return {"Authorization": f"Bearer {self.token}"}
-        if write:
-            return {"X-CSRF-Token": self.client.cookies.get("csrf_token") or ""}
-        return {}
+        return self.carried.headers(write)
 
     async def login(self) -> int:
         try:
@@ -45,16 +45,12 @@ class SimUser:
                 r = await self.client.post("/api/login", json={"username": self.name, "password": PASSWORD})
         except httpx.HTTPError:
             return 599
-        if r.status_code == 200:
-            self.token = r.json().get("access_token")
+        self.carried.took(r)
         return r.status_code
 
     def credential(self) -> tuple[str, str]:
         """What this user carries on every request: (header name, value)."""
-        if self.token:
-            return "Authorization", f"Bearer {self.token}"
-        jar = "; ".join(f"{c.name}={c.value}" for c in self.client.cookies.jar)
-        return "Cookie", jar
+        return self.carried.header()
 
 
 @dataclass
