@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     nginx_port: int = 8080
     auth_port: int = 9000
     api_port_base: int = 8000  # replica api-N listens on api_port_base + N
+    # Every replica on this one port instead (Kubernetes: one pod template for all of them; 0: off).
+    replica_port: int = Field(default=0, ge=0, le=65535)
     redis_port: int = 6380  # sentinel topology: redis-1; redis-2 and redis-3 take the next two ports
     sentinel_port: int = 26380  # sentinel-1; sentinel-2 and sentinel-3 take the next two ports
     sentinel_master: str = "scaleout"
@@ -216,7 +218,7 @@ class Settings(BaseSettings):
         return [f"api-{n}" for n in range(1, self.replicas + 1)]
 
     def api_port(self, replica: str) -> int:
-        return self.api_port_base + int(replica.removeprefix("api-"))
+        return self.replica_port or self.api_port_base + int(replica.removeprefix("api-"))
 
     def replica_url(self, replica: str) -> str:
         host = replica if self.peers_by_name else self.host

@@ -134,3 +134,11 @@ class Coalescer(PipelinedConnection):
             # Behind Sentinels, every (re)connection asks them where the primary is now.
             locate=pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None,
         )
+
+
+async def answers(redis: Redis) -> bool:
+    """Whether the shared Redis answers now (a readiness probe's question; never raises)."""
+    try:
+        return bool(await redis_call(redis.ping))
+    except StoreUnavailable:
+        return False

@@ -77,6 +77,7 @@ class IdentityMiddleware:
 def create_app(
     service: str,
     lifespan: Callable[[FastAPI], Any] | None = None,
+    ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title=f"scaleout {service}",
@@ -109,7 +110,16 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """Alive: the process answers (a liveness probe, which must not depend on anything else)."""
         return {"status": "ok", "service": service}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready: what this service needs to serve answers too (a readiness probe: traffic waits, the process
+        is not restarted)."""
+        if ready is not None and not await ready():
+            return error(503, "a dependency does not answer", {"Retry-After": "1", "Cache-Control": "no-store"})
+        return JSONResponse({"status": "ready", "service": service})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -206,7 +216,7 @@ def install_docs(
             return cached
         schema = get_openapi(title=app.title, version="1", routes=app.routes)
         # Served through nginx, which routes /api/ only: the services' own /healthz and /metrics stay out.
-        for own in ("/healthz", "/metrics"):
+        for own in ("/healthz", "/readyz", "/metrics"):
             schema["paths"].pop(own, None)
         components = schema.setdefault("components", {})
         models = components.setdefault("schemas", {})

@@ -276,14 +276,17 @@ def serve(kind: Kind) -> None:
 @app.command("render-nginx")
 def render_nginx(
     out: Annotated[Path, typer.Option(help="where to write the config ('-' for stdout)")] = Path("-"),
-    target: Annotated[str, typer.Option(help="local or compose")] = "compose",
+    target: Annotated[str, typer.Option(help="local, compose or k8s")] = "compose",
 ) -> None:
     """Render nginx/nginx.conf.j2 with the current settings (compose's nginx-config service runs this)."""
     from scaleout.lab import nginx
 
     settings = _settings()
     prefix = settings.cluster_dir / "nginx"
-    text = nginx.render(settings, "compose" if target == "compose" else "local", prefix=prefix)
+    targets: dict[str, nginx.Target] = {"local": "local", "compose": "compose", "k8s": "k8s"}
+    if target not in targets:
+        _fail(f"unknown target {target!r}; choose local, compose or k8s", status=2)
+    text = nginx.render(settings, targets[target], prefix=prefix)
     if str(out) == "-":
         sys.stdout.write(text)
     else:

@@ -99,8 +99,13 @@ def render(settings: Settings, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     secrets_dir = out / "secrets"
     s = Settings.model_validate(
-        {**settings.model_dump(), "secrets_dir": secrets_dir, "peers_by_name": True, "redis_port": 6380,
-         "sentinel_port": 26380},
+        {
+            **settings.model_dump(),
+            "secrets_dir": secrets_dir,
+            "peers_by_name": True,
+            "redis_port": 6380,
+            "sentinel_port": 26380,
+        },
     )
     write_cluster_secrets(s)  # the Redis password and ACL, the session key, the HS256 secret; Sentinel configs
     keys: list[str]
@@ -131,11 +136,7 @@ def render(settings: Settings, out: Path) -> Path:
         f"      - JWT_ALG={s.jwt_alg}",
         f"      - REPLICAS={s.replicas}",
         f"      - MAX_SESSIONS_PER_USER={s.max_sessions_per_user}",
-        *(
-            ["  - name: scaleout-sentinel-node", "    files:", "      - sentinel-node.sh"]
-            if s.sentinel
-            else []
-        ),
+        *(["  - name: scaleout-sentinel-node", "    files:", "      - sentinel-node.sh"] if s.sentinel else []),
         "secretGenerator:",
         "  - name: scaleout-redis",
         "    files:",
@@ -232,7 +233,11 @@ def pod_rule_violations(docs: list[dict[str, Any]]) -> list[str]:
                 problems.append(f"{name}: no preStop pause")
         if d["metadata"]["name"] == "api" and not pod.get("topologySpreadConstraints"):
             problems.append(f"{where}: replicas not spread across nodes")
-    for needed in [("PodDisruptionBudget", "api"), ("PodDisruptionBudget", "redis"), ("NetworkPolicy", "default-deny-ingress")]:
+    for needed in [
+        ("PodDisruptionBudget", "api"),
+        ("PodDisruptionBudget", "redis"),
+        ("NetworkPolicy", "default-deny-ingress"),
+    ]:
         if needed not in kinds:
             problems.append(f"missing {needed[0]}/{needed[1]}")
     return problems

@@ -13,7 +13,7 @@ from scaleout.core.config import ROOT, LBMode, Settings
 
 TEMPLATE_DIR = ROOT / "nginx"
 PROBE_PORT = 8081  # containers only: nginx's view of each replica, inside the stack's network
-Target = Literal["local", "compose"]
+Target = Literal["local", "compose", "k8s"]
 
 
 def _environment() -> Environment:
@@ -41,13 +41,18 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
         worker_user = "nobody nogroup" if os.geteuid() == 0 else ""
         probe_listen = ""  # local replicas are probed directly on their own ports
     else:
-        # Containers reach each other by service name; every service keeps its local port.
-        replicas = [(n, f"{n}:{settings.api_port(n)}") for n in settings.replica_names]
+        if target == "k8s":
+            # A StatefulSet's pods behind its headless Service: api-0.api ... api-N-1.api, one port for all.
+            names = [f"api-{i}" for i in range(settings.replicas)]
+            replicas = [(n, f"{n}.api:{settings.api_port(n)}") for n in names]
+        else:
+            # Containers reach each other by service name; every service keeps its local port.
+            replicas = [(n, f"{n}:{settings.api_port(n)}") for n in settings.replica_names]
         auth_address = f"auth:{settings.auth_port}"
         listen = str(settings.nginx_port)
         paths = {"pid_file": "/tmp/nginx.pid", "error_log": "/dev/stderr", "access_log": "/dev/stdout combined"}
         worker_user = ""  # the image's own nginx.conf user is not read; the container runs nginx as is
-        probe_listen = str(PROBE_PORT)
+        probe_listen = str(PROBE_PORT) if target == "compose" else ""
     return (
         _environment()
         .get_template("nginx.conf.j2")

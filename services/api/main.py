@@ -76,7 +76,7 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             transport=auth_transport,
         )
-        redis = make_redis(settings)
+        redis = replica.redis = make_redis(settings)
         # The per-request reads: one lean pipelined connection per process, timed once per round trip.
         reads = Coalescer(redis, on_round_trip=store_timer("redis", "read").observe)
         replica.authn = await build_authenticator(settings, redis, reads, replica.http)
@@ -87,7 +87,7 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
         await reads.aclose()
         await redis.aclose()
 
-    app = create_app(name, lifespan=lifespan)
+    app = create_app(name, lifespan=lifespan, ready=lambda: replica.ready())
     app.state.replica = replica  # for the routers' `ReplicaDep`
 
     @app.exception_handler(NotAuthenticated)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Request
+from redis.asyncio import Redis
 from starlette.responses import Response
 
 from scaleout.core.authn import (
@@ -22,7 +23,7 @@ from scaleout.core.jwks import JWKSClient
 from scaleout.core.keys import hs256_key
 from scaleout.core.revocation import Denylist, RefreshTokens
 from scaleout.core.sessions import MemorySessions, RedisSessions
-from scaleout.core.store import Coalescer, Durability, StoreUnavailable
+from scaleout.core.store import Coalescer, Durability, StoreUnavailable, answers
 from scaleout.core.tokens import token_verifier
 from scaleout.core.web import JSONResponse, error
 
@@ -87,9 +88,19 @@ class Replica:
     name: str = field(init=False)
     authn: Authenticator = field(init=False)
     http: httpx.AsyncClient = field(init=False)
+    redis: Redis = field(init=False)
 
     def __post_init__(self) -> None:
         self.name = self.settings.replica_id
+
+    async def ready(self) -> bool:
+        """Ready when what `/api/me` reads answers: Redis, where sessions or the denylist live. The JWKS was
+        fetched before this replica served anything."""
+        s = self.settings
+        reads_redis = (s.auth_mode is AuthMode.session and s.session_store is SessionStore.redis) or (
+            s.auth_mode is AuthMode.jwt and s.jwt_revocation is JWTRevocation.denylist
+        )
+        return await answers(self.redis) if reads_redis else True
 
     @property
     def mode_fields(self) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import TypeVar
 from fastapi import FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from redis.asyncio import Redis
 
 from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, Settings, get_settings
 from scaleout.core.keys import BoundKey, KeyRing, hs256_key
@@ -28,7 +29,7 @@ from scaleout.core.schemas import (
     RegisterRequest,
 )
 from scaleout.core.sessions import RedisSessions, Session, new_csrf_token, new_handle, new_session_id
-from scaleout.core.store import Coalescer, Durability, make_redis
+from scaleout.core.store import Coalescer, Durability, answers, make_redis
 from scaleout.core.throttle import Throttle
 from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, token_verifier
 from scaleout.core.users import User, UsernameTaken, Users
@@ -184,12 +185,13 @@ def create_auth_app(settings: Settings) -> FastAPI:
         verifier: TokenVerifier
         issuer: Issuer
         jwt: JWTIssuer | None
+        redis: Redis
 
     svc = Service()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = make_redis(settings)
+        redis = svc.redis = make_redis(settings)
         svc.users = Users(settings.users_db_path)
         svc.passwords = Passwords(settings)
         svc.hashing = HashPool(settings.argon2_concurrency, settings.argon2_queue_wait)
@@ -220,7 +222,8 @@ def create_auth_app(settings: Settings) -> FastAPI:
         await redis.aclose()
         svc.users.close()
 
-    app = create_app("auth", lifespan=lifespan)
+    # Ready while Redis answers: every login is counted there (the throttle) before its password is checked.
+    app = create_app("auth", lifespan=lifespan, ready=lambda: answers(svc.redis))
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> JSONResponse:

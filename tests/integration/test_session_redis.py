@@ -42,8 +42,16 @@ def test_redis_down_gives_503_and_recovers_without_restarts(cluster: Cluster) ->
             assert {r.status_code for r in down} == {503}
             assert {r.headers["x-replica"] for r in down} == {"api-1", "api-2", "api-3"}
             assert all(r.json() == {"detail": "session store unavailable"} for r in down)
+            # Not ready (traffic should wait), yet alive (nothing to restart): the probes tell them apart.
+            for name in ("api-1", "auth"):
+                base = f"http://{cluster.services[name].address}"
+                ready = httpx.get(f"{base}/readyz")
+                assert ready.status_code == 503 and ready.headers["retry-after"] == "1", name
+                assert httpx.get(f"{base}/healthz").status_code == 200, name
         finally:
             cluster.start("redis")
+        for name in ("api-1", "auth"):
+            assert httpx.get(f"http://{cluster.services[name].address}/readyz").json()["status"] == "ready"
         # Redis keeps no data across the restart, so the old session is gone (401, never 200 by accident)...
         assert c.get("/api/me").status_code == 401
         # ...and a new login works on every replica with nothing else restarted.

@@ -41,7 +41,9 @@ PANEL = "lab"  # the control panel's service name
 
 
 @dataclass
-class Service:
+class Process:
+    """One process of the local cluster, as recorded in state.json (what `up` started and how)."""
+
     name: str
     argv: list[str]
     env: dict[str, str]
@@ -64,8 +66,8 @@ class Cluster:
         self.prefix = self.dir / "nginx"
         self.log_dir = self.dir / "logs"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._services: dict[str, Service] = {}
-        self._panel: Service | None = None
+        self._services: dict[str, Process] = {}
+        self._panel: Process | None = None
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -76,7 +78,7 @@ class Cluster:
             raise ClusterError(f"no cluster recorded in {cluster_dir}: run `make up` first.")
         raw = json.loads(state_file.read_text())
         cluster = cls(Settings(**raw["settings"]))
-        cluster._services = {k: Service(**v) for k, v in raw["services"].items()}
+        cluster._services = {k: Process(**v) for k, v in raw["services"].items()}
         return cluster
 
     def _save(self) -> None:
@@ -89,12 +91,12 @@ class Cluster:
         tmp.replace(self.state_file)
 
     @property
-    def services(self) -> dict[str, Service]:
+    def services(self) -> dict[str, Process]:
         return self._services
 
     # --- plan -------------------------------------------------------------------------------------
 
-    def _plan(self) -> dict[str, Service]:
+    def _plan(self) -> dict[str, Process]:
         s = self.settings
         py = sys.executable
         env = settings_env(s)
@@ -107,7 +109,7 @@ class Cluster:
             self._plan_store(log)
             if s.sentinel
             else {
-                "redis": Service(
+                "redis": Process(
                     "redis",
                     [
                         require_program("redis-server"),
@@ -128,11 +130,11 @@ class Cluster:
                 ),
             }
         )
-        services["auth"] = Service(
+        services["auth"] = Process(
             "auth", [py, "-m", "services.serve", "auth"], env, host, s.auth_port, "http", log("auth")
         )
         for name in s.replica_names:
-            services[name] = Service(
+            services[name] = Process(
                 name,
                 [py, "-m", "services.serve", "api"],
                 {**env, "REPLICA_ID": name},
@@ -141,7 +143,7 @@ class Cluster:
                 "http",
                 log(name),
             )
-        services["nginx"] = Service(
+        services["nginx"] = Process(
             "nginx",
             [
                 require_program("nginx"),
@@ -160,20 +162,20 @@ class Cluster:
         )
         return services
 
-    def _plan_store(self, log: Callable[[str], str]) -> dict[str, Service]:
+    def _plan_store(self, log: Callable[[str], str]) -> dict[str, Process]:
         """Sentinel topology: redis-1 (the first primary), redis-2 and redis-3 replicating it, and three
         Sentinels watching them (quorum 2). Their configs hold the password, so they live among the secrets."""
         s = self.settings
-        services: dict[str, Service] = {}
+        services: dict[str, Process] = {}
         for n, port in enumerate(s.redis_ports, start=1):
             name = f"redis-{n}"
             conf = s.secrets_path / f"{name}.conf"
             argv = [require_program("redis-server"), str(conf)]
-            services[name] = Service(name, argv, {}, s.host, port, "redis", log(name))
+            services[name] = Process(name, argv, {}, s.host, port, "redis", log(name))
         for n, port in enumerate(s.sentinel_ports, start=1):
             name = f"sentinel-{n}"
             conf = s.secrets_path / f"{name}.conf"
-            services[name] = Service(
+            services[name] = Process(
                 name, [require_program("redis-sentinel"), str(conf)], {}, s.host, port, "sentinel", log(name)
             )
         return services
@@ -309,7 +311,7 @@ class Cluster:
             return
         env = {"CLUSTER_DIR": str(self.dir)}
         argv = [sys.executable, "-m", "scaleout", "lab", "--foreground"]
-        panel = Service(PANEL, argv, env, "127.0.0.1", s.lab_port, "http", str(self.log_dir / "lab.log"))
+        panel = Process(PANEL, argv, env, "127.0.0.1", s.lab_port, "http", str(self.log_dir / "lab.log"))
         if not port_is_free(panel.host, panel.port):
             raise ClusterError(f"port {panel.address} for the panel is taken by another process")
         self._services[PANEL] = panel
@@ -436,7 +438,7 @@ class Cluster:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _get(self, name: str) -> Service:
+    def _get(self, name: str) -> Process:
         if name not in self._services:
             raise ClusterError(f"unknown service {name!r}; known: {', '.join(self._services)}")
         return self._services[name]
@@ -454,7 +456,7 @@ class Cluster:
         nginx.check(require_program("nginx"), self.prefix, candidate)
         candidate.replace(conf)
 
-    def _spawn(self, service: Service) -> None:
+    def _spawn(self, service: Process) -> None:
         Path(service.log).parent.mkdir(parents=True, exist_ok=True)
         with open(service.log, "ab") as log:
             proc = subprocess.Popen(
@@ -472,7 +474,7 @@ class Cluster:
         self._children[proc.pid] = proc
         service.pid = proc.pid
 
-    def _terminate(self, service: Service, sig: signal.Signals = signal.SIGTERM) -> bool:
+    def _terminate(self, service: Process, sig: signal.Signals = signal.SIGTERM) -> bool:
         pid = service.pid
         service.pid = None
         if not pid or not pid_alive(pid):
@@ -502,7 +504,7 @@ class Cluster:
         except subprocess.TimeoutExpired:
             pass
 
-    def _probe(self, service: Service) -> bool:
+    def _probe(self, service: Process) -> bool:
         if service.health == "sentinel":
             return redis_ping(service.host, service.port, "default", self.settings.redis_password())
         if service.health == "redis":
@@ -512,7 +514,7 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def _wait_healthy(self, service: Service) -> None:
+    def _wait_healthy(self, service: Process) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT
         while time.monotonic() < deadline:
             if service.pid is None or not pid_alive(service.pid):
