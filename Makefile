@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test test-fast demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
+.PHONY: setup system test test-fast k8s-render k8s-check demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
 
 setup: system $(STAMP)
 	@$(PY) scripts/install_compose_plugin.py
@@ -88,3 +88,11 @@ compose-stop: setup
 compose-start: setup
 	@test -n "$(SERVICE)" || { echo "usage: make compose-start SERVICE=api-2|auth|redis|nginx" >&2; exit 2; }
 	$(PY) -m scaleout compose start $(SERVICE)
+
+# Kubernetes, offline (no Kubernetes runs here): the manifests for the mode variables, and every combination
+# validated against pinned schemas and the pod rules (scaleout/lab/k8s.py).
+k8s-render: setup
+	$(PY) -m scaleout k8s render $(if $(OUT),--out $(OUT))
+
+k8s-check: setup
+	$(PY) -m scaleout k8s check

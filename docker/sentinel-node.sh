@@ -1,5 +1,7 @@
 #!/bin/sh
-# Starts one Redis or Sentinel of docker-compose.sentinel.yml:  sentinel-node.sh primary|replica|sentinel
+# Starts one Redis or Sentinel of the Sentinel topology:  sentinel-node.sh primary|replica|auto|sentinel
+# (`auto`: the primary if this is PRIMARY_HOST, else a replica). The peers' names default to the compose
+# override's services; Kubernetes (deploy/k8s/components/sentinel) names its StatefulSets' pods instead.
 #
 # Every peer is addressed by IP, resolved here once. A Sentinel that monitors a host name resolves it again
 # on every check; while that container is dead, Docker's DNS answers slowly, the Sentinel's single thread
@@ -7,6 +9,10 @@
 set -eu
 role=$1
 master=${SENTINEL_MASTER:-scaleout}
+primary_host=${PRIMARY_HOST:-redis}
+replica_hosts=${REPLICA_HOSTS:-redis-2 redis-3}
+sentinel_hosts=${SENTINEL_HOSTS:-sentinel-1 sentinel-2 sentinel-3}
+self_host=${SELF_HOST:-$(hostname)}
 pass=$(cat /secrets/redis_password)
 
 ip_of() {  # the address of a compose service, waiting (up to 30 s) until its container has one
@@ -22,12 +28,16 @@ ip_of() {  # the address of a compose service, waiting (up to 30 s) until its co
 }
 
 primary_now() {  # "ip port" of the primary as a Sentinel says, or nothing
-    for s in sentinel-1 sentinel-2 sentinel-3; do
-        set -- $(timeout 2 redis-cli -h "$s" -p 26380 --user default --pass "$pass" --no-auth-warning \
+    for s in $sentinel_hosts; do
+        set -- $(REDISCLI_AUTH="$pass" timeout 2 redis-cli -h "$s" -p 26380 --user default --no-auth-warning \
             SENTINEL get-master-addr-by-name "$master" 2>/dev/null || true)
         if [ $# -eq 2 ]; then echo "$1 $2"; return 0; fi
     done
 }
+
+if [ "$role" = auto ]; then
+    if [ "$(ip_of "$primary_host")" = "$(ip_of "$self_host")" ]; then role=primary; else role=replica; fi
+fi
 
 case "$role" in
 sentinel)
@@ -35,11 +45,10 @@ sentinel)
     if [ ! -f /tmp/sentinel.conf ]; then
         {
             cat /secrets/sentinel.conf
-            echo "sentinel monitor $master $(ip_of redis) 6380 2"
+            echo "sentinel monitor $master $(ip_of "$primary_host") 6380 2"
             cat /secrets/sentinel-master.conf
             # Named at once, rather than learnt from the primary's INFO up to 10 s later.
-            echo "sentinel known-replica $master $(ip_of redis-2) 6380"
-            echo "sentinel known-replica $master $(ip_of redis-3) 6380"
+            for r in $replica_hosts; do echo "sentinel known-replica $master $(ip_of "$r") 6380"; done
         } > /tmp/sentinel.conf
     fi
     exec redis-server /tmp/sentinel.conf --sentinel
@@ -50,16 +59,16 @@ primary | replica)
         # Back after a crash: follow whichever Redis is primary now, from the first moment, rather than
         # claim to be a primary with an empty dataset until the Sentinels notice.
         set -- $(primary_now)
-        me=$(ip_of "$(hostname)")
+        me=$(ip_of "$self_host")
         if [ $# -eq 2 ] && [ "$1" != "$me" ]; then echo "replicaof $1 $2" >> /tmp/redis.conf; fi
     elif [ "$role" = replica ]; then
-        echo "replicaof $(ip_of redis) 6380" >> /tmp/redis.conf
+        echo "replicaof $(ip_of "$primary_host") 6380" >> /tmp/redis.conf
     fi
     touch /tmp/.started
     exec redis-server /tmp/redis.conf
     ;;
 *)
-    echo "usage: $0 primary|replica|sentinel" >&2
+    echo "usage: $0 primary|replica|auto|sentinel" >&2
     exit 2
     ;;
 esac

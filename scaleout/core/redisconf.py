@@ -13,8 +13,11 @@ from pathlib import Path
 from scaleout.core.config import Settings
 
 
-def redis_node(s: Settings, port: int, data_dir: Path | str, bind: str | None = None) -> list[str]:
-    """A Redis of the Sentinel topology: no persistence, the ACL file, and how a replica authenticates."""
+def redis_node(
+    s: Settings, port: int, data_dir: Path | str, bind: str | None = None, secrets_seen_at: Path | None = None
+) -> list[str]:
+    """A Redis of the Sentinel topology: no persistence, the ACL file, and how a replica authenticates.
+    `secrets_seen_at`: where the server finds the secrets, when not where they are written (a pod's mount)."""
     return [
         f"port {port}",
         *([f"bind {bind}"] if bind else []),
@@ -22,7 +25,7 @@ def redis_node(s: Settings, port: int, data_dir: Path | str, bind: str | None = 
         'save ""',
         "appendonly no",
         f"dir {data_dir}",
-        f"aclfile {s.secrets_path / 'redis.acl'}",
+        f"aclfile {(secrets_seen_at or s.secrets_path) / 'redis.acl'}",
         f"masteruser {s.redis_username}",
         f"masterauth {s.redis_password() or ''}",
         "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once

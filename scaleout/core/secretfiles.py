@@ -41,14 +41,15 @@ def write_cluster_secrets(settings: Settings) -> None:
         write_compose_store_configs(s)
 
 
-def write_compose_store_configs(s: Settings) -> None:
+def write_compose_store_configs(s: Settings, secrets_seen_at: Path | None = None) -> None:
     """The Sentinel topology of the container stack (docker-compose.sentinel.yml): the Redis servers' and the
     Sentinels' configs, which hold the password, among the secrets. docker/sentinel-node.sh completes them
     with the peers' addresses in each container (a Sentinel rewrites its config)."""
     from scaleout.core import redisconf
 
     directory = s.secrets_path
-    write_secret(directory / "redis-node.conf", _lines(redisconf.redis_node(s, s.redis_port, "/tmp")), replace=True)
+    node = redisconf.redis_node(s, s.redis_port, "/tmp", secrets_seen_at=secrets_seen_at)
+    write_secret(directory / "redis-node.conf", _lines(node), replace=True)
     write_secret(directory / "sentinel.conf", _lines(redisconf.sentinel_node(s, s.sentinel_port, "/tmp")), replace=True)
     # After `sentinel monitor`, which the container writes once it knows the primary's address.
     write_secret(directory / "sentinel-master.conf", _lines(redisconf.sentinel_monitor(s)), replace=True)

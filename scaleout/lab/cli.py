@@ -250,6 +250,48 @@ def compose_start(service: str) -> None:
     console.print(f"started {started}")
 
 
+k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes manifests (deploy/k8s), rendered and validated offline.")
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    out: Annotated[Path | None, typer.Option(help="where the overlay and manifests.yaml go")] = None,
+) -> None:
+    """The manifests for the current mode variables: an overlay (base, components, generated secrets) and
+    its output, `manifests.yaml`, ready for `kubectl apply -f` (or `kubectl apply -k` on the overlay)."""
+    from scaleout.lab import k8s
+
+    settings = _settings()
+    chosen = _attempt(lambda: k8s.components(settings))
+    where = out or settings.cluster_dir / "k8s" / ("-".join(chosen) or "base")
+    manifests = _attempt(lambda: k8s.render(settings, where))
+    console.print(f"wrote {manifests} (overlay {where}; its secrets are in {where / 'secrets'}, owner-only)")
+
+
+@k8s_app.command("check")
+def k8s_check(
+    workdir: Annotated[Path | None, typer.Option(help="where the renders go (a temporary directory)")] = None,
+) -> None:
+    """Every combination of the modes rendered, validated strictly against the pinned Kubernetes versions'
+    schemas, and held to the pod rules; exit 1 when any breaks."""
+    import tempfile
+
+    from scaleout.lab import k8s
+
+    _settings()
+    with tempfile.TemporaryDirectory(prefix="scaleout-k8s-") as tmp:
+        found = _attempt(lambda: k8s.check(workdir or Path(tmp)))
+    _table(["combination", "problems"], [[name, "; ".join(p) or "none"] for name, p in found.items()])
+    bad = sum(bool(p) for p in found.values())
+    console.print(
+        f"{len(found)} combinations, Kubernetes {' and '.join(k8s.KUBERNETES_VERSIONS)} (strict): "
+        f"{'all valid' if not bad else f'{bad} with problems'}"
+    )
+    if bad:
+        raise typer.Exit(1)
+
+
 @app.command("init-secrets")
 def init_secrets() -> None:
     """Create the cluster's secrets (Redis ACL and password, session key, HS256 secret) in SECRETS_DIR."""

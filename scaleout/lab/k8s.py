@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from scaleout.core.config import ROOT, AuthMode, JWTAlg, JWTRevocation, LBMode, RedisTopology, SessionStore, Settings
-from scaleout.core.secretfiles import write_cluster_secrets
+from scaleout.core.secretfiles import write_cluster_secrets, write_compose_store_configs
 from scaleout.lab.drivers.base import ClusterError
 
 K8S = ROOT / "deploy" / "k8s"
@@ -107,7 +107,9 @@ def render(settings: Settings, out: Path) -> Path:
             "sentinel_port": 26380,
         },
     )
-    write_cluster_secrets(s)  # the Redis password and ACL, the session key, the HS256 secret; Sentinel configs
+    write_cluster_secrets(s)  # the Redis password and ACL, the session key, the HS256 secret
+    if s.sentinel:  # the servers' configs, naming the files where the pods mount them
+        write_compose_store_configs(s, secrets_seen_at=Path("/secrets"))
     keys: list[str]
     if s.jwt_alg is JWTAlg.HS256:
         keys = ["literals:\n      - unused=HS256 signs with scaleout-jwt-secret"]

@@ -127,6 +127,9 @@ def test_the_readmes_plain_docker_compose_up_acts_on_the_same_stack(stack: Stack
             **stack.env,
             "COMPOSE_PROJECT_NAME": stack.project,
             "NGINX_PORT": str(stack.settings.nginx_port),
+            # Another value than the stack runs: compose recreates the replicas (new addresses), and nginx
+            # must follow them (it is restarted with them), or it would send everything to one survivor.
+            "MAX_SESSIONS_PER_USER": "9",
         },
         capture_output=True,
         text=True,
