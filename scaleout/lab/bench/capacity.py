@@ -16,7 +16,9 @@ from multiprocessing.connection import Connection
 from scaleout.core.config import Settings
 from scaleout.core.pipelined import pack
 from scaleout.lab.bench.results import Capacity, ModeResult, RedisDrive
+from scaleout.lab.drivers.base import ClusterError
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
+from scaleout.lab.redisadmin import redis_command
 
 KEYS = 1000
 
@@ -74,14 +76,10 @@ def drive_redis(
     settings: Settings, host: str, port: int, redis_pid: int, seconds: float = 3.0, processes: int = 3, batch: int = 256
 ) -> RedisDrive:
     """The replicas' read pattern alone, as fast as `processes` clients can send it; Redis's CPU meanwhile."""
-    import redis
-
     password = settings.redis_password()
-    setup = redis.Redis(host=host, port=port, username=settings.redis_username if password else None, password=password)
-    try:
-        setup.mset({f"sess:bench:{i}": b"x" * 200 for i in range(KEYS)})  # session-sized values
-    finally:
-        setup.close()
+    values = [w for i in range(KEYS) for w in (f"sess:bench:{i}", "x" * 200)]  # session-sized values
+    if redis_command(host, port, settings.redis_username, password, "MSET", *values, timeout=10.0) != "OK":
+        raise ClusterError(f"could not seed the Redis at {host}:{port} for the drive")
     auth = _auth_bytes(settings.redis_username, password)
     ctx = multiprocessing.get_context("fork")
     pipes = [ctx.Pipe(duplex=False) for _ in range(processes)]
