@@ -45,6 +45,12 @@ class Refused(Exception):
     """A replication message that is malformed, unsigned, forged or too large: dropped with a log line."""
 
 
+def same_mac(sent: str | None, expected: str) -> bool:
+    """Whether a MAC from a header is the expected one, in constant time. Compared as bytes: a header may
+    hold any latin-1 character, and `compare_digest` refuses a non-ASCII str with a TypeError (a 500)."""
+    return bool(sent) and hmac.compare_digest((sent or "").encode("latin-1", "replace"), expected.encode())
+
+
 def sign(key: bytes, body: bytes) -> str:
     return hmac.new(key, b"replication\0" + body, sha256).hexdigest()
 
@@ -122,7 +128,7 @@ class ReplicatedSessions(MemorySessions):
     def check(self, body: bytes, signature: str | None) -> dict[str, Any]:
         if len(body) > MAX_MESSAGE:
             raise Refused("too large")
-        if not signature or not hmac.compare_digest(signature, sign(self.secret, body)):
+        if not same_mac(signature, sign(self.secret, body)):
             raise Refused("bad signature")
         try:
             change = orjson.loads(body)
@@ -161,9 +167,7 @@ class ReplicatedSessions(MemorySessions):
                 r = await self.http.get(
                     f"{peer}/internal/sessions", headers={SIGNATURE: sign(self.secret, b"snapshot")}, timeout=2.0
                 )
-                if r.status_code != 200 or not hmac.compare_digest(
-                    r.headers.get(SIGNATURE, ""), sign(self.secret, r.content)
-                ):
+                if r.status_code != 200 or not same_mac(r.headers.get(SIGNATURE), sign(self.secret, r.content)):
                     continue
                 for item in orjson.loads(r.content)["sessions"]:
                     self.keep(bytes.fromhex(item["key"]), Session.from_dict(item["s"]))

@@ -233,8 +233,8 @@ def pod_rule_violations(docs: list[dict[str, Any]]) -> list[str]:
                 problems.append(f"{name}: a readiness and a liveness probe are required")
             if d["metadata"]["name"] in ("api", "nginx") and "preStop" not in c.get("lifecycle", {}):
                 problems.append(f"{name}: no preStop pause")
-        if d["metadata"]["name"] == "api" and not pod.get("topologySpreadConstraints"):
-            problems.append(f"{where}: replicas not spread across nodes")
+        if d["metadata"]["name"] in ("api", "redis", "sentinel") and not pod.get("topologySpreadConstraints"):
+            problems.append(f"{where}: pods not spread across nodes")
     for needed in [
         ("PodDisruptionBudget", "api"),
         ("PodDisruptionBudget", "redis"),

@@ -8,7 +8,6 @@ see the balancer.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -146,7 +145,7 @@ def add_replication(app: FastAPI, replica: Replica) -> None:
     import logging
 
     from scaleout.core.authn import SessionAuthenticator
-    from scaleout.core.replication import MAX_MESSAGE, SIGNATURE, Refused, ReplicatedSessions, sign
+    from scaleout.core.replication import MAX_MESSAGE, SIGNATURE, Refused, ReplicatedSessions, same_mac, sign
 
     log = logging.getLogger("scaleout.replication")
 
@@ -175,7 +174,7 @@ def add_replication(app: FastAPI, replica: Replica) -> None:
 
     async def sessions(request: Request) -> Response:
         s = store()
-        if not secrets.compare_digest(request.headers.get(SIGNATURE, ""), sign(s.secret, b"snapshot")):
+        if not same_mac(request.headers.get(SIGNATURE), sign(s.secret, b"snapshot")):
             return error(403, "unsigned snapshot request")
         body = s.snapshot()
         return Response(body, media_type="application/json", headers={SIGNATURE: sign(s.secret, body)})

@@ -126,6 +126,10 @@ def test_forged_garbage_and_oversized_replication_messages_are_dropped(replicate
     big = b"x" * (200 * 1024)
     assert httpx.post(url, content=big, headers={SIGNATURE: sign(key, big)}).status_code == 413
     assert httpx.get(f"{s.replica_url('api-1')}/internal/sessions").status_code == 403
+    # A MAC header with a non-ASCII byte is a refusal like any wrong MAC, never a 500.
+    odd_mac = {SIGNATURE: "\u00e9".encode("latin-1") + b"0" * 63}
+    assert httpx.post(url, content=planted, headers=odd_mac).status_code == 400
+    assert httpx.get(f"{s.replica_url('api-1')}/internal/sessions", headers=odd_mac).status_code == 403
     # The replica is fine, and nginx never exposes the replication endpoints.
     with client(replicated) as c:
         new_user(c)
