@@ -55,6 +55,9 @@ local state = redis.call('GET', KEYS[1])
 if state == 'live' then
   redis.call('SET', KEYS[1], 'used', 'KEEPTTL')
   redis.call('ZADD', KEYS[3], 'XX', ARGV[2], ARGV[3])
+  -- The user's index lives as long as its freshest family may: a refresh token's lifetime from now.
+  redis.call('EXPIRE', KEYS[3], ARGV[1], 'GT')
+  redis.call('EXPIRE', KEYS[4], ARGV[1], 'GT')
   return 'ok'
 elseif state == 'used' then
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])

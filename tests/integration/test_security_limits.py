@@ -220,6 +220,34 @@ def test_refresh_needs_a_live_account_and_a_family_has_an_absolute_end(jwt_clust
         assert c.post("/api/refresh", json={"refresh_token": r.json()["refresh_token"]}).status_code == 401
 
 
+def test_a_family_refreshed_in_time_lives_to_its_absolute_end_and_stays_listed(
+    start_cluster: Callable[..., Cluster],
+) -> None:
+    """A refresh token lives REFRESH_TTL, a family REFRESH_ABSOLUTE_TTL: refreshed in time, a login must last
+    past its first REFRESH_TTL (the user's family index once expired then, refusing every later refresh) and
+    stay listed and revocable until its absolute end."""
+    short = start_cluster(auth_mode="jwt", refresh_ttl=2, refresh_absolute_ttl=6)
+    with client(short) as c:
+        _, r = new_user(c)
+        tokens = r.json()
+        logged_in = time.monotonic()
+        while time.monotonic() - logged_in < 4.5:  # more than twice REFRESH_TTL since the login
+            time.sleep(0.7)
+            r = c.post("/api/refresh", json={"refresh_token": tokens["refresh_token"]})
+            assert r.status_code == 200, (round(time.monotonic() - logged_in, 1), r.text)
+            tokens = r.json()
+        listed = c.get("/api/sessions", headers=bearer(tokens["access_token"])).json()["sessions"]
+        assert len(listed) == 1 and listed[0]["current"]
+        while True:  # refreshed in time until the family's absolute end, and refused from then on
+            r = c.post("/api/refresh", json={"refresh_token": tokens["refresh_token"]})
+            if r.status_code == 401:
+                break
+            assert r.status_code == 200 and time.monotonic() - logged_in < 10, "outlived its absolute end"
+            tokens = r.json()
+            time.sleep(0.5)
+        assert time.monotonic() - logged_in >= 6 - 1.5
+
+
 def test_a_revoked_key_stops_verifying_on_every_replica_without_restarts(jwt_cluster: Cluster) -> None:
     pids = {n: s.pid for n, s in jwt_cluster.services.items()}
     with client(jwt_cluster) as c:
