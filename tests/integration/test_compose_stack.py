@@ -7,6 +7,7 @@ CI=true these tests must run. Elsewhere they skip with one line saying why.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -256,7 +257,14 @@ def test_ip_hash_behind_port_publishing_sees_one_client_address(stack: Stack) ->
 
 
 def test_jwt_works_everywhere_with_redis_and_auth_stopped(stack: Stack) -> None:
-    restart_in(stack, auth_mode="jwt", session_store="redis", lb_mode="round_robin")
+    # HS256 with a secret handed in: it reaches the secrets generator alone, never a running container's env.
+    secret = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+    restart_in(stack, auth_mode="jwt", session_store="redis", lb_mode="round_robin", jwt_alg="HS256", jwt_secret=secret)
+    running = docker_lines("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}")
+    environments = subprocess.run(
+        ["docker", "inspect", "-f", "{{json .Config.Env}}", *running], capture_output=True, text=True
+    ).stdout
+    assert len(running) >= 5 and secret not in environments and "JWT_SECRET=" not in environments
     with client(stack) as c:
         token = new_session(c)["access_token"]
         stack.stop("redis")

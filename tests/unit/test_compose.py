@@ -190,3 +190,10 @@ def test_nginx_config_rendered_for_compose_passes_nginx_t(compose: dict, lb_mode
         cmd = shlex.split(test)
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_hs256_secret_reaches_the_secrets_generator_alone(compose: dict) -> None:
+    """`JWT_SECRET` is interpolated into one environment, the generator's, which writes it owner-only into
+    the secrets volume; no running service carries it where `docker inspect` shows it."""
+    holders = {name for name, svc in compose["services"].items() if "JWT_SECRET" in (svc.get("environment") or {})}
+    assert holders == {"secrets"}

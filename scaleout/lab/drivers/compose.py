@@ -85,8 +85,6 @@ class Stack:
         if api is not None:
             env = dict(e.split("=", 1) for e in api["Config"]["Env"] if "=" in e)
             update |= {k.lower(): env[k] for k in MODE_VARIABLES if k in env}
-            if env.get("JWT_SECRET"):
-                update["jwt_secret"] = env["JWT_SECRET"]
         nginx = by_service.get("nginx") or {}
         bindings = nginx.get("HostConfig", {}).get("PortBindings") or {}
         published = [b.get("HostPort") for b in bindings.get("8080/tcp") or [] if b.get("HostPort")]
