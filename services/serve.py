@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "secrets":
         from scaleout.core.keys import KeyUnusable
-        from scaleout.core.secretfiles import write_cluster_secrets
+        from scaleout.core.secretfiles import distribute, write_cluster_secrets
 
         settings = get_settings()
         try:
@@ -60,6 +60,9 @@ def main(argv: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"secrets ready in {settings.secrets_path}")
+        # Compose: each kind of container gets its own volume with only the files it needs.
+        if settings.secrets_out is not None:
+            print(f"handed to: {', '.join(distribute(settings, settings.secrets_out)) or 'nobody'}")
         return 0
     serve(argv[0])
     return 0

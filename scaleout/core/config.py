@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     users_db: Path | None = None  # default: cluster_dir/users.sqlite3
     keys_dir: Path | None = None  # default: cluster_dir/keys
     secrets_dir: Path | None = None  # default: cluster_dir/secrets (0700; each file 0600)
+    # Compose's secrets generator: also hand each kind of container its own files, under <dir>/<role>.
+    secrets_out: Path | None = None
     # HS256 only: base64url of at least 32 random bytes. Locally it lives in secrets_dir/jwt_secret; the
     # variable is for deployments that hand it over themselves (compose).
     jwt_secret: str = Field(default="", repr=False, exclude=True)

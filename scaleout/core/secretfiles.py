@@ -70,3 +70,29 @@ def write_secret(path: Path, value: str, replace: bool = False) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(value)
     tmp.replace(path)
+
+
+# What each kind of container needs of the secrets, and nothing more (compose hands each its own volume).
+ROLE_FILES = {
+    "store": ("redis_password", "redis.acl", "redis-node.conf", "sentinel.conf", "sentinel-master.conf"),
+    "api": ("redis_password", "session_key", "jwt_secret"),
+    "auth": ("redis_password", "session_key", "jwt_secret"),
+}
+
+
+def distribute(s: Settings, out: Path) -> list[str]:
+    """Copy to `out/<role>/` the files each role needs (those that exist), owner-only; returns the roles
+    served. A role whose directory is absent is not served (that stack did not ask for it)."""
+    served = []
+    for role, names in ROLE_FILES.items():
+        target = out / role
+        if not target.is_dir():
+            continue
+        for name in names:
+            source = s.secrets_path / name
+            if source.exists():
+                write_secret(target / name, source.read_text(), replace=True)
+            else:
+                (target / name).unlink(missing_ok=True)  # a mode switched off (HS256) leaves nothing behind
+        served.append(role)
+    return served

@@ -115,6 +115,32 @@ def test_round_robin_spreads_over_three_replicas_and_redis_sessions_work_everywh
         assert {s for _, s in replicas_of(c, 6, "/api/me")} == {401}
 
 
+def test_each_container_sees_the_secrets_it_needs_and_no_others(stack: Stack) -> None:
+    """A compromised Redis cannot read the session key, a compromised replica cannot sign tokens or read the
+    users database: each kind of container mounts a volume of its own with only its files."""
+
+    def seen(service: str) -> set[str]:
+        return set(stack._compose("exec", "-T", service, "ls", "-A", "/secrets").split())
+
+    store, replica, auth = seen("redis"), seen("api-1"), seen("auth")
+    assert store == {"redis_password", "redis.acl"}
+    assert replica == {"redis_password", "session_key"}
+    assert {"redis_password", "session_key", "keys"} <= auth and "users.sqlite3" in auth
+    assert "redis.acl" not in auth and not any(name.startswith("users.sqlite3") for name in replica | store)
+    mounts = subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Name}} {{end}}",
+            *docker_lines("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}"),
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"{stack.project}_secrets " not in mounts  # the master copy stays with the generator, which has exited
+
+
 def test_the_readmes_plain_docker_compose_up_acts_on_the_same_stack(stack: Stack) -> None:
     """`docker compose up --build -d --wait`, typed as the README shows it (the plugin the project
     provisions), with the stand-in images where the registry cannot serve the official ones: it is the
