@@ -12,7 +12,7 @@ import sys
 
 from pydantic import ValidationError
 
-from scaleout.core.config import explain, get_settings
+from scaleout.core.config import COOKIE_MODE_WARNING, AuthMode, explain, get_settings
 
 USAGE = "usage: python -m services.serve auth|api|secrets"
 
@@ -45,10 +45,16 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        get_settings()
+        settings = get_settings()
     except ValidationError as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
+    if argv[0] != "secrets":
+        if refusal := settings.cookie_mode_refusal():
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
+        if settings.auth_mode is AuthMode.cookie:
+            print(COOKIE_MODE_WARNING, file=sys.stderr, flush=True)  # into the service's own log, at start
     if argv[0] == "secrets":
         from scaleout.core.keys import KeyUnusable
         from scaleout.core.secretfiles import distribute, write_cluster_secrets

@@ -315,10 +315,12 @@ class CookieAuthenticator(Authenticator):
     async def login(self, headers: list[tuple[bytes, bytes]], grant: LoginGrant, replica: str) -> Response:
         from urllib.parse import quote
 
-        response = JSONResponse({"auth_mode": "cookie", "replica": replica, "expires_in": 86400}, headers=NO_STORE)
-        response.headers.append("Set-Cookie", self._cookie("user", grant.username, 86400))
+        response = JSONResponse(
+            {"auth_mode": "cookie", "replica": replica, "expires_in": STAGE_COOKIE_TTL}, headers=NO_STORE
+        )
+        response.headers.append("Set-Cookie", self._cookie("user", grant.username, STAGE_COOKIE_TTL))
         response.headers.append(
-            "Set-Cookie", self._cookie("password", quote(str(grant.body["password"]), safe=""), 86400)
+            "Set-Cookie", self._cookie("password", quote(str(grant.body["password"]), safe=""), STAGE_COOKIE_TTL)
         )
         return response
 
@@ -340,6 +342,23 @@ class CookieAuthenticator(Authenticator):
 
     async def end_all(self, principal: Principal, keep_current: bool) -> None:
         """Nothing to end: the server never stored a session."""
+
+
+# The cookie stage's own cookies (`user`, and the password in the clear): short-lived, since a browser sends
+# them to every port of the host (cookies ignore ports), and cleared by any login or logout in another mode.
+STAGE_COOKIES = ("user", "password")
+STAGE_COOKIE_TTL = 600
+
+
+def forget_stage_cookies(headers: list[tuple[bytes, bytes]], response: Response) -> None:
+    """Clear the cookie stage's cookies that a request still carries (a lab switched from AUTH_MODE=cookie)."""
+    for name in STAGE_COOKIES:
+        try:
+            carried = single_cookie(headers, name) is not None
+        except (Ambiguous, Malformed):
+            carried = True
+        if carried:
+            response.headers.append("Set-Cookie", f"{name}=; Path=/; SameSite=Lax; Max-Age=0")
 
 
 def forget_cookies(authn: Authenticator, response: Response) -> None:

@@ -49,6 +49,11 @@ class JWTAlg(StrEnum):
 
 
 ROOT = Path(__file__).resolve().parents[2]
+COOKIE_MODE_WARNING = (
+    "WARNING: AUTH_MODE=cookie is unsafe on purpose: the browser carries the username and the password in "
+    "the clear, anyone can edit the `user` cookie, and logout cannot revoke anything. A lab mode, bound to "
+    "loopback; never do this on a real site."
+)
 MIN_HS256_SECRET_BYTES = 32
 
 
@@ -117,6 +122,9 @@ class Settings(BaseSettings):
     session_idle_ttl: int = Field(default=1800, ge=1)
     session_absolute_ttl: int = Field(default=28800, ge=1)
     cookie_secure: bool = False
+    # AUTH_MODE=cookie runs only when this is true: the local runner sets it for its loopback-bound services;
+    # anywhere else (compose, a service started by hand) someone must say it on purpose.
+    allow_unsafe_cookie_mode: bool = False
 
     # Login throttling (shared through Redis): failures per window before 429.
     throttle_window: int = Field(default=60, ge=1)
@@ -229,6 +237,16 @@ class Settings(BaseSettings):
     @property
     def public_url(self) -> str:
         return f"http://{self.host}:{self.nginx_port}"
+
+    def cookie_mode_refusal(self) -> str | None:
+        """Why a service must not start in AUTH_MODE=cookie here, or None (another mode, or allowed)."""
+        if self.auth_mode is not AuthMode.cookie or self.allow_unsafe_cookie_mode:
+            return None
+        return (
+            "AUTH_MODE=cookie is refused: it hands the password to the browser in the clear. It is the story's "
+            "first stage for a lab on loopback (`make up AUTH_MODE=cookie`); to run it anyway, set "
+            "ALLOW_UNSAFE_COOKIE_MODE=true"
+        )
 
     @property
     def cookie_name(self) -> str:

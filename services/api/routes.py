@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import Response
 
-from scaleout.core.authn import NO_STORE, LoginGrant, forget_cookies
+from scaleout.core.authn import NO_STORE, CookieAuthenticator, LoginGrant, forget_cookies, forget_stage_cookies
 from scaleout.core.config import AuthMode
 from scaleout.core.schemas import (
     Credentials,
@@ -51,13 +51,19 @@ async def login(body: LoginCredentials, request: Request, replica: ReplicaDep) -
     if replica.settings.auth_mode is AuthMode.cookie:
         data["password"] = body.password  # the naive cookie carries it: that is the lesson
     grant = LoginGrant(data.pop("uid"), data.pop("username"), data)
-    return await replica.authn.login(request.scope["headers"], grant, replica.name)
+    response = await replica.authn.login(request.scope["headers"], grant, replica.name)
+    if not isinstance(replica.authn, CookieAuthenticator):
+        forget_stage_cookies(request.scope["headers"], response)
+    return response
 
 
 @accounts.post("/logout", status_code=204, responses={401: {}, 403: {}})
-async def logout(principal: Writer, replica: ReplicaDep) -> Response:
+async def logout(principal: Writer, request: Request, replica: ReplicaDep) -> Response:
     """Ends this login: the session everywhere (session mode), the refresh family (jwt mode)."""
-    return await replica.authn.logout(principal, replica.call_auth)
+    response = await replica.authn.logout(principal, replica.call_auth)
+    if not isinstance(replica.authn, CookieAuthenticator):
+        forget_stage_cookies(request.scope["headers"], response)
+    return response
 
 
 @accounts.get("/sessions", response_model=SessionList, responses={401: {}})

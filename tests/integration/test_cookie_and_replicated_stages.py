@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from helpers import PASSWORD, client, new_user, new_username, spread
+from helpers import PASSWORD, client, new_user, new_username, register, spread
 
 from scaleout.core.replication import SIGNATURE, sign
 from scaleout.lab.drivers.local import Cluster
@@ -36,6 +36,11 @@ def test_the_cookie_alone_scales_and_is_forged_stolen_and_never_revoked(cookie_c
         assert r.json()["auth_mode"] == "cookie"
         assert c.cookies["user"] == name
         assert unquote(c.cookies["password"]) == PASSWORD  # the capture is the password
+        # Short-lived (a browser sends them to every port of the host), not the 24 h they once had.
+        assert {h.split(";")[0].split("=")[0]: "Max-Age=600" in h for h in r.headers.get_list("set-cookie")} == {
+            "user": True,
+            "password": True,
+        }
         assert spread([c.get("/api/me") for _ in range(9)]) == {("api-1", 200): 3, ("api-2", 200): 3, ("api-3", 200): 3}
         captured = dict(c.cookies)
         assert c.post("/api/logout").status_code == 204
@@ -65,6 +70,25 @@ def test_cookie_mode_prints_its_warning(start_cluster: Callable[..., Cluster], t
         cluster.down()
     assert said[0] == COOKIE_WARNING
     assert all(s.host == "127.0.0.1" for s in cluster.services.values())  # loopback only
+
+
+def test_login_and_logout_in_another_mode_clear_the_cookie_stages_cookies(replicated: Cluster) -> None:
+    """A browser that went through the cookie stage still carries `user` and the password in the clear: the
+    next login or logout in any other mode clears them."""
+    with client(replicated) as c:
+        name = new_username("stage")
+        register(c, name)
+        c.cookies.set("user", name, domain="127.0.0.1")  # as the cookie stage set them
+        c.cookies.set("password", "in%20the%20clear", domain="127.0.0.1")
+        r = c.post("/api/login", json={"username": name, "password": PASSWORD})
+        assert r.status_code == 200
+        cleared = [h for h in r.headers.get_list("set-cookie") if h.startswith(("user=;", "password=;"))]
+        assert sorted(h.split("=")[0] for h in cleared) == ["password", "user"]
+        assert all("Max-Age=0" in h for h in cleared)
+        assert "user" not in c.cookies and "password" not in c.cookies
+        c.cookies.set("password", "again", domain="127.0.0.1")
+        out = c.post("/api/logout", headers={"X-CSRF-Token": c.cookies["csrf_token"]})
+        assert out.status_code == 204 and any(h.startswith("password=;") for h in out.headers.get_list("set-cookie"))
 
 
 def test_a_login_on_one_replica_is_usable_on_every_other_at_once(replicated: Cluster) -> None:

@@ -87,3 +87,13 @@ def test_the_make_target_passes_the_line_and_the_status_through(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "AUTH_MODE=jwtt is not allowed: use one of session, jwt, cookie" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cookie_mode_is_refused_unless_someone_allows_it_on_purpose(tmp_path: Path) -> None:
+    """The unsafe first stage runs where the local runner binds loopback and says so; a service started by
+    hand, or a container stack, refuses it unless ALLOW_UNSAFE_COOKIE_MODE=true."""
+    for argv in ([sys.executable, "-m", "services.serve", "api"], [sys.executable, "-m", "scaleout", "compose", "up"]):
+        result = run(argv, {"AUTH_MODE": "cookie"}, tmp_path)
+        assert result.returncode in (1, 2), (argv, result.returncode, result.stderr)
+        assert "ALLOW_UNSAFE_COOKIE_MODE=true" in result.stderr and "Traceback" not in result.stderr
+        assert not list(tmp_path.iterdir())  # refused before anything was started or written

@@ -123,6 +123,7 @@ class Stack:
             "JWT_ALG": str(s.jwt_alg),
             "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
             "NGINX_PORT": str(s.nginx_port),
+            "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),
         }
         if s.jwt_secret:
             values["JWT_SECRET"] = s.jwt_secret
@@ -135,6 +136,8 @@ class Stack:
     def up(self, progress: Say | None = None) -> None:
         if progress is not None:
             self.say = progress
+        if refusal := self.settings.cookie_mode_refusal():
+            raise ComposeError(refusal)  # before anything is built or started
         self.prepare()
         self._compose("up", "-d", "--build", "--wait", "--remove-orphans", timeout=1200)
         prune_images()

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from scaleout.core import redisconf
-from scaleout.core.config import ROOT, AuthMode, JWTAlg, LBMode, Settings
+from scaleout.core.config import COOKIE_MODE_WARNING, ROOT, AuthMode, JWTAlg, LBMode, Settings
 from scaleout.core.keys import KeyUnusable
 from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
@@ -32,11 +32,7 @@ from scaleout.lab.redisadmin import redis_args, redis_command, redis_ping
 from scaleout.lab.topology import Topology
 
 HEALTH_TIMEOUT = 30.0
-COOKIE_WARNING = (
-    "WARNING: AUTH_MODE=cookie is unsafe on purpose: the browser carries the username and the password in "
-    "the clear, anyone can edit the `user` cookie, and logout cannot revoke anything. A lab mode, bound to "
-    "loopback; never do this on a real site."
-)
+COOKIE_WARNING = COOKIE_MODE_WARNING  # said by `up`, and by each service in its log
 PANEL = "lab"  # the control panel's service name
 
 
@@ -100,6 +96,8 @@ class Cluster:
         s = self.settings
         py = sys.executable
         env = settings_env(s)
+        if s.auth_mode is AuthMode.cookie:
+            env["ALLOW_UNSAFE_COOKIE_MODE"] = "true"  # every service binds loopback, and `up` said the warning
         host = s.host
 
         def log(name: str) -> str:
