@@ -149,3 +149,16 @@ def test_modes_without_manifests_are_refused_with_the_reason(tmp_path: Path) -> 
         k8s.components(Settings(cluster_dir=tmp_path, auth_mode="cookie"))
     with pytest.raises(ClusterError, match="SESSION_STORE=replicated"):
         k8s.components(Settings(cluster_dir=tmp_path, session_store="replicated"))
+
+
+def test_hs256_hands_the_shared_secret_to_the_auth_service_and_the_replicas_only(tmp_path: Path) -> None:
+    settings = Settings(cluster_dir=tmp_path, auth_mode="jwt", jwt_alg="HS256")
+    docs = k8s.documents(k8s.render(settings, tmp_path / "hs").read_text())
+    assert k8s.pod_rule_violations(docs) == [] and k8s.schema_errors(docs, k8s.KUBERNETES_VERSIONS[0]) == []
+    holders = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] in ("StatefulSet", "Deployment") and "scaleout-jwt-secret" in yaml.safe_dump(d["spec"]["template"])
+    }
+    assert holders == {"api", "auth"}
+    assert by(docs, "ConfigMap", "scaleout-settings")["data"]["JWT_ALG"] == "HS256"
