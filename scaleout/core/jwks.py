@@ -34,6 +34,7 @@ class JWKSClient:
         self._last_fetch = 0.0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None  # the one refetch for unknown kids, shared
 
     async def fetch(self) -> bool:
         """Replace the verifier's keys with the current JWKS; False when the auth service did not answer.
@@ -69,17 +70,30 @@ class JWKSClient:
                 await self.fetch()
 
     async def refresh_for_unknown_kid(self, kid: str) -> bool:
-        """Refetch at most once per `min_interval`; True when `kid` is now known."""
+        """Refetch for a `kid` not known here, at most once per `min_interval`; True when it is known then.
+
+        Every request that meets an unknown `kid` awaits one shared refetch, scheduled no sooner than
+        `min_interval` after the previous one: a token signed with a key made a moment after this replica's
+        last fetch (a rotation, a revocation's new signer) is verified within a second instead of refused,
+        while a flood of made-up `kid`s still costs the auth service one request a second, and none of them
+        waits longer than that."""
+        if kid in self.verifier.keys:
+            return True
+        if self._pending is None or self._pending.done():
+            delay = max(0.0, self._last_fetch + self.min_interval - time.monotonic())
+            self._pending = asyncio.get_running_loop().create_task(self._fetch_after(delay))
+        await asyncio.shield(self._pending)  # a request that goes away does not cancel the others' refetch
+        return kid in self.verifier.keys
+
+    async def _fetch_after(self, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         async with self._lock:
-            if kid in self.verifier.keys:
-                return True
-            if time.monotonic() - self._last_fetch < self.min_interval:
-                return False
             await self.fetch()
-            return kid in self.verifier.keys
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._pending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
