@@ -190,7 +190,12 @@ class SessionAuthenticator(Authenticator):
 
 
 class MemorySessionAuthenticator(SessionAuthenticator):
-    """Sessions in this replica's memory: no other replica will ever know them."""
+    """Sessions in this replica's memory: no other replica will ever know them (unless the store replicates)."""
+
+    async def aclose(self) -> None:
+        closing = getattr(self.store, "aclose", None)  # the replicated store resends in the background
+        if closing is not None:
+            await closing()
 
     async def _keep(self, sid: str, grant: LoginGrant) -> None:
         body = grant.body

@@ -145,7 +145,7 @@ def add_replication(app: FastAPI, replica: Replica) -> None:
     import logging
 
     from scaleout.core.authn import SessionAuthenticator
-    from scaleout.core.replication import MAX_MESSAGE, SIGNATURE, Refused, ReplicatedSessions, same_mac, sign
+    from scaleout.core.replication import MAX_MESSAGE, SIGNATURE, Refused, ReplicatedSessions, snapshot_reply
 
     log = logging.getLogger("scaleout.replication")
 
@@ -165,8 +165,7 @@ def add_replication(app: FastAPI, replica: Replica) -> None:
             if len(body) > MAX_MESSAGE:
                 return error(413, "replication message too large")
         try:
-            s = store()
-            s.apply(s.check(body, request.headers.get(SIGNATURE)))
+            store().receive(body, request.headers.get(SIGNATURE))  # a repeat is acknowledged, not applied again
         except Refused as exc:
             log.warning("replication: dropped a message: %s", exc)
             return error(400, f"replication message refused: {exc}")
@@ -174,10 +173,13 @@ def add_replication(app: FastAPI, replica: Replica) -> None:
 
     async def sessions(request: Request) -> Response:
         s = store()
-        if not same_mac(request.headers.get(SIGNATURE), sign(s.secret, b"snapshot")):
-            return error(403, "unsigned snapshot request")
-        body = s.snapshot()
-        return Response(body, media_type="application/json", headers={SIGNATURE: sign(s.secret, body)})
+        nonce, ts = request.query_params.get("nonce", ""), request.query_params.get("ts", "")
+        try:
+            body = s.snapshot(nonce, ts, request.headers.get(SIGNATURE))
+        except Refused as exc:
+            log.warning("replication: refused a snapshot request: %s", exc)
+            return error(403, f"snapshot request refused: {exc}")
+        return Response(body, media_type="application/json", headers={SIGNATURE: snapshot_reply(s.secret, nonce, body)})
 
     app.add_route("/internal/replicate", replicate, methods=["POST"], include_in_schema=False)
     app.add_route("/internal/sessions", sessions, methods=["GET"], include_in_schema=False)

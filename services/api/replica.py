@@ -68,6 +68,7 @@ async def build_authenticator(
             peers,
             http,
             settings.replication_timeout,
+            settings.replica_id,
         )
         await replicated.catch_up()  # before this replica reports healthy
         return MemorySessionAuthenticator(settings, replicated)

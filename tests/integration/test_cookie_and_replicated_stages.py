@@ -10,10 +10,12 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 import httpx
+import orjson
 import pytest
 from helpers import PASSWORD, client, new_user, new_username, register, spread
 
-from scaleout.core.replication import SIGNATURE, sign
+from scaleout.core.replication import SIGNATURE, sign, snapshot_request
+from scaleout.core.sessions import Session, memory_key, new_handle, new_session_id
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import wait_until
 
@@ -150,6 +152,8 @@ def test_forged_garbage_and_oversized_replication_messages_are_dropped(replicate
     big = b"x" * (200 * 1024)
     assert httpx.post(url, content=big, headers={SIGNATURE: sign(key, big)}).status_code == 413
     assert httpx.get(f"{s.replica_url('api-1')}/internal/sessions").status_code == 403
+    old_style = {SIGNATURE: sign(key, b"snapshot")}  # the constant request that once dumped every session
+    assert httpx.get(f"{s.replica_url('api-1')}/internal/sessions", headers=old_style).status_code == 403
     # A MAC header with a non-ASCII byte is a refusal like any wrong MAC, never a 500.
     odd_mac = {SIGNATURE: "\u00e9".encode("latin-1") + b"0" * 63}
     assert httpx.post(url, content=planted, headers=odd_mac).status_code == 400
@@ -159,3 +163,81 @@ def test_forged_garbage_and_oversized_replication_messages_are_dropped(replicate
         new_user(c)
         assert {c.get("/api/me").status_code for _ in range(3)} == {200}
         assert c.post("/internal/replicate", content=planted).status_code == 404
+
+
+def _signed(key: bytes, change: dict[str, object], seq: int) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps({"from": "test", "boot": "7e" * 8, "seq": seq, "ts": time.time(), "change": change})
+    return body, {SIGNATURE: sign(key, body), "content-type": "application/json"}
+
+
+def test_an_ended_session_is_never_brought_back_by_a_late_or_replayed_put(replicated: Cluster) -> None:
+    s = replicated.settings
+    url = f"{s.replica_url('api-1')}/internal/replicate"
+    key = s.secret("session_key").encode()
+    sid = new_session_id()
+    login = {
+        "op": "put",
+        "key": memory_key(sid.encode()).hex(),
+        "s": Session("latecomer", "c" * 43, time.time(), "uid-late", new_handle()).as_dict(),
+    }
+    seq = int(time.time() * 1000)  # this test's sender: a fresh counter on every run
+    first = _signed(key, login, seq)
+    assert httpx.post(url, content=first[0], headers=first[1]).status_code == 204
+    me = f"{s.replica_url('api-1')}/api/me"
+    assert httpx.get(me, cookies={"sid": sid}).status_code == 200
+    gone = _signed(key, {"op": "del", "key": login["key"]}, seq + 1)
+    assert httpx.post(url, content=gone[0], headers=gone[1]).status_code == 204
+    assert httpx.get(me, cookies={"sid": sid}).status_code == 401
+    assert httpx.post(url, content=first[0], headers=first[1]).status_code == 204  # the capture, replayed
+    late = _signed(key, login, seq + 2)  # the same login, sent again late (as a resend would)
+    assert httpx.post(url, content=late[0], headers=late[1]).status_code == 204
+    assert httpx.get(me, cookies={"sid": sid}).status_code == 401
+    stale = orjson.dumps({"from": "test", "boot": "7e" * 8, "seq": seq + 3, "ts": time.time() - 3600, "change": login})
+    assert httpx.post(url, content=stale, headers={SIGNATURE: sign(key, stale)}).status_code == 400
+    nonce, ts = "f" * 32, repr(time.time())
+    asked = {"params": {"nonce": nonce, "ts": ts}, "headers": {SIGNATURE: snapshot_request(key, nonce, ts)}}
+    assert httpx.get(f"{s.replica_url('api-2')}/internal/sessions", **asked).status_code == 200  # type: ignore[arg-type]
+    assert httpx.get(f"{s.replica_url('api-2')}/internal/sessions", **asked).status_code == 403  # type: ignore[arg-type]
+
+
+def _logged_in(c: httpx.Client, prefix: str) -> tuple[str, str]:
+    name = new_username(prefix)
+    assert c.post("/api/register", json={"username": name, "password": PASSWORD}).status_code == 201
+    assert c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code == 200
+    return c.cookies["sid"], c.cookies["csrf_token"]
+
+
+def test_a_logout_a_hung_replica_missed_is_a_503_and_reaches_it_once_it_answers(replicated: Cluster) -> None:
+    s = replicated.settings
+    with httpx.Client(base_url=s.replica_url("api-1"), timeout=30) as c:
+        sid, csrf = _logged_in(c, "hung")
+        stolen = {"sid": sid}
+        assert httpx.get(f"{s.replica_url('api-3')}/api/me", cookies=stolen).status_code == 200
+        pid = replicated.services["api-3"].pid
+        assert pid
+        os.kill(pid, signal.SIGSTOP)  # up (it accepts connections) but silent
+        try:
+            out = c.post("/api/logout", headers={"X-CSRF-Token": csrf})
+            assert out.status_code == 503 and out.headers["retry-after"] == "1"  # not confirmed: never a 204
+            assert "not every replica confirmed" in out.json()["detail"]
+            assert httpx.get(f"{s.replica_url('api-2')}/api/me", cookies=stolen).status_code == 401
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    # Resent until acknowledged: the replica that missed it refuses the stolen cookie soon after it answers.
+    assert wait_until(lambda: httpx.get(f"{s.replica_url('api-3')}/api/me", cookies=stolen).status_code == 401, 10)
+
+
+def test_a_logout_while_a_replica_is_down_is_confirmed_and_the_replica_comes_back_without_it(
+    replicated: Cluster,
+) -> None:
+    s = replicated.settings
+    with httpx.Client(base_url=s.replica_url("api-1"), timeout=30) as c:
+        sid, csrf = _logged_in(c, "down")
+        replicated.stop("api-2", kill=True)
+        try:
+            # A stopped replica serves nobody: the logout is confirmed by the replicas that are up.
+            assert c.post("/api/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+        finally:
+            replicated.start("api-2")  # copies the live peers' sessions and tombstones before it listens
+    for replica in s.replica_names:
+        assert httpx.get(f"{s.replica_url(replica)}/api/me", cookies={"sid": sid}).status_code == 401
