@@ -7,6 +7,9 @@
 # on every check; while that container is dead, Docker's DNS answers slowly, the Sentinel's single thread
 # blocks, it enters TILT mode and no failover happens. Clients would stall on the same lookups.
 set -eu
+# Redis and the Sentinels rewrite their configs (CONFIG REWRITE after a failover), which hold passwords:
+# whatever they create is the owner's alone.
+umask 077
 role=$1
 master=${SENTINEL_MASTER:-scaleout}
 primary_host=${PRIMARY_HOST:-redis}
@@ -29,7 +32,7 @@ ip_of() {  # the address of a compose service, waiting (up to 30 s) until its co
 
 primary_now() {  # "ip port" of the primary as a Sentinel says, or nothing
     for s in $sentinel_hosts; do
-        set -- $(REDISCLI_AUTH="$pass" timeout 2 redis-cli -h "$s" -p 26380 --user default --no-auth-warning \
+        set -- $(REDISCLI_AUTH="$pass" timeout 2 redis-cli -h "$s" -p 26380 --user scaleout --no-auth-warning \
             SENTINEL get-master-addr-by-name "$master" 2>/dev/null || true)
         if [ $# -eq 2 ]; then echo "$1 $2"; return 0; fi
     done

@@ -147,11 +147,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def cluster_redis(cluster: Cluster):
-    """A synchronous client of a test cluster's Redis, authenticated as its ACL user."""
+    """A synchronous client of a test cluster's Redis, as the operator (the administrative ACL user)."""
     import redis
 
     s = cluster.settings
-    return redis.Redis(host=s.host, port=s.redis_port, username=s.redis_username, password=s.redis_password())
+    return redis.Redis(
+        host=s.host, port=s.redis_port, username=s.redis_admin_username, password=s.redis_admin_password()
+    )
 
 
 RUN_MARKER = "SCALEOUT_TEST_RUN"  # set once per test run; every process the run starts inherits it

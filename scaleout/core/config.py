@@ -107,7 +107,8 @@ class Settings(BaseSettings):
     # HS256 only: base64url of at least 32 random bytes. Locally it lives in secrets_dir/jwt_secret; the
     # variable is for deployments that hand it over themselves (compose).
     jwt_secret: str = Field(default="", repr=False, exclude=True)
-    redis_username: str = "scaleout"
+    redis_username: str = "scaleout"  # what the services use: the commands they send and no others
+    redis_admin_username: str = "scaleout-admin"  # replication, the Sentinels and the operator (the lab)
 
     # Token and session lifetimes, in seconds.
     access_ttl: int = Field(default=300, ge=1)
@@ -219,6 +220,10 @@ class Settings(BaseSettings):
 
     def redis_password(self) -> str | None:
         return self.secret("redis_password") or None
+
+    def redis_admin_password(self) -> str | None:
+        """The administrative user's: only the Redis servers, the Sentinels and the operator hold it."""
+        return self.secret("redis_admin_password") or None
 
     def hs256_secret(self) -> str:
         return self.jwt_secret or self.secret("jwt_secret")

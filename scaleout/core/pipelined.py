@@ -90,6 +90,11 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(payload)
 
 
+def is_primary(role: object) -> bool:
+    """Whether a `ROLE` reply says primary (`master`), in either reply decoding."""
+    return isinstance(role, list | tuple) and bool(role) and role[0] in (b"master", "master")
+
+
 class PipelinedConnection:
     """Commands issued in one event-loop turn go out together; each caller awaits its own reply."""
 
@@ -161,12 +166,18 @@ class PipelinedConnection:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
+        if self.locate is not None:
+            # A Sentinel can be wrong (left behind in a partition, or not yet told of a failover): the
+            # server itself must say it is the primary, or a revocation made on the real one is invisible.
+            setup.append(("ROLE",))
         if setup:
             replies: list[asyncio.Future[object]] = [loop.create_future() for _ in setup]
             protocol.send(b"".join(pack(c) for c in setup), replies)
             try:
                 for reply in replies:
                     await asyncio.wait_for(reply, timeout=self.timeout)
+                if self.locate is not None and not is_primary(replies[-1].result()):
+                    raise RedisConnectionError(f"{host}:{port} is not the primary")
             except BaseException:
                 protocol.fail(RedisConnectionError("Redis refused the connection's setup"))
                 raise

@@ -8,9 +8,77 @@ each is written owner-only, among the secrets.
 
 from __future__ import annotations
 
+from hashlib import sha256
 from pathlib import Path
 
 from scaleout.core.config import Settings
+
+# Every command the services send, the ones their Lua scripts call included (Redis checks those too), and
+# nothing else: no CONFIG, REPLICAOF, FLUSHALL, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN, no channels. A command
+# added to the code without its name here fails every test that reaches it (NOPERM), not in production.
+APP_COMMANDS = [
+    "get",
+    "getex",
+    "getdel",
+    "multi",
+    "exec",
+    "discard",
+    "set",
+    "del",
+    "exists",
+    "expire",
+    "ttl",
+    "incr",
+    "decr",
+    "hset",
+    "hget",
+    "hdel",
+    "hexists",
+    "hgetall",
+    "hkeys",
+    "zadd",
+    "zcard",
+    "zrange",
+    "zrem",
+    "zscore",
+    "eval",
+    "evalsha",
+    "script|load",
+    "script|exists",
+    "wait",
+    "ping",
+    "role",
+    "select",
+    "client|setname",
+]
+# What a client may ask a Sentinel: where the primary is, and who else is watching it. Not MONITOR,
+# REMOVE, SET, FAILOVER or CONFIG: a client that could would point everyone at a Redis of its choosing.
+SENTINEL_QUERIES = [
+    "ping",
+    "client|setname",
+    "sentinel|get-master-addr-by-name",
+    "sentinel|masters",
+    "sentinel|master",
+    "sentinel|replicas",
+    "sentinel|slaves",
+    "sentinel|sentinels",
+]
+
+
+def _hashed(password: str | None) -> str:
+    # An ACL rule holds the password's SHA-256, so the file that Redis reads names no usable password.
+    return "#" + sha256((password or "").encode()).hexdigest()
+
+
+def redis_acl(s: Settings) -> list[str]:
+    """The users of every Redis server of the cluster: no anonymous user, the services' user with the
+    commands they send, the administrative user (replication, the Sentinels, the operator) with all."""
+    return [
+        "user default off",
+        f"user {s.redis_username} on {_hashed(s.redis_password())} ~* resetchannels -@all "
+        + " ".join(f"+{c}" for c in APP_COMMANDS),
+        f"user {s.redis_admin_username} on {_hashed(s.redis_admin_password())} ~* &* +@all",
+    ]
 
 
 def redis_node(
@@ -26,21 +94,24 @@ def redis_node(
         "appendonly no",
         f"dir {data_dir}",
         f"aclfile {(secrets_seen_at or s.secrets_path) / 'redis.acl'}",
-        f"masteruser {s.redis_username}",
-        f"masterauth {s.redis_password() or ''}",
+        f"masteruser {s.redis_admin_username}",
+        f"masterauth {s.redis_admin_password() or ''}",
         "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once
     ]
 
 
 def sentinel_node(s: Settings, port: int, data_dir: Path | str, bind: str | None = None) -> list[str]:
-    """A Sentinel: clients and the other Sentinels authenticate; peers by address, never by host name."""
-    password = s.redis_password() or ""
+    """A Sentinel: the other Sentinels and the operator as `default` with the administrative password, the
+    services as their own user that may only ask; peers by address, never by host name."""
+    admin = s.redis_admin_password() or ""
     return [
         f"port {port}",
         *([f"bind {bind}", "protected-mode yes"] if bind else []),
         f"dir {data_dir}",
-        f"requirepass {password}",
-        f"sentinel sentinel-pass {password}",
+        f"requirepass {admin}",
+        f"sentinel sentinel-pass {admin}",
+        f"user {s.redis_username} on {_hashed(s.redis_password())} resetchannels -@all "
+        + " ".join(f"+{c}" for c in SENTINEL_QUERIES),
         # A Sentinel that monitors a host name resolves it on every check, and blocks while the dead
         # container's name takes Docker's DNS seconds to answer: addresses only.
         "sentinel resolve-hostnames no",
@@ -56,8 +127,8 @@ def sentinel_monitor(
     m = s.sentinel_master
     return [
         *([f"sentinel monitor {m} {primary[0]} {primary[1]} 2"] if primary else []),
-        f"sentinel auth-user {m} {s.redis_username}",
-        f"sentinel auth-pass {m} {s.redis_password() or ''}",
+        f"sentinel auth-user {m} {s.redis_admin_username}",
+        f"sentinel auth-pass {m} {s.redis_admin_password() or ''}",
         f"sentinel down-after-milliseconds {m} {s.sentinel_down_after_ms}",
         f"sentinel failover-timeout {m} {s.sentinel_failover_timeout_ms}",
         f"sentinel parallel-syncs {m} 1",

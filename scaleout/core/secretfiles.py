@@ -25,9 +25,11 @@ def write_cluster_secrets(settings: Settings) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     write_secret(directory / "redis_password", secrets.token_urlsafe(32))
+    write_secret(directory / "redis_admin_password", secrets.token_urlsafe(32))
     write_secret(directory / "session_key", secrets.token_urlsafe(48))
-    acl = f"user default off\nuser {s.redis_username} on >{s.redis_password()} ~* &* +@all\n"
-    write_secret(directory / "redis.acl", acl, replace=True)
+    from scaleout.core import redisconf
+
+    write_secret(directory / "redis.acl", _lines(redisconf.redis_acl(s)), replace=True)
     if s.jwt_alg is JWTAlg.HS256:
         if s.jwt_secret:  # handed in explicitly: it replaces the one on file
             write_secret(directory / "jwt_secret", s.jwt_secret, replace=True)
@@ -74,7 +76,14 @@ def write_secret(path: Path, value: str, replace: bool = False) -> None:
 
 # What each kind of container needs of the secrets, and nothing more (compose hands each its own volume).
 ROLE_FILES = {
-    "store": ("redis_password", "redis.acl", "redis-node.conf", "sentinel.conf", "sentinel-master.conf"),
+    "store": (
+        "redis_password",
+        "redis_admin_password",
+        "redis.acl",
+        "redis-node.conf",
+        "sentinel.conf",
+        "sentinel-master.conf",
+    ),
     "api": ("redis_password", "session_key", "jwt_secret"),
     "auth": ("redis_password", "session_key", "jwt_secret"),
 }

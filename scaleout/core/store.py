@@ -12,14 +12,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from scaleout.core.config import Settings
-from scaleout.core.pipelined import PipelinedConnection
+from scaleout.core.pipelined import PipelinedConnection, is_primary
 
 
 class StoreUnavailable(Exception):
@@ -27,6 +27,20 @@ class StoreUnavailable(Exception):
 
 
 T = TypeVar("T")
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary the Sentinels named, which must say so itself (`ROLE`) before it is used:
+    a Sentinel left behind in a partition can name an old primary, where a revocation made on the new one
+    is invisible."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        await super().connect_to(address)  # type: ignore[no-untyped-call]
+        if self.connection_pool.is_master:
+            await self.send_command("ROLE")
+            if not is_primary(await self.read_response()):
+                await self.disconnect()
+                raise RedisConnectionError(f"{address[0]}:{address[1]} is not the primary")
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -50,14 +64,19 @@ def make_redis(settings: Settings) -> Redis:
         # connection breaks or a demoted primary answers READONLY (redis-py's Sentinel pool does both).
         sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel has no annotations
             settings.sentinel_hosts,
+            # Agreement: a Sentinel that knows no other Sentinel is not believed (Redis' client guidance).
+            min_other_sentinels=1,
             sentinel_kwargs={
+                "username": settings.redis_username if password else None,  # a user that may only ask
                 "password": password,
                 "socket_timeout": settings.redis_timeout,
                 "socket_connect_timeout": settings.redis_timeout,
             },
             **common,
         )
-        primary: Redis = sentinel.master_for(settings.sentinel_master, max_connections=256)
+        primary: Redis = sentinel.master_for(
+            settings.sentinel_master, max_connections=256, connection_class=PrimaryConnection
+        )
         return primary
     return Redis.from_url(settings.redis_dsn, max_connections=256, **common)
 

@@ -260,7 +260,9 @@ def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float]:
         s = c.settings
 
         def used() -> int:
-            info = redis_command(s.host, s.redis_port, s.redis_username, s.redis_password(), "INFO", "memory")
+            info = redis_command(
+                s.host, s.redis_port, s.redis_admin_username, s.redis_admin_password(), "INFO", "memory"
+            )
             line = next(x for x in str(info).splitlines() if x.startswith("used_memory:"))
             return int(line.split(":")[1])
 

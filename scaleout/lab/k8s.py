@@ -119,7 +119,7 @@ def render(settings: Settings, out: Path) -> Path:
         ring_dir = secrets_dir / "keys"
         KeyRing(ring_dir, s.jwt_alg, s.access_ttl + s.jwt_leeway)
         keys = ["files:\n" + "\n".join(f"      - secrets/keys/{p.name}" for p in sorted(ring_dir.iterdir()))]
-    store_files = ["redis_password", "redis.acl"]
+    store_files = ["redis_password", "redis_admin_password", "redis.acl"]
     if s.sentinel:
         store_files += ["redis-node.conf", "sentinel.conf", "sentinel-master.conf"]
         shutil.copy(SENTINEL_SCRIPT, out / "sentinel-node.sh")

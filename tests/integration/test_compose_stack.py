@@ -123,10 +123,11 @@ def test_each_container_sees_the_secrets_it_needs_and_no_others(stack: Stack) ->
         return set(stack._compose("exec", "-T", service, "ls", "-A", "/secrets").split())
 
     store, replica, auth = seen("redis"), seen("api-1"), seen("auth")
-    assert store == {"redis_password", "redis.acl"}
+    assert store == {"redis_password", "redis_admin_password", "redis.acl"}
     assert replica == {"redis_password", "session_key"}
     assert {"redis_password", "session_key", "keys"} <= auth and "users.sqlite3" in auth
-    assert "redis.acl" not in auth and not any(name.startswith("users.sqlite3") for name in replica | store)
+    assert not {"redis.acl", "redis_admin_password"} & (auth | replica)
+    assert not any(name.startswith("users.sqlite3") for name in replica | store)
     mounts = subprocess.run(
         [
             "docker",
@@ -306,12 +307,38 @@ def test_jwt_works_everywhere_with_redis_and_auth_stopped(stack: Stack) -> None:
         assert {s for _, s in replicas_of(c, 3, "/api/me", headers=bearer(token))} == {200}
 
 
+SECRET_FILES = ("redis_password", "redis_admin_password")
+
+
+def passwords_in_command_lines(passwords: list[str], seconds: float) -> dict[int, str]:
+    """Every process on the host whose command line held one of `passwords`, sampled for `seconds` (a
+    health check's `redis-cli` lives for milliseconds: sample /proc as fast as it reads)."""
+    found: dict[int, str] = {}
+    needles = [p.encode() for p in passwords]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    argv = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if any(n in argv for n in needles):
+                    found[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace")[:80]
+    return found
+
+
 def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(stack: Stack) -> None:
     """docker-compose.sentinel.yml on the running stack: the primary's container is killed under a GET loop;
     the Sentinels promote a replica, every replica follows it, sessions and a logout acknowledged before
     the kill hold after it, and the killed Redis comes back as a replica."""
     restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", redis_topology="sentinel")
     try:
+        passwords = [stack._compose("exec", "-T", "redis", "cat", f"/secrets/{f}").strip() for f in SECRET_FILES]
+        assert all(len(p) >= 32 for p in passwords)
+        # Six containers run a health check every 2 s: none may show a password to `ps` (argv), ever.
+        seen_in_argv = passwords_in_command_lines(passwords, seconds=6)
+        assert not seen_in_argv, seen_in_argv
         assert stack.primary() == "redis"
         assert [stack.role(r) for r in ("redis", "redis-2", "redis-3")] == ["master", "slave", "slave"]
         with client(stack) as c, client(stack) as gone:
@@ -361,5 +388,10 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
         assert stack.start("redis") == "redis"  # the stopped one
         assert wait_until(lambda: stack.role("redis") == "slave", 30)
         assert stack.primary() == new_primary
+        # The Sentinels rewrote their configs after the failover; each still holds the passwords owner-only.
+        for sentinel in ("sentinel-1", "sentinel-2", "sentinel-3"):
+            mode = stack._compose("exec", "-T", sentinel, "stat", "-c", "%a", "/tmp/sentinel.conf").strip()
+            rewritten = stack._compose("exec", "-T", sentinel, "grep", "-c", "known-sentinel", "/tmp/sentinel.conf")
+            assert (mode, int(rewritten) > 0) == ("600", True), sentinel
     finally:
         restart_in(stack, redis_topology="single")

@@ -25,6 +25,11 @@ def cluster(start_cluster: Callable[..., Cluster]) -> Cluster:
     return start_cluster(auth_mode="session", session_store="redis", redis_topology="sentinel")
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 def role(cluster: Cluster, name: str) -> str | None:
     svc = cluster.services[name]
     s = cluster.settings
@@ -41,7 +46,8 @@ def test_the_topology_is_one_primary_two_replicas_three_sentinels(cluster: Clust
     # The Sentinels, like the Redis servers, refuse clients without the password.
     host, port = s.sentinel_hosts[0]
     assert redis_command(host, port, "default", None, "SENTINEL", "masters") is None
-    assert redis_command(host, port, "default", s.redis_password(), "PING") == "PONG"
+    assert redis_command(host, port, "default", s.redis_password(), "PING") is None  # not the services' password
+    assert redis_command(host, port, "default", s.redis_admin_password(), "PING") == "PONG"
     with client(cluster) as c:
         new_user(c)
         assert spread([c.get("/api/me") for _ in range(9)]) == {("api-1", 200): 3, ("api-2", 200): 3, ("api-3", 200): 3}
@@ -130,7 +136,7 @@ def cluster_redis_at(cluster: Cluster, name: str):
 
     svc = cluster.services[name]
     s = cluster.settings
-    return redis.Redis(host=svc.host, port=svc.port, username=s.redis_username, password=s.redis_password())
+    return redis.Redis(host=svc.host, port=svc.port, username=s.redis_admin_username, password=s.redis_admin_password())
 
 
 def test_make_stop_redis_stops_whichever_is_primary_and_start_brings_it_back_as_a_replica(cluster: Cluster) -> None:
@@ -154,9 +160,100 @@ def test_every_file_that_holds_the_password_stays_owner_only_after_failovers(clu
     """The Sentinels and the Redis servers rewrite their configs after a failover (CONFIG REWRITE); what
     they write holds the password, and must stay the owner's alone like every other secret."""
     s = cluster.settings
-    password = s.redis_password()
-    assert password
-    holding = [p for p in s.cluster_dir.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
-    assert {p.name for p in holding} >= {"sentinel-1.conf", "redis-1.conf", "redis_password"}
+    passwords = [p.encode() for p in (s.redis_password(), s.redis_admin_password()) if p]
+    assert len(passwords) == 2
+    holding = [p for p in s.cluster_dir.rglob("*") if p.is_file() and any(w in p.read_bytes() for w in passwords)]
+    assert {p.name for p in holding} >= {"sentinel-1.conf", "redis-1.conf", "redis_password", "redis_admin_password"}
     loose = {str(p): oct(p.stat().st_mode & 0o777) for p in holding if p.stat().st_mode & 0o077}
     assert not loose, loose
+
+
+FORBIDDEN = [
+    ("CONFIG", "SET", "maxmemory", "1"),
+    ("REPLICAOF", "127.0.0.1", "1"),
+    ("FLUSHALL",),
+    ("ACL", "LIST"),
+    ("KEYS", "*"),
+    ("SWAPDB", "0", "1"),
+    ("CLIENT", "KILL", "TYPE", "normal"),
+    ("MONITOR",),
+    ("SHUTDOWN",),
+    ("SUBSCRIBE", "x"),
+    ("INFO",),
+]
+
+
+def test_the_services_redis_user_may_send_only_what_the_services_send(cluster: Cluster) -> None:
+    """Least privilege: the password every API replica and the auth service hold can read and write
+    sessions, and cannot reconfigure, empty, stop or repoint any Redis, nor any Sentinel."""
+    import redis
+    from redis.exceptions import NoPermissionError
+
+    s = cluster.settings
+    primary = cluster.primary()
+    assert primary
+    svc = cluster.services[primary]
+    app = (s.redis_username, s.redis_password())
+    assert redis_command(svc.host, svc.port, *app, "SET", "acl:probe", "1") == "OK"
+    as_app = redis.Redis(host=svc.host, port=svc.port, username=app[0], password=app[1], socket_timeout=2)
+    for command in FORBIDDEN:
+        with pytest.raises(NoPermissionError):
+            as_app.execute_command(*command)
+    assert redis_command(svc.host, svc.port, s.redis_admin_username, s.redis_admin_password(), "INFO", "server")
+    host, port = s.sentinel_hosts[0]
+    assert redis_command(host, port, *app, "SENTINEL", "get-master-addr-by-name", s.sentinel_master) == [
+        svc.host,
+        str(svc.port),
+    ]
+    at_sentinel = redis.Redis(host=host, port=port, username=app[0], password=app[1], socket_timeout=2)
+    for command in [
+        ("SENTINEL", "REMOVE", s.sentinel_master),
+        ("SENTINEL", "MONITOR", "evil", "127.0.0.1", "1", "1"),
+        ("SENTINEL", "SET", s.sentinel_master, "down-after-milliseconds", "1"),
+        ("SENTINEL", "FAILOVER", s.sentinel_master),
+        ("SENTINEL", "CONFIG", "SET", "resolve-hostnames", "yes"),
+        ("SHUTDOWN",),
+    ]:
+        with pytest.raises(NoPermissionError):
+            at_sentinel.execute_command(*command)
+    as_app.close()
+    at_sentinel.close()
+    assert cluster.primary() == primary
+
+
+@pytest.mark.anyio
+async def test_a_connection_to_a_server_that_is_not_the_primary_is_refused(cluster: Cluster) -> None:
+    """A Sentinel can name a server that is no longer primary; both kinds of client connection ask the
+    server itself (`ROLE`) and refuse it, so a read never lands where a revocation is invisible."""
+    from types import SimpleNamespace
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from scaleout.core.pipelined import PipelinedConnection
+    from scaleout.core.store import PrimaryConnection
+
+    s = cluster.settings
+    cluster.wait_topology()
+    primary = cluster.primary()
+    replica = next(n for n in ("redis-1", "redis-2", "redis-3") if n != primary)
+    wrong = cluster.services[replica]
+
+    async def lying_sentinel() -> tuple[str, int]:
+        return wrong.host, wrong.port
+
+    lean = PipelinedConnection(
+        wrong.host, wrong.port, username=s.redis_username, password=s.redis_password(), locate=lying_sentinel
+    )
+    try:
+        with pytest.raises(RedisConnectionError):
+            await lean.call("GET", "x")
+    finally:
+        await lean.aclose()
+    pool = SimpleNamespace(is_master=True, check_connection=False)
+    conn = PrimaryConnection(connection_pool=pool, username=s.redis_username, password=s.redis_password())
+    with pytest.raises(RedisConnectionError, match="not the primary"):
+        await conn.connect_to((wrong.host, wrong.port))
+    right = cluster.services[primary or ""]
+    ok = PrimaryConnection(connection_pool=pool, username=s.redis_username, password=s.redis_password())
+    await ok.connect_to((right.host, right.port))
+    await ok.disconnect()

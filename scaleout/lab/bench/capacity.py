@@ -78,7 +78,8 @@ def drive_redis(
     """The replicas' read pattern alone, as fast as `processes` clients can send it; Redis's CPU meanwhile."""
     password = settings.redis_password()
     values = [w for i in range(KEYS) for w in (f"sess:bench:{i}", "x" * 200)]  # session-sized values
-    if redis_command(host, port, settings.redis_username, password, "MSET", *values, timeout=10.0) != "OK":
+    admin = settings.redis_admin_username, settings.redis_admin_password()
+    if redis_command(host, port, *admin, "MSET", *values, timeout=10.0) != "OK":
         raise ClusterError(f"could not seed the Redis at {host}:{port} for the drive")
     auth = _auth_bytes(settings.redis_username, password)
     ctx = multiprocessing.get_context("fork")

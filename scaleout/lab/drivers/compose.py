@@ -149,14 +149,14 @@ class Stack:
     # --- the Redis topology, asked inside the containers ----------------------------------------
 
     def redis_cli(self, service: str, *command: str, json_reply: bool = False) -> str:
-        """One command, authenticated, inside a Redis or Sentinel container (its raw output). The password
-        comes from the container's own secret file, never this process's command line."""
+        """One command, authenticated as the operator, inside a Redis or Sentinel container (its raw output).
+        The password comes from the container's own secret file, never a command line."""
         s = self.settings
-        port, user = (SENTINEL_PORT, "default") if service in SENTINELS else (REDIS_PORT, s.redis_username)
+        port, user = (SENTINEL_PORT, "default") if service in SENTINELS else (REDIS_PORT, s.redis_admin_username)
         words = " ".join(shlex.quote(c) for c in command)
         flags = "-2 --json " if json_reply else ""
         line = (
-            f'REDISCLI_AUTH="$(cat /secrets/redis_password)" redis-cli {flags}-p {port} --user {user} '
+            f'REDISCLI_AUTH="$(cat /secrets/redis_admin_password)" redis-cli {flags}-p {port} --user {user} '
             f"--no-auth-warning {words}"
         )
         return self._compose("exec", "-T", service, "sh", "-c", line, timeout=20)

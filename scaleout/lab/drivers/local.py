@@ -209,14 +209,15 @@ class Cluster:
             write_secret(s.secrets_path / f"{name}.conf", "\n".join(lines) + "\n", replace=True)
 
     def topology(self) -> Topology:
-        """The Sentinel topology, asked over sockets: Redis as the ACL user, the Sentinels as `default`."""
+        """The Sentinel topology, asked over sockets as the operator: the administrative user on Redis,
+        `default` on the Sentinels (both with the administrative password)."""
         s = self.settings
         sentinels = [n for n, svc in self._services.items() if svc.health == "sentinel"]
 
         def ask(node: str, *command: str) -> object:
             svc = self._services[node]
-            user = "default" if svc.health == "sentinel" else s.redis_username
-            return redis_command(svc.host, svc.port, user, s.redis_password(), *command)
+            user = "default" if svc.health == "sentinel" else s.redis_admin_username
+            return redis_command(svc.host, svc.port, user, s.redis_admin_password(), *command)
 
         return Topology(self._redis_names(), sentinels, s.sentinel_master, ask, lambda n: [self._services[n].address])
 
@@ -504,7 +505,7 @@ class Cluster:
 
     def _probe(self, service: Process) -> bool:
         if service.health == "sentinel":
-            return redis_ping(service.host, service.port, "default", self.settings.redis_password())
+            return redis_ping(service.host, service.port, self.settings.redis_username, self.settings.redis_password())
         if service.health == "redis":
             return redis_ping(service.host, service.port, self.settings.redis_username, self.settings.redis_password())
         try:

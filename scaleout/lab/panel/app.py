@@ -130,8 +130,9 @@ class Panel:
             if not alive:
                 up = False
             elif svc.health in ("redis", "sentinel"):
-                user = s.redis_username if svc.health == "redis" else "default"
-                up = await anyio.to_thread.run_sync(redis_ping, svc.host, svc.port, user, s.redis_password())
+                up = await anyio.to_thread.run_sync(
+                    redis_ping, svc.host, svc.port, s.redis_username, s.redis_password()
+                )
             else:
                 try:
                     up = (await self.http.get(f"http://{svc.address}/healthz")).status_code == 200
