@@ -42,6 +42,11 @@ class RedisTopology(StrEnum):
     sentinel = "sentinel"
 
 
+class RedisPersistence(StrEnum):
+    none = "none"
+    aof = "aof"
+
+
 class JWTAlg(StrEnum):
     RS256 = "RS256"
     ES256 = "ES256"
@@ -68,6 +73,9 @@ class Settings(BaseSettings):
     jwt_alg: JWTAlg = JWTAlg.RS256
     replicas: int = Field(default=3, ge=1, le=9)
     redis_topology: RedisTopology = RedisTopology.single
+    # aof: sessions, logouts and the denylist survive a full stop and start (appendfsync everysec: a crash
+    # loses at most the last second); none: a restart forgets them all (a revoked token is valid again).
+    redis_persistence: RedisPersistence = RedisPersistence.aof
 
     # Addresses. Locally everything binds to loopback; compose overrides the hosts with service names.
     host: str = "127.0.0.1"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hashlib import sha256
 from pathlib import Path
 
-from scaleout.core.config import Settings
+from scaleout.core.config import RedisPersistence, Settings
 
 # Every command the services send, the ones their Lua scripts call included (Redis checks those too), and
 # nothing else: no CONFIG, REPLICAOF, FLUSHALL, KEYS, DEBUG, MONITOR, ACL, SHUTDOWN, no channels. A command
@@ -71,29 +71,57 @@ def _hashed(password: str | None) -> str:
 
 
 def redis_acl(s: Settings) -> list[str]:
-    """The users of every Redis server of the cluster: no anonymous user, the services' user with the
+    """The users of every Redis server of the cluster: no anonymous login, the services' user with the
     commands they send, the administrative user (replication, the Sentinels, the operator) with all."""
     return [
-        "user default off",
+        # Nobody can log in as `default` (off), but Redis replays the append-only file as `default`, and
+        # re-checks a MULTI/EXEC's commands against that user's rules while loading it (redis/redis#14541):
+        # without every permission, a restart would silently drop each transaction's writes.
+        "user default off ~* &* +@all",
         f"user {s.redis_username} on {_hashed(s.redis_password())} ~* resetchannels -@all "
         + " ".join(f"+{c}" for c in APP_COMMANDS),
         f"user {s.redis_admin_username} on {_hashed(s.redis_admin_password())} ~* &* +@all",
     ]
 
 
-def redis_node(
+def persistence(s: Settings) -> list[str]:
+    """REDIS_PERSISTENCE: an append-only file synced every second, or nothing on disk. Never RDB snapshots:
+    a snapshot loses every write since the last one, which is what `aof` exists to prevent."""
+    if s.redis_persistence == RedisPersistence.aof:
+        return ['save ""', "appendonly yes", "appendfsync everysec"]
+    return ['save ""', "appendonly no"]
+
+
+def redis_server(
     s: Settings, port: int, data_dir: Path | str, bind: str | None = None, secrets_seen_at: Path | None = None
 ) -> list[str]:
-    """A Redis of the Sentinel topology: no persistence, the ACL file, and how a replica authenticates.
-    `secrets_seen_at`: where the server finds the secrets, when not where they are written (a pod's mount)."""
+    """Any Redis of the cluster: its port, persistence and data directory, and the ACL file (no anonymous
+    user). `secrets_seen_at`: where the server finds the secrets, when not where they are written."""
     return [
         f"port {port}",
         *([f"bind {bind}"] if bind else []),
         "protected-mode yes",
-        'save ""',
-        "appendonly no",
+        *persistence(s),
         f"dir {data_dir}",
         f"aclfile {(secrets_seen_at or s.secrets_path) / 'redis.acl'}",
+    ]
+
+
+def as_args(lines: list[str]) -> list[str]:
+    """Config lines as redis-server options (`save ""` -> `--save ""`)."""
+    out: list[str] = []
+    for line in lines:
+        key, _, value = line.partition(" ")
+        out += [f"--{key}", "" if value == '""' else value]
+    return out
+
+
+def redis_node(
+    s: Settings, port: int, data_dir: Path | str, bind: str | None = None, secrets_seen_at: Path | None = None
+) -> list[str]:
+    """A Redis of the Sentinel topology: any Redis's lines, and how a replica authenticates to its primary."""
+    return [
+        *redis_server(s, port, data_dir, bind, secrets_seen_at),
         f"masteruser {s.redis_admin_username}",
         f"masterauth {s.redis_admin_password() or ''}",
         "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once

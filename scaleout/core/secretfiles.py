@@ -39,17 +39,22 @@ def write_cluster_secrets(settings: Settings) -> None:
     for name in ("users.sqlite3", "users.sqlite3-wal", "users.sqlite3-shm"):
         if (directory / name).exists():
             (directory / name).chmod(0o600)
-    if s.sentinel and s.peers_by_name:
+    if s.peers_by_name:
         write_compose_store_configs(s)
 
 
 def write_compose_store_configs(s: Settings, secrets_seen_at: Path | None = None) -> None:
-    """The Sentinel topology of the container stack (docker-compose.sentinel.yml): the Redis servers' and the
-    Sentinels' configs, which hold the password, among the secrets. docker/sentinel-node.sh completes them
-    with the peers' addresses in each container (a Sentinel rewrites its config)."""
+    """The container stack's Redis config (`redis.conf`: port, persistence, ACL file) and, with Sentinel
+    (docker-compose.sentinel.yml), the Redis servers' and the Sentinels' configs, which hold the password,
+    among the secrets. docker/sentinel-node.sh completes those with the peers' addresses in each container
+    (a Sentinel rewrites its config)."""
     from scaleout.core import redisconf
 
     directory = s.secrets_path
+    single = redisconf.redis_server(s, s.redis_port, "/tmp", secrets_seen_at=secrets_seen_at)
+    write_secret(directory / "redis.conf", _lines(single), replace=True)
+    if not s.sentinel:
+        return
     node = redisconf.redis_node(s, s.redis_port, "/tmp", secrets_seen_at=secrets_seen_at)
     write_secret(directory / "redis-node.conf", _lines(node), replace=True)
     write_secret(directory / "sentinel.conf", _lines(redisconf.sentinel_node(s, s.sentinel_port, "/tmp")), replace=True)
@@ -80,6 +85,7 @@ ROLE_FILES = {
         "redis_password",
         "redis_admin_password",
         "redis.acl",
+        "redis.conf",
         "redis-node.conf",
         "sentinel.conf",
         "sentinel-master.conf",

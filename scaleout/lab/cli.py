@@ -19,6 +19,7 @@ from scaleout.core.config import (
     JWTAlg,
     JWTRevocation,
     LBMode,
+    RedisPersistence,
     RedisTopology,
     SessionStore,
     Settings,
@@ -80,6 +81,7 @@ def up(
     alg: Annotated[JWTAlg | None, typer.Option(help="JWT_ALG")] = None,
     replicas: Annotated[int | None, typer.Option(min=1, max=9, help="REPLICAS")] = None,
     topology: Annotated[RedisTopology | None, typer.Option(help="REDIS_TOPOLOGY")] = None,
+    persistence: Annotated[RedisPersistence | None, typer.Option(help="REDIS_PERSISTENCE")] = None,
 ) -> None:
     """Start the local cluster in the background; returns once every service is healthy."""
     overrides = {
@@ -92,6 +94,7 @@ def up(
             "jwt_alg": alg,
             "replicas": replicas,
             "redis_topology": topology,
+            "redis_persistence": persistence,
         }.items()
         if v is not None
     }
@@ -102,7 +105,8 @@ def up(
     s = cluster.settings
     console.print(
         f"cluster up: [bold]{s.public_url}[/]  AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} "
-        f"LB_MODE={s.lb_mode} JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas}"
+        f"LB_MODE={s.lb_mode} JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
+        f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence}"
     )
     from scaleout.lab.panel.app import panel_url
 
@@ -130,7 +134,7 @@ def _show_status(cluster: ClusterDriver) -> None:
     console.print(
         f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
         f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
-        f"REDIS_TOPOLOGY={s.redis_topology}  url={cluster.public_url}"
+        f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence}  url={cluster.public_url}"
     )
     if s.sentinel:
         console.print(f"Redis primary, as the Sentinels say: {cluster.primary() or 'none known (failover under way?)'}")

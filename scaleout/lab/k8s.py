@@ -108,8 +108,8 @@ def render(settings: Settings, out: Path) -> Path:
         },
     )
     write_cluster_secrets(s)  # the Redis password and ACL, the session key, the HS256 secret
-    if s.sentinel:  # the servers' configs, naming the files where the pods mount them
-        write_compose_store_configs(s, secrets_seen_at=Path("/secrets"))
+    # The servers' configs (persistence; with Sentinel, the topology), naming the files where pods mount them.
+    write_compose_store_configs(s, secrets_seen_at=Path("/secrets"))
     keys: list[str]
     if s.jwt_alg is JWTAlg.HS256:
         keys = ["literals:\n      - unused=HS256 signs with scaleout-jwt-secret"]
@@ -119,7 +119,7 @@ def render(settings: Settings, out: Path) -> Path:
         ring_dir = secrets_dir / "keys"
         KeyRing(ring_dir, s.jwt_alg, s.access_ttl + s.jwt_leeway)
         keys = ["files:\n" + "\n".join(f"      - secrets/keys/{p.name}" for p in sorted(ring_dir.iterdir()))]
-    store_files = ["redis_password", "redis_admin_password", "redis.acl"]
+    store_files = ["redis_password", "redis_admin_password", "redis.acl", "redis.conf"]
     if s.sentinel:
         store_files += ["redis-node.conf", "sentinel.conf", "sentinel-master.conf"]
         shutil.copy(SENTINEL_SCRIPT, out / "sentinel-node.sh")
@@ -136,6 +136,7 @@ def render(settings: Settings, out: Path) -> Path:
         "    behavior: merge",
         "    literals:",
         f"      - JWT_ALG={s.jwt_alg}",
+        f"      - REDIS_PERSISTENCE={s.redis_persistence}",
         f"      - REPLICAS={s.replicas}",
         f"      - MAX_SESSIONS_PER_USER={s.max_sessions_per_user}",
         *(["  - name: scaleout-sentinel-node", "    files:", "      - sentinel-node.sh"] if s.sentinel else []),

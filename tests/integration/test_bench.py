@@ -31,6 +31,9 @@ def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:
         assert p["errors"] == 0, p
     assert results["login"]["argon2"] == {"time_cost": 2, "memory_kib": 19456, "parallelism": 1}
     assert set(results["signing_ms"]) == {"RS256", "ES256", "HS256"}
+    persistence = results["persistence"]  # the append-only file's cost, measured both ways in the same run
+    assert all(persistence[k] > 0 for k in ("put_ms_none", "put_ms_aof", "redis_cpu_us_none", "redis_cpu_us_aof"))
+    assert "Persistence: a login's session write takes" in (tmp_path / "bench.md").read_text()
     micro = results["micro"]
     assert micro["session_mac_seal_us"] > 0 and micro["memory_login_at_capacity_us"] > 0
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -200,6 +200,9 @@ def test_the_services_redis_user_may_send_only_what_the_services_send(cluster: C
         with pytest.raises(NoPermissionError):
             as_app.execute_command(*command)
     assert redis_command(svc.host, svc.port, s.redis_admin_username, s.redis_admin_password(), "INFO", "server")
+    # `default` holds every permission (Redis replays its append-only file as that user), and nobody logs in as it.
+    for password in (s.redis_admin_password(), s.redis_password(), ""):
+        assert redis_command(svc.host, svc.port, "default", password or "x", "PING") is None
     host, port = s.sentinel_hosts[0]
     assert redis_command(host, port, *app, "SENTINEL", "get-master-addr-by-name", s.sentinel_master) == [
         svc.host,

@@ -20,10 +20,11 @@ import jsonschema
 import pytest
 import yaml
 
+from scaleout.core import redisconf
 from scaleout.core.config import ROOT, Settings
+from scaleout.core.secretfiles import write_cluster_secrets
 from scaleout.lab.cli import app as cli_app
 from scaleout.lab.processes import require_program
-from scaleout.lab.redisadmin import redis_args
 
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(sys.prefix) / "share" / "compose_spec.json"
@@ -128,13 +129,23 @@ def test_every_service_command_names_a_module_that_imports(compose: dict) -> Non
     assert checked == 6  # secrets, auth, three replicas, nginx-config
 
 
-def test_redis_command_is_the_local_runners(compose: dict) -> None:
+@pytest.mark.parametrize("persistence", ["aof", "none"])
+def test_redis_runs_the_local_runners_config(compose: dict, tmp_path: Path, persistence: str) -> None:
     redis = compose["services"]["redis"]
-    command = redis["command"]
-    assert command[: 1 + len(redis_args(Settings().redis_port))] == ["redis-server", *redis_args(Settings().redis_port)]
-    # Clients must authenticate: the ACL file comes from the stack's own secrets volume, and Redis is
-    # never published to the host.
-    assert command[command.index("--aclfile") + 1] == "/secrets/redis.acl"
+    assert redis["command"] == ["redis-server", "/secrets/redis.conf"]
+    # Written by the `secrets` service from the same lines as the local runner's options.
+    s = Settings(secrets_dir=tmp_path, peers_by_name=True, redis_port=6380, redis_persistence=persistence)
+    write_cluster_secrets(s)
+    conf = (tmp_path / "redis.conf").read_text().splitlines()
+    assert conf == redisconf.redis_server(s, 6380, "/tmp")
+    assert ("appendonly yes" in conf, "appendfsync everysec" in conf) == ((persistence == "aof"),) * 2
+    assert 'save ""' in conf and ("appendonly no" in conf) == (persistence == "none")
+    # Clients must authenticate: the ACL file comes from the stack's own secrets volume (SECRETS_DIR there is
+    # where Redis mounts it), and Redis is never published to the host.
+    assert f"aclfile {tmp_path / 'redis.acl'}" in conf
+    assert compose["services"]["secrets"]["environment"]["SECRETS_DIR"] == "/secrets"
+    assert "store-secrets:/secrets:ro" in redis["volumes"]
+    assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
     assert "ports" not in redis
     assert compose["services"]["nginx"]["ports"] == ["127.0.0.1:${NGINX_PORT:-8080}:8080"]
 

@@ -85,6 +85,16 @@ class WaitCost:
     put_ms_with_wait: float
 
 
+@dataclass(frozen=True, slots=True)
+class PersistenceCost:
+    """What REDIS_PERSISTENCE=aof (appendfsync everysec) adds to a login's session write, in one run."""
+
+    put_ms_none: float
+    put_ms_aof: float
+    redis_cpu_us_none: float  # Redis CPU per session write
+    redis_cpu_us_aof: float
+
+
 @dataclass
 class BenchResults:
     settings: BenchSettings
@@ -99,6 +109,7 @@ class BenchResults:
     capacity: list[Capacity] = field(default_factory=list)
     redis_drive: RedisDrive | None = None
     wait_cost: WaitCost | None = None
+    persistence: PersistenceCost | None = None
 
     def mode(self, name: str) -> ModeResult:
         return next(m for m in self.modes if m.mode == name)

@@ -26,13 +26,16 @@ from scaleout.lab.bench.results import (
     MicroCosts,
     ModeResult,
     PeerResult,
+    PersistenceCost,
     WaitCost,
 )
 from scaleout.lab.bench.wrk import Target, summarise, wrk_run
+from scaleout.lab.drivers.base import ClusterError
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import PASSWORD, make_users
 from scaleout.lab.ports import isolated_settings
 from scaleout.lab.processes import nginx_workers
+from scaleout.lab.redisadmin import redis_command
 
 MODES: dict[str, dict[str, object]] = {
     "session/memory": {"auth_mode": "session", "session_store": "memory"},
@@ -80,6 +83,68 @@ def wait_cost(cluster: Cluster, n: int = 200) -> WaitCost:
         return round(statistics.median(times) * 1000, 3)
 
     return WaitCost(asyncio.run(measure(Durability())), asyncio.run(measure(Durability(1, s.redis_wait_ms))))
+
+
+def persistence_cost(cluster: Cluster, n: int = 400) -> PersistenceCost:
+    """A login's session write, and Redis's CPU per write, with the append-only file off and on: the same
+    Redis, switched at run time (`CONFIG SET appendonly`), then put back as the cluster had it."""
+    import asyncio
+
+    from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_handle, new_session_id
+    from scaleout.core.store import Coalescer, Durability, make_redis
+    from scaleout.lab.load import wait_until
+
+    s = cluster.settings
+    svc = cluster.services["redis"]
+    admin = (svc.host, svc.port, s.redis_admin_username, s.redis_admin_password())
+
+    def info(section: str) -> dict[str, str]:
+        reply = str(redis_command(*admin, "INFO", section) or "")
+        return dict(line.split(":", 1) for line in reply.splitlines() if ":" in line)
+
+    def cpu_s() -> float:
+        found = info("cpu")
+        return float(found["used_cpu_sys"]) + float(found["used_cpu_user"])
+
+    def appendonly(value: str) -> None:
+        if redis_command(*admin, "CONFIG", "SET", "appendonly", value) != "OK":
+            raise ClusterError("could not switch the bench Redis's append-only file")
+
+        def settled() -> bool:
+            found = info("persistence")
+            return found.get("aof_rewrite_in_progress") == "0" and found.get("aof_rewrite_scheduled") == "0"
+
+        if not wait_until(settled, 10):
+            raise ClusterError("the bench Redis's append-only file did not settle")
+
+    async def measure() -> tuple[float, float]:
+        redis = make_redis(s)
+        reads = Coalescer(redis)
+        store = RedisSessions(redis, reads, 60, 120, SessionMAC(secrets.token_bytes(32)), durability=Durability())
+        times = []
+        before = cpu_s()
+        for _ in range(n):
+            start = time.perf_counter()
+            await store.put(new_session_id(), Session("bench", "c", time.time(), "uid-bench", new_handle()))
+            times.append(time.perf_counter() - start)
+        used = cpu_s() - before
+        await reads.aclose()
+        await redis.aclose()
+        return round(statistics.median(times) * 1000, 3), round(used / n * 1e6, 1)
+
+    found: dict[str, list[tuple[float, float]]] = {"no": [], "yes": []}
+    try:
+        asyncio.run(measure())  # warm-up: scripts loaded, connections made, allocator settled
+        for value in ("no", "yes", "no", "yes"):  # alternated, so that a drift does not favour either
+            appendonly(value)
+            found[value].append(asyncio.run(measure()))
+    finally:
+        appendonly("yes" if s.redis_persistence == "aof" else "no")
+
+    def mean(value: str, i: int) -> float:
+        return round(statistics.fmean(m[i] for m in found[value]), 3 if i == 0 else 1)
+
+    return PersistenceCost(mean("no", 0), mean("yes", 0), mean("no", 1), mean("yes", 1))
 
 
 def credentials(cluster: Cluster, users: int) -> tuple[str, tuple[str, ...]]:
@@ -257,6 +322,8 @@ def run(
                             say("bench: the cost of WAIT on a login's session write")
                             results.wait_cost = wait_cost(cluster, 50 if quick else 400)
                         else:
+                            say("bench: a session write with and without the append-only file")
+                            results.persistence = persistence_cost(cluster, 100 if quick else 400)
                             say("bench: Redis driven with the replicas' read pattern alone")
                             primary = cluster.services[cluster.primary() or "redis"]
                             results.redis_drive = drive_redis(

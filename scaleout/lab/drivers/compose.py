@@ -36,7 +36,15 @@ REDIS_SERVICES = ("redis", "redis-2", "redis-3")  # docker-compose.sentinel.yml;
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the containers (docker-compose*.yml), whatever the host uses
 PROJECT = "scaleout"  # the compose file's `name:`: plain `docker compose` and these verbs act on one stack
-MODE_VARIABLES = ("AUTH_MODE", "SESSION_STORE", "LB_MODE", "JWT_REVOCATION", "JWT_ALG", "MAX_SESSIONS_PER_USER")
+MODE_VARIABLES = (
+    "AUTH_MODE",
+    "SESSION_STORE",
+    "LB_MODE",
+    "JWT_REVOCATION",
+    "JWT_ALG",
+    "MAX_SESSIONS_PER_USER",
+    "REDIS_PERSISTENCE",
+)
 # What a stack of three named replicas cannot show (REPLICAS is fixed at 3 in the compose file).
 CANNOT_RUN = {"replication_growth": "the compose file runs three named replicas; REPLICAS cannot grow there"}
 
@@ -121,6 +129,7 @@ class Stack:
             "LB_MODE": str(s.lb_mode),
             "JWT_REVOCATION": str(s.jwt_revocation),
             "JWT_ALG": str(s.jwt_alg),
+            "REDIS_PERSISTENCE": str(s.redis_persistence),
             "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
             "NGINX_PORT": str(s.nginx_port),
             "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),

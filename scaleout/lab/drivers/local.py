@@ -28,7 +28,7 @@ from scaleout.lab import nginx
 from scaleout.lab.drivers.base import ClusterError, Say, ServiceStatus
 from scaleout.lab.ports import port_is_free, settings_env
 from scaleout.lab.processes import CLK_TCK, cmdline, cpu_ticks, nginx_workers, pid_alive, require_program, tail
-from scaleout.lab.redisadmin import redis_args, redis_command, redis_ping
+from scaleout.lab.redisadmin import redis_command, redis_ping
 from scaleout.lab.topology import Topology
 
 HEALTH_TIMEOUT = 30.0
@@ -109,16 +109,10 @@ class Cluster:
             else {
                 "redis": Process(
                     "redis",
+                    # The password lives in an owner-only ACL file, never on a command line `ps` shows.
                     [
                         require_program("redis-server"),
-                        *redis_args(s.redis_port),
-                        "--bind",
-                        host,
-                        "--dir",
-                        str(self.dir / "redis"),
-                        # The password lives in an owner-only ACL file, never on a command line `ps` shows.
-                        "--aclfile",
-                        str(s.secrets_path / "redis.acl"),
+                        *redisconf.as_args(redisconf.redis_server(s, s.redis_port, self.dir / "redis", bind=host)),
                     ],
                     {},
                     host,
