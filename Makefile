@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test test-fast k8s-render k8s-check demo up down status lb stop start bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
+.PHONY: setup system test test-fast k8s-render k8s-check demo up down status lb stop start fault bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
 
 setup: system $(STAMP)
 	@$(PY) scripts/install_compose_plugin.py
@@ -62,6 +62,10 @@ stop: setup
 start: setup
 	@test -n "$(SERVICE)" || { echo "usage: make start SERVICE=api-2|auth|redis" >&2; exit 2; }
 	$(PY) -m scaleout start $(SERVICE)
+
+fault: setup
+	@test -n "$(TARGET)" -a -n "$(KIND)" || { echo "usage: make fault TARGET=redis|auth KIND=latency|jitter|bandwidth|blackhole|reset|clear [VALUE=500ms]" >&2; exit 2; }
+	$(PY) -m scaleout fault $(TARGET) $(KIND) $(VALUE)
 
 clean:
 	rm -rf $(VENV) .cluster .pytest_cache .ruff_cache

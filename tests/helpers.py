@@ -131,14 +131,14 @@ def valid_claims(cluster: Cluster, sub: str, **changes: object) -> dict:
     return {k: v for k, v in claims.items() if v is not ...}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m scaleout …` as CI runs it: no terminal, CI=true, nothing on stdin."""
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m scaleout …` as CI runs it: no terminal, CI=true, nothing on stdin; `env` added."""
     from scaleout.core.config import ROOT
 
     return subprocess.run(
         [sys.executable, "-m", "scaleout", *args],
         cwd=ROOT,
-        env={**os.environ, "CI": "true"},
+        env={**os.environ, "CI": "true", **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,

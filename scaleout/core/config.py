@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     redis_wait_replicas: int = Field(default=1, ge=0, le=2)
     redis_wait_ms: int = Field(default=500, ge=1)
     lab_port: int = 8090  # the control panel (`make lab`), loopback only
+    # The lab's fault proxies (`make fault`): the local services reach Redis and the replicas reach the auth
+    # service through them, so latency, a blackhole or resets can be switched on while the cluster runs.
+    fault_proxy: bool = True
+    redis_proxy_port: int = 6390
+    auth_proxy_port: int = 9001
     auth_url: str = ""  # derived from host/auth_port when empty
     redis_url: str = ""  # derived from host/redis_port when empty
     sentinel_addresses: str = ""  # "host:port,host:port,..."; derived from host/sentinel_port when empty

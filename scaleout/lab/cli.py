@@ -136,6 +136,10 @@ def _show_status(cluster: ClusterDriver) -> None:
         f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
         f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence}  url={cluster.public_url}"
     )
+    faults = getattr(cluster, "faults", None)
+    if faults is not None:
+        for target, now in faults().items():
+            console.print(f"fault between the services and {target}: {now.describe()}")
     if s.sentinel:
         console.print(f"Redis primary, as the Sentinels say: {cluster.primary() or 'none known (failover under way?)'}")
 
@@ -168,6 +172,28 @@ def start(service: str) -> None:
     """Start a service stopped with `stop` again, with the same command and settings."""
     _attempt(lambda: _cluster().start(service))
     console.print(f"started {service}")
+
+
+@app.command()
+def fault(
+    target: Annotated[str, typer.Argument(help="redis | auth")],
+    kind: Annotated[str, typer.Argument(help="latency | jitter | bandwidth | blackhole | reset | clear")],
+    value: Annotated[
+        str | None, typer.Argument(help="500ms, 2s (latency, jitter); 10kb (bandwidth, per second)")
+    ] = None,
+) -> None:
+    """Fault injection between the services and Redis, or the replicas and the auth service, while the
+    cluster runs: `scaleout fault redis latency 500ms`, `scaleout fault redis blackhole`, `... clear`."""
+    from scaleout.lab.faults import TARGETS, FaultError
+
+    if target not in TARGETS:
+        _fail(f"TARGET={target!r}: one of {', '.join(TARGETS)}", status=2)
+    try:
+        now = _attempt(lambda: _cluster().fault(target, kind, value or None))
+    except FaultError as exc:
+        _fail(exc, status=2)
+        raise
+    console.print(f"fault between the services and {target}: {now.describe()}")
 
 
 @app.command("rotate-keys")

@@ -157,6 +157,18 @@ def test_after_stop_the_charts_keep_time_moving_with_zeros_and_mark_the_stop(pag
     assert wait_until(lambda: (page.text_content("#tile-api-1 .meta") or "").endswith(" 0 req/s"), 10)
 
 
+def test_the_fault_buttons_switch_the_proxy_and_show_it(page: Page, cluster: Cluster) -> None:
+    from scaleout.lab.faults import fault_file, read_fault
+
+    page.select_option("#fault-target", "auth")
+    page.click("button[data-fault=latency][data-value='500ms']")
+    assert wait_until(lambda: "auth: latency 500ms" in (page.text_content("#faults") or ""), 5)
+    assert read_fault(fault_file(cluster.dir, "auth")).latency_s == 0.5  # what the proxy reads
+    page.click("button[data-fault=clear]")
+    assert wait_until(lambda: "auth: none" in (page.text_content("#faults") or ""), 5)
+    assert read_fault(fault_file(cluster.dir, "auth")).latency_s == 0
+
+
 def test_bad_input_is_refused_with_a_message_on_the_page(page: Page) -> None:
     result = page.evaluate(
         """async () => {

@@ -300,6 +300,7 @@ def run(
                     workdir / f"{slug}-{k}",
                     replicas=1,
                     throttle_ip_max=1_000_000,
+                    fault_proxy=False,  # the product's request path, not the lab's proxy hop
                     redis_topology=topology,
                     **MODES[mode],
                 )

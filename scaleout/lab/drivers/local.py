@@ -26,6 +26,7 @@ from scaleout.core.keys import KeyUnusable
 from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
 from scaleout.lab.drivers.base import ClusterError, Say, ServiceStatus
+from scaleout.lab.faults import TARGETS, Fault, change, fault_file, read_fault, write_fault
 from scaleout.lab.ports import port_is_free, settings_env
 from scaleout.lab.processes import CLK_TCK, cmdline, cpu_ticks, nginx_workers, pid_alive, require_program, tail
 from scaleout.lab.redisadmin import redis_command, redis_ping
@@ -122,6 +123,13 @@ class Cluster:
                 ),
             }
         )
+        replica_env = env
+        if s.fault_proxy:  # `make fault`: the services' Redis (single topology) and the auth service, proxied
+            if not s.sentinel:
+                services["redis-proxy"] = self._proxy("redis", s.redis_proxy_port, s.redis_port, log)
+                env = {**env, "REDIS_URL": f"redis://{host}:{s.redis_proxy_port}/0"}
+            services["auth-proxy"] = self._proxy("auth", s.auth_proxy_port, s.auth_port, log)
+            replica_env = {**env, "AUTH_URL": f"http://{host}:{s.auth_proxy_port}"}
         services["auth"] = Process(
             "auth", [py, "-m", "services.serve", "auth"], env, host, s.auth_port, "http", log("auth")
         )
@@ -129,7 +137,7 @@ class Cluster:
             services[name] = Process(
                 name,
                 [py, "-m", "services.serve", "api"],
-                {**env, "REPLICA_ID": name},
+                {**replica_env, "REPLICA_ID": name},
                 host,
                 s.api_port(name),
                 "http",
@@ -153,6 +161,39 @@ class Cluster:
             log("nginx"),
         )
         return services
+
+    def _proxy(self, target: str, port: int, upstream: int, log: Callable[[str], str]) -> Process:
+        s = self.settings
+        argv = [
+            sys.executable,
+            "-m",
+            "scaleout.lab.faults",
+            "--listen",
+            f"{s.host}:{port}",
+            "--upstream",
+            f"{s.host}:{upstream}",
+            "--state",
+            str(fault_file(self.dir, target)),
+        ]
+        return Process(f"{target}-proxy", argv, {}, s.host, port, "tcp", log(f"{target}-proxy"))
+
+    def fault(self, target: str, kind: str, value: str | None = None) -> Fault:
+        """Switch a fault on the running cluster's proxy to `target`; returns the fault now in effect."""
+        name = f"{target}-proxy"
+        if name not in self._services:
+            why = (
+                "with REDIS_TOPOLOGY=sentinel the services reach Redis at the addresses the Sentinels name"
+                if target == "redis" and self.settings.sentinel
+                else "the cluster runs without its fault proxies (FAULT_PROXY=false)"
+            )
+            raise ClusterError(f"no fault proxy to {target}: {why}")
+        path = fault_file(self.dir, target)
+        now = change(read_fault(path), kind, value)
+        write_fault(path, now)
+        return now
+
+    def faults(self) -> dict[str, Fault]:
+        return {t: read_fault(fault_file(self.dir, t)) for t in TARGETS if f"{t}-proxy" in self._services}
 
     def _plan_store(self, log: Callable[[str], str]) -> dict[str, Process]:
         """Sentinel topology: redis-1 (the first primary), redis-2 and redis-3 replicating it, and three
@@ -253,6 +294,8 @@ class Cluster:
         if self.settings.auth_mode is AuthMode.cookie:
             progress(COOKIE_WARNING)
         self._write_secrets()
+        for target in TARGETS:  # a cluster starts with no fault switched on
+            fault_file(self.dir, target).unlink(missing_ok=True)
         self._services = self._plan()
         if self.settings.sentinel:
             first = (self.settings.host, self.settings.redis_port)
@@ -267,7 +310,8 @@ class Cluster:
         self._save()
         try:
             # Replicas start beside the auth service: in jwt mode they wait for its JWKS themselves.
-            store = [n for n, svc in self._services.items() if svc.health in ("redis", "sentinel")]
+            # The store first, and the fault proxies in front of it and of the auth service.
+            store = [n for n, svc in self._services.items() if svc.health in ("redis", "sentinel", "tcp")]
             for group in (store, ["auth", *self.settings.replica_names], ["nginx"]):
                 for name in group:
                     self._spawn(self._services[name])
@@ -502,6 +546,8 @@ class Cluster:
             return redis_ping(service.host, service.port, self.settings.redis_username, self.settings.redis_password())
         if service.health == "redis":
             return redis_ping(service.host, service.port, self.settings.redis_username, self.settings.redis_password())
+        if service.health == "tcp":
+            return not port_is_free(service.host, service.port)
         try:
             return httpx.get(f"http://{service.address}/healthz", timeout=1.0).status_code == 200
         except httpx.HTTPError:

@@ -79,6 +79,12 @@ class RestartBody(BaseModel):
     redis_topology: RedisTopology = RedisTopology.single
 
 
+class FaultBody(BaseModel):
+    target: str = Field(pattern=r"^(redis|auth)$")
+    kind: str = Field(pattern=r"^(latency|jitter|bandwidth|blackhole|reset|clear)$")
+    value: str | None = Field(default=None, max_length=16)
+
+
 class TrafficBody(BaseModel):
     action: str = Field(pattern=r"^(start|stop|relogin)$")
     users: int = Field(default=30, ge=1, le=MAX_USERS)
@@ -178,6 +184,7 @@ class Panel:
             },
             "services": await self.services(cluster),
             "primary": await anyio.to_thread.run_sync(cluster.primary) if s.sentinel else None,
+            "faults": {target: now.describe() for target, now in cluster.faults().items()},
             "traffic": {
                 "running": bool(gen and gen.running),
                 "users": len(gen.users) if gen else 0,
@@ -294,6 +301,16 @@ def create_panel_app(cluster_dir: Path, token: str, port: int) -> FastAPI:
             return await control(f"start {body.name}", lambda: panel.cluster().start(body.name))
         kill = body.action == "kill"
         return await control(f"{body.action} {body.name}", lambda: panel.cluster().stop(body.name, kill=kill))
+
+    @app.post("/api/fault")
+    async def fault(body: FaultBody) -> dict[str, str]:
+        from scaleout.lab.faults import FaultError
+
+        label = f"fault {body.target}: {body.kind} {body.value or ''}".strip()
+        try:
+            return await control(label, lambda: panel.cluster().fault(body.target, body.kind, body.value))
+        except FaultError as exc:
+            raise HTTPException(422, str(exc)) from exc
 
     @app.post("/api/restart")
     async def restart(body: RestartBody) -> dict[str, str]:

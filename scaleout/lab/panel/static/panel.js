@@ -156,6 +156,8 @@ function render(snap) {
   if (snap.error) { say(snap.error, false); return; }
   renderModes(snap.modes, snap.choices);
   renderServices(snap.services, snap.primary);
+  document.getElementById("faults").textContent = Object.entries(snap.faults || {})
+    .map(([target, now]) => `${target}: ${now}`).join(" · ");
   renderMap(snap.user_map || []);
   const cred = snap.credential;
   document.getElementById("credential").textContent = cred ? `${cred.header}: ${cred.value}` : "(start the traffic)";
@@ -218,6 +220,10 @@ function wire() {
   users.addEventListener("input", () => { document.getElementById("users-out").textContent = users.value; });
   document.querySelectorAll("button[data-lb]").forEach((b) =>
     b.addEventListener("click", () => post("/api/lb", { mode: b.dataset.lb }).catch(() => {})));
+  document.querySelectorAll("button[data-fault]").forEach((b) =>
+    b.addEventListener("click", () => post("/api/fault", {
+      target: document.getElementById("fault-target").value, kind: b.dataset.fault, value: b.dataset.value || null,
+    }).catch(() => {})));
   document.getElementById("traffic-start").addEventListener("click", () =>
     post("/api/traffic", { action: "start", users: Number(users.value) }).catch(() => {}));
   document.getElementById("traffic-stop").addEventListener("click", () => post("/api/traffic", { action: "stop" }).catch(() => {}));

@@ -1,0 +1,129 @@
+"""`make fault` on a real cluster: the fault proxies between the services and Redis, and between the
+replicas and the auth service. A slow, silent or resetting dependency gets every request a bounded answer:
+200 when the dependency answered in time, else 503 with `Retry-After`; never let in, never a hang; and
+200 again within a second of the fault clearing, with no restart."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from helpers import PASSWORD, client, new_user, new_username, run_cli
+
+from scaleout.lab.drivers.local import Cluster
+from scaleout.lab.load import wait_until
+
+pytestmark = pytest.mark.cluster
+
+STORE_BUDGET = 0.5  # REDIS_TIMEOUT: a store read's budget
+SLACK = 0.5  # what a request may take beyond its budget (nginx, the event loop, this machine)
+
+
+@pytest.fixture(scope="module")
+def cluster(start_cluster: Callable[..., Cluster]) -> Cluster:
+    return start_cluster(
+        auth_mode="session", session_store="redis", redis_timeout=STORE_BUDGET, argon2_queue_wait=1.0, auth_timeout=2.0
+    )
+
+
+def fault(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("fault", *args, env={"CLUSTER_DIR": str(cluster.dir)})
+
+
+def timed(c: httpx.Client, n: int, path: str = "/api/me") -> list[tuple[int, float, str | None]]:
+    out = []
+    for _ in range(n):
+        started = time.monotonic()
+        r = c.get(path)
+        out.append((r.status_code, time.monotonic() - started, r.headers.get("retry-after")))
+    return out
+
+
+def recovery(c: httpx.Client) -> float:
+    """Seconds from now until every replica answers 200 again (three in a row, round robin)."""
+    started = time.monotonic()
+    assert wait_until(lambda: [r.status_code for r in (c.get("/api/me") for _ in range(3))] == [200] * 3, 10, 0.02)
+    return time.monotonic() - started
+
+
+def test_wrong_faults_are_one_line_and_exit_2(cluster: Cluster) -> None:
+    for args, named in [
+        (("redis", "latency"), "needs a VALUE"),
+        (("redis", "latency", "soon"), "VALUE='soon'"),
+        (("redis", "latency", "90s"), "at most 60s"),
+        (("redis", "earthquake"), "KIND='earthquake'"),
+        (("nginx", "latency", "5ms"), "TARGET='nginx'"),
+        (("redis", "blackhole", "5ms"), "takes no VALUE"),
+    ]:
+        run = fault(cluster, *args)
+        assert run.returncode == 2 and named in run.stderr, (args, run.stderr)
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_latency_within_the_budget_is_paid_and_beyond_it_is_a_fast_503(cluster: Cluster) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        try:
+            assert fault(cluster, "redis", "latency", "60ms").returncode == 0
+            slow = timed(c, 9)
+            assert {s for s, _, _ in slow} == {200}
+            assert min(t for _, t, _ in slow) >= 0.06  # each request waited on a store read
+            assert "latency 60ms" in run_cli("status", env={"CLUSTER_DIR": str(cluster.dir)}).stdout
+            assert fault(cluster, "redis", "latency", "3s").returncode == 0
+            late = timed(c, 9)
+            assert {(s, ra) for s, _, ra in late} == {(503, "1")}  # never 200 unchecked, never a 500
+            assert max(t for _, t, _ in late) < STORE_BUDGET + SLACK, late
+        finally:
+            assert fault(cluster, "redis", "clear").returncode == 0
+        took = recovery(c)
+        print(f"slow store: 200 again {took:.2f} s after the fault cleared")
+        assert took < 1.0
+
+
+@pytest.mark.parametrize("kind", ["blackhole", "reset"])
+def test_a_silent_or_resetting_store_is_a_bounded_503_and_heals_within_a_second(cluster: Cluster, kind: str) -> None:
+    with client(cluster) as c:
+        new_user(c)
+        csrf = c.cookies["csrf_token"]
+        try:
+            assert fault(cluster, "redis", kind).returncode == 0
+            answers = timed(c, 9)
+            assert {(s, ra) for s, _, ra in answers} == {(503, "1")}, answers
+            assert max(t for _, t, _ in answers) < STORE_BUDGET + SLACK, answers
+            started = time.monotonic()
+            out = c.post("/api/logout", headers={"X-CSRF-Token": csrf})
+            assert out.status_code == 503  # a logout that could not be confirmed is never reported as done
+            assert time.monotonic() - started < STORE_BUDGET * 2 + SLACK
+            name = new_username("silent")
+            started = time.monotonic()
+            r = c.post("/api/register", json={"username": name, "password": PASSWORD})
+            assert r.status_code in (201, 503)
+            assert time.monotonic() - started < 2.0 + SLACK
+        finally:
+            assert fault(cluster, "redis", "clear").returncode == 0
+        took = recovery(c)
+        print(f"{kind} store: 200 again {took:.2f} s after the fault cleared")
+        assert took < 1.0
+        assert c.post("/api/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+
+
+def test_a_silent_auth_service_makes_logins_a_bounded_503(cluster: Cluster) -> None:
+    s = cluster.settings
+    with client(cluster) as c:
+        name, _ = new_user(c)
+        try:
+            assert fault(cluster, "auth", "blackhole").returncode == 0
+            started = time.monotonic()
+            r = c.post("/api/login", json={"username": name, "password": PASSWORD})
+            took = time.monotonic() - started
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert s.auth_timeout <= took < s.auth_timeout + SLACK, took
+            assert {x.status_code for x in (c.get("/api/me") for _ in range(3))} == {200}  # sessions live in Redis
+        finally:
+            assert fault(cluster, "auth", "clear").returncode == 0
+        assert wait_until(
+            lambda: c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code == 200, 5
+        )
