@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     argon2_concurrency: int = Field(default=4, ge=1)
     argon2_queue_wait: float = Field(default=5.0, gt=0)
 
+    # The replicas' budget for one call to the auth service (login, logout, refresh): a login may wait
+    # argon2_queue_wait for a hashing slot, then hashes; beyond it the caller gets 503, never a hang.
+    auth_timeout: float = Field(default=6.0, gt=0)
     # Redis client timeouts: a store that is down must answer 503 quickly, not hang the request.
     redis_timeout: float = 0.5
 

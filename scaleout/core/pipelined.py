@@ -144,7 +144,15 @@ class PipelinedConnection:
         try:
             protocol = await self._connect()
         except Exception as exc:
-            error = exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(f"Redis unreachable: {exc}")
+            error: Exception
+            if isinstance(exc, TimeoutError):
+                # Slow or silent, not refused: a timeout, which callers do not retry (a retry would spend the
+                # request's budget twice on a store that already took all of it).
+                error = RedisTimeoutError(f"no answer from Redis within {self.timeout} s while connecting")
+            elif isinstance(exc, RedisConnectionError):
+                error = exc
+            else:
+                error = RedisConnectionError(f"Redis unreachable: {exc}")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)

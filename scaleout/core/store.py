@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,7 +30,23 @@ class StoreUnavailable(Exception):
 T = TypeVar("T")
 
 
-class PrimaryConnection(SentinelManagedConnection):
+class _ResetIsDisconnect(Connection):
+    """A write on a connection the peer reset: uvloop raises RuntimeError ("the handler is closed") where the
+    standard loop raises an OSError. redis-py has already dropped the connection; calling it a connection
+    error lets `redis_call` retry once on a fresh one (and answer 503 if that fails too), never a 500."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"the connection was closed under us: {exc}") from exc
+
+
+class AppConnection(_ResetIsDisconnect):
+    pass
+
+
+class PrimaryConnection(_ResetIsDisconnect, SentinelManagedConnection):
     """A connection to the primary the Sentinels named, which must say so itself (`ROLE`) before it is used:
     a Sentinel left behind in a partition can name an old primary, where a revocation made on the new one
     is invisible."""
@@ -78,7 +95,7 @@ def make_redis(settings: Settings) -> Redis:
             settings.sentinel_master, max_connections=256, connection_class=PrimaryConnection
         )
         return primary
-    return Redis.from_url(settings.redis_dsn, max_connections=256, **common)
+    return Redis.from_url(settings.redis_dsn, max_connections=256, connection_class=AppConnection, **common)
 
 
 class NotReplicated(StoreUnavailable):

@@ -71,7 +71,7 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         replica.http = httpx.AsyncClient(
             base_url=settings.auth_base_url,
-            timeout=httpx.Timeout(10.0, connect=1.0),
+            timeout=httpx.Timeout(settings.auth_timeout, connect=1.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             transport=auth_transport,
         )
