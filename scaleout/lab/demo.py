@@ -391,11 +391,13 @@ def clustering(ctx: Context) -> ClusteringResult:
         hits = drive(users, ctx.requests)
         after_restart = False
         served_again: set[int] = set()
+        lost: set[int] = set()
 
         def heal(user: User, hit: Hit) -> None:
-            # Redis keeps nothing across a restart (no persistence): once it is back users log in again.
+            # With REDIS_PERSISTENCE=none Redis keeps nothing across a restart: those users log in again.
             if after_restart:
                 if hit.status == 401:
+                    lost.add(user.index)
                     user.login()
                 elif hit.status == 200:
                     served_again.add(user.index)
@@ -428,6 +430,8 @@ def clustering(ctx: Context) -> ClusteringResult:
             status_200=sum(h.status == 200 for h in while_down),
             other=sum(h.status not in (200, 503) for h in while_down),
         ),
+        persistence=str(c.settings.redis_persistence),
+        sessions_lost_on_restart=len(lost),
         healed=healed,
         recovery_s=round(healed_at - up_at, 3),
         timeline=_timeline(looped, stop_at),

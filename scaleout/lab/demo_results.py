@@ -71,6 +71,8 @@ class Outage:
 @dataclass
 class ClusteringResult(Traffic):
     redis_down: Outage = field(default_factory=lambda: Outage(0, 0, 0, 0, 0))
+    persistence: str = ""  # REDIS_PERSISTENCE of the cluster measured
+    sessions_lost_on_restart: int = 0  # users refused (401) once Redis was back: they had to log in again
     healed: bool = False
     recovery_s: float = 0.0
     timeline: Timeline = field(default_factory=list)

@@ -121,7 +121,7 @@ def rows(results: DemoResults) -> list[Row]:
         out.append(
             _traffic_row(
                 c,
-                sessions_lost="all, on Redis restart",
+                sessions_lost=f"{c.sessions_lost_on_restart}, on Redis restart ({c.persistence})",
                 redis_down=f"{d.status_503}x 503, {d.status_200} let in",
                 revocation_window=_window(rev.get("session/redis")),
             )
@@ -226,9 +226,9 @@ def readings(results: DemoResults) -> list[str]:
         out.append(
             f"**Session clustering** (Redis): {_pct(c.success_rate)} success on every replica, at a p50 of "
             f"{c.latency_ms.p50:.2f} ms{price}. With Redis down for {d.seconds:.1f} s, {d.status_503} "
-            f"of {d.requests} requests got 503 and {d.status_200} were let in. Redis keeps no data across "
-            f"a restart here, so users logged in again; all were served {c.recovery_s:.2f} s after Redis "
-            "returned, with no other service restarted."
+            f"of {d.requests} requests got 503 and {d.status_200} were let in. With REDIS_PERSISTENCE="
+            f"{c.persistence}, {c.sessions_lost_on_restart} users had to log in again after the restart; all "
+            f"were served {c.recovery_s:.2f} s after Redis returned, with no other service restarted."
         )
     if f := results.store_failover:
         logins = ", ".join(f"{n} x {code}" for code, n in f.logins_during.items()) or "none attempted"

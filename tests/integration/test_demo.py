@@ -56,6 +56,7 @@ def test_redis_down_gives_503_and_never_lets_anyone_in(demo) -> None:
     assert down["requests"] > 0 and down["status_503"] == down["requests"]
     assert down["status_200"] == 0
     assert s["healed"]
+    assert s["persistence"] == "aof" and s["sessions_lost_on_restart"] == 0  # kept in the append-only file
 
 
 def test_a_redis_failover_loses_no_acknowledged_session(demo) -> None:

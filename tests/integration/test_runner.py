@@ -69,7 +69,9 @@ def test_up_again_with_other_settings_brings_the_running_cluster_to_them(tmp_pat
         assert "AUTH_MODE=session->jwt" in said[0] and "LB_MODE=round_robin->sticky" in said[0], said
         r = httpx.get(f"{changed.settings.public_url}/api/whoami")
         assert r.json()["auth_mode"] == "jwt" and r.headers["x-lb-mode"] == "sticky"
-        assert sorted(Cluster.load(tmp_path).services) == sorted(["redis", "auth", "api-1", "api-2", "nginx"])
+        assert sorted(Cluster.load(tmp_path).services) == sorted(
+            ["redis", "redis-proxy", "auth-proxy", "auth", "api-1", "api-2", "nginx"]
+        )
         assert all(not (pid and _alive(pid)) for pid in old_pids.values())  # the old processes are gone
     finally:
         Cluster.load(tmp_path).down()
