@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     refresh_burst: int = Field(default=100, ge=0)
     # Connections one client address may hold open at nginx (load tests use 64 from one address).
     conn_per_ip: int = Field(default=512, ge=1)
+    # Requests nginx lets each replica work on at once (`max_conns`, shared by nginx's workers through the
+    # upstream zone). Beyond it the excess is shed at once, 503 with Retry-After, rather than queued inside a
+    # replica where every request would wait longer and time out.
+    replica_max_inflight: int = Field(default=128, ge=1, le=10_000)
     # Slow clients (one header byte a second) are cut off after this many seconds.
     client_timeout: int = Field(default=10, ge=1)
 

@@ -70,6 +70,7 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
             refresh_rate=settings.refresh_rate,
             refresh_burst=settings.refresh_burst,
             conn_per_ip=settings.conn_per_ip,
+            replica_max_inflight=settings.replica_max_inflight,
             client_timeout=settings.client_timeout,
             worker_user=worker_user,
             probe_listen=probe_listen,

@@ -19,13 +19,19 @@ from scaleout.lab.load import wait_until
 pytestmark = pytest.mark.cluster
 
 STORE_BUDGET = 0.5  # REDIS_TIMEOUT: a store read's budget
+INFLIGHT = 4  # requests nginx lets each replica work on at once (small here, so that a test can fill it)
 SLACK = 0.5  # what a request may take beyond its budget (nginx, the event loop, this machine)
 
 
 @pytest.fixture(scope="module")
 def cluster(start_cluster: Callable[..., Cluster]) -> Cluster:
     return start_cluster(
-        auth_mode="session", session_store="redis", redis_timeout=STORE_BUDGET, argon2_queue_wait=1.0, auth_timeout=2.0
+        auth_mode="session",
+        session_store="redis",
+        redis_timeout=STORE_BUDGET,
+        argon2_queue_wait=1.0,
+        auth_timeout=2.0,
+        replica_max_inflight=INFLIGHT,
     )
 
 
@@ -129,3 +135,36 @@ def test_a_silent_auth_service_makes_logins_a_bounded_503(cluster: Cluster) -> N
         assert wait_until(
             lambda: c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code == 200, 5
         )
+
+
+def test_beyond_what_the_replicas_may_work_on_the_excess_is_shed_at_once(cluster: Cluster) -> None:
+    """A slow store keeps every admitted request 300 ms; 40 at once against 3 replicas x 4: the excess gets
+    503 with Retry-After from nginx at once (no queue), the admitted ones 200, nothing else."""
+    import asyncio
+
+    with client(cluster) as c:
+        new_user(c)
+        cookies = dict(c.cookies)
+
+    async def one(http: httpx.AsyncClient) -> tuple[int, float, str | None]:
+        started = time.monotonic()
+        r = await http.get("/api/me")
+        return r.status_code, time.monotonic() - started, r.headers.get("retry-after")
+
+    async def flood() -> list[tuple[int, float, str | None]]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=cluster.public_url, cookies=cookies, limits=limits, timeout=5) as http:
+            return list(await asyncio.gather(*(one(http) for _ in range(40))))
+
+    try:
+        assert fault(cluster, "redis", "latency", "300ms").returncode == 0
+        answers = asyncio.run(flood())
+    finally:
+        assert fault(cluster, "redis", "clear").returncode == 0
+    admitted = [t for s, t, _ in answers if s == 200]
+    shed = [(t, ra) for s, t, ra in answers if s == 503]
+    assert len(admitted) + len(shed) == 40, answers  # nothing but 200 and 503
+    assert 1 <= len(admitted) <= 3 * INFLIGHT, answers
+    assert all(0.3 <= t < STORE_BUDGET + SLACK for t in admitted), admitted
+    assert shed and all(ra == "1" and t < 0.25 for t, ra in shed), shed  # at once: never queued behind the slow
+    assert recovery(httpx.Client(base_url=cluster.public_url, cookies=cookies)) < 1.0
