@@ -26,6 +26,7 @@ from scaleout.lab.demo_results import (
     DemoResults,
     DeviceRevocation,
     FailoverResult,
+    FaultPhase,
     GrowthPoint,
     GrowthResult,
     IpHashResult,
@@ -35,6 +36,7 @@ from scaleout.lab.demo_results import (
     RevocationMode,
     RevocationResult,
     ScenarioResult,
+    SlowStoreResult,
     StickyResult,
     StickyScenario,
     Switch,
@@ -52,6 +54,7 @@ from scaleout.lab.load import (
     latency_ms,
     make_users,
     per_replica,
+    percentile,
     status_by_replica,
     success_rate,
 )
@@ -67,6 +70,7 @@ SCENARIOS = (
     "jwt",
     "revocation",
     "live_switch",
+    "slow_store",
 )
 
 
@@ -663,6 +667,48 @@ def live_switch(ctx: Context) -> LiveSwitchResult:
     )
 
 
+FAULT_PHASES = (("latency", "50ms"), ("latency", "2s"), ("blackhole", None), ("reset", None))
+
+
+def slow_store(ctx: Context) -> SlowStoreResult:
+    """Session clustering while the store is slow, then silent, then resetting (the fault proxy): every
+    request gets 200 within its budget or a fast 503, and 200 again once the fault clears."""
+    with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin", fault_proxy=True) as c:
+        assert isinstance(c, Cluster)  # the fault proxies run with the local cluster
+        users = make_users(c.settings.public_url, ctx.users)
+        phases = []
+        hold = 1.0 if ctx.requests < 100 else 3.0
+        with users_loop(users) as loop:
+            loop.wait(lambda: len(loop.outcomes) >= 20, 10)
+            for kind, value in FAULT_PHASES:
+                now = c.fault("redis", kind, value)
+                ctx.say(f"  fault: {now.describe()}")
+                start = time.monotonic()
+                loop.wait(lambda: time.monotonic() - start > hold, hold + 5)  # noqa: B023 - called at once
+                cleared = time.monotonic()
+                c.fault("redis", "clear")
+                loop.wait(lambda: time.monotonic() - cleared > 1.5, 10)  # noqa: B023
+                hits = [h for h in loop.values() if start <= h.at]
+                during = [h for h in hits if h.at < cleared]
+                after = [h for h in hits if h.at >= cleared]
+                bad = [h.at for h in after if h.status != 200]
+                answers = [h.latency * 1000 for h in during]
+                phases.append(
+                    FaultPhase(
+                        now.describe(),
+                        len(during),
+                        dict(sorted(Counter(str(h.status) for h in during).items())),
+                        round(percentile(answers, 0.5), 2),
+                        round(percentile(answers, 0.99), 2),
+                        round(max(answers, default=0.0), 2),
+                        round(max(bad, default=cleared) - cleared, 3),
+                    )
+                )
+        for u in users:
+            u.close()
+    return SlowStoreResult(c.settings.redis_timeout * 1000, phases)
+
+
 RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "cookie_only": cookie_only,
     "replication_growth": replication_growth,
@@ -673,6 +719,7 @@ RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "jwt": jwt,
     "revocation": revocation,
     "live_switch": live_switch,
+    "slow_store": slow_store,
 }
 
 

@@ -132,6 +132,28 @@ class GrowthPoint:
 
 
 @dataclass
+class FaultPhase:
+    """Users looping on /api/me while one fault sat between the replicas and Redis, and after it cleared."""
+
+    fault: str  # as `make fault` says it: "latency 50ms", "blackhole", ...
+    requests: int
+    statuses: dict[str, int]
+    p50_ms: float  # of every answer, whatever its status
+    p99_ms: float
+    max_ms: float
+    recovery_s: float  # from `clear` until every later request got 200
+
+
+@dataclass
+class SlowStoreResult:
+    """A slow, silent or resetting store (`make fault TARGET=redis`): what every request got, and how fast."""
+
+    budget_ms: float  # REDIS_TIMEOUT: a store read's budget
+    phases: list[FaultPhase]
+    duration_s: float = 0.0
+
+
+@dataclass
 class GrowthResult:
     """Replication against a shared Redis against JWT, as the number of servers grows."""
 
@@ -222,6 +244,7 @@ class DemoResults:
     store_failover: FailoverResult | None = None
     cookie_only: CookieOnlyResult | None = None
     replication_growth: GrowthResult | None = None
+    slow_store: SlowStoreResult | None = None
 
     def traffic(self) -> list[Traffic]:
         """Every mode's steady traffic, in the table's order."""

@@ -107,6 +107,10 @@ def fault_file(cluster_dir: Path, target: str) -> Path:
     return cluster_dir / "faults" / f"{target}.json"
 
 
+def applied_file(state: Path) -> Path:
+    return state.with_name(f"{state.stem}.applied.json")
+
+
 def read_fault(path: Path) -> Fault:
     try:
         return Fault(**json.loads(path.read_text()))
@@ -149,6 +153,7 @@ class FaultProxy:
                 if self.fault.reset:
                     for writer in list(self._open):
                         _reset(writer)
+                write_fault(applied_file(self.state), self.fault)  # `scaleout fault` returns once it is in effect
             await asyncio.sleep(WATCH_EVERY)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -170,7 +170,12 @@ def markdown_table(table: list[Row]) -> str:
 
 def parse_markdown_table(text: str) -> list[dict[str, str]]:
     """The first table in a Markdown text, as dictionaries (for checking demo.md against demo.json)."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break  # the first table ended
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
 
@@ -298,6 +303,27 @@ def readings(results: DemoResults) -> list[str]:
     return out
 
 
+def load_held(results: DemoResults) -> list[str]:
+    """The slow_store scenario as a table: one row per fault, what every request got and how fast."""
+    r = results.slow_store
+    if r is None:
+        return []
+    lines = [
+        "## Load held: a slow, silent or resetting store (`make fault TARGET=redis`)",
+        "",
+        f"Users looping on /api/me; a store read's budget (REDIS_TIMEOUT) is {r.budget_ms:g} ms.",
+        "",
+        "| fault | requests | answers | p50 ms | p99 ms | slowest ms | 200 again after clear |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in r.phases:
+        answers = ", ".join(f"{n}x {code}" for code, n in p.statuses.items())
+        lines.append(
+            f"| {p.fault} | {p.requests} | {answers} | {p.p50_ms} | {p.p99_ms} | {p.max_ms} | {p.recovery_s} s |"
+        )
+    return [*lines, ""]
+
+
 def write(results: DemoResults, out: Path, quick: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
@@ -311,6 +337,7 @@ def write(results: DemoResults, out: Path, quick: bool) -> dict[str, Any]:
         "",
         markdown_table(table),
         "",
+        *load_held(results),
         "## What happened",
         "",
         *[f"- {line}" for line in readings(results)],

@@ -59,6 +59,21 @@ def test_redis_down_gives_503_and_never_lets_anyone_in(demo) -> None:
     assert s["persistence"] == "aof" and s["sessions_lost_on_restart"] == 0  # kept in the append-only file
 
 
+def test_a_slow_silent_or_resetting_store_gets_bounded_answers_and_heals(demo) -> None:
+    r = demo[0]["scenarios"]["slow_store"]
+    phases = {p["fault"]: p for p in r["phases"]}
+    assert list(phases) == ["latency 50ms", "latency 2000ms", "blackhole", "reset"]
+    budget = r["budget_ms"]
+    for name, p in phases.items():
+        assert p["requests"] > 0 and set(p["statuses"]) <= {"200", "503"}, (name, p)  # never a 500, never let in
+        assert p["max_ms"] < budget + 500, (name, p)  # nobody waited past the budget (and some slack)
+        assert p["recovery_s"] < 1.0, (name, p)
+    assert set(phases["latency 50ms"]["statuses"]) == {"200"} and phases["latency 50ms"]["p50_ms"] >= 50
+    for beyond in ("latency 2000ms", "blackhole", "reset"):
+        assert set(phases[beyond]["statuses"]) == {"503"}, phases[beyond]
+    assert "## Load held" in (demo[1] / "demo.md").read_text()
+
+
 def test_a_redis_failover_loses_no_acknowledged_session(demo) -> None:
     f = demo[0]["scenarios"]["store_failover"]
     assert f["success_rate"] == 1.0

@@ -46,7 +46,10 @@ MODE_VARIABLES = (
     "REDIS_PERSISTENCE",
 )
 # What a stack of three named replicas cannot show (REPLICAS is fixed at 3 in the compose file).
-CANNOT_RUN = {"replication_growth": "the compose file runs three named replicas; REPLICAS cannot grow there"}
+CANNOT_RUN = {
+    "replication_growth": "the compose file runs three named replicas; REPLICAS cannot grow there",
+    "slow_store": "the fault proxies run with the local cluster",
+}
 
 
 def default_project() -> str:

@@ -26,7 +26,8 @@ from scaleout.core.keys import KeyUnusable
 from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
 from scaleout.lab.drivers.base import ClusterError, Say, ServiceStatus
-from scaleout.lab.faults import TARGETS, Fault, change, fault_file, read_fault, write_fault
+from scaleout.lab.faults import TARGETS, Fault, applied_file, change, fault_file, read_fault, write_fault
+from scaleout.lab.load import wait_until
 from scaleout.lab.ports import port_is_free, settings_env
 from scaleout.lab.processes import CLK_TCK, cmdline, cpu_ticks, nginx_workers, pid_alive, require_program, tail
 from scaleout.lab.redisadmin import redis_command, redis_ping
@@ -190,6 +191,9 @@ class Cluster:
         path = fault_file(self.dir, target)
         now = change(read_fault(path), kind, value)
         write_fault(path, now)
+        # Returns once the proxy says it applies it: a caller measuring the fault measures the fault.
+        if not wait_until(lambda: read_fault(applied_file(path)) == now, 5):
+            raise ClusterError(f"the {target} fault proxy did not take the fault within 5 s (is it running?)")
         return now
 
     def faults(self) -> dict[str, Fault]:
@@ -296,6 +300,7 @@ class Cluster:
         self._write_secrets()
         for target in TARGETS:  # a cluster starts with no fault switched on
             fault_file(self.dir, target).unlink(missing_ok=True)
+            applied_file(fault_file(self.dir, target)).unlink(missing_ok=True)
         self._services = self._plan()
         if self.settings.sentinel:
             first = (self.settings.host, self.settings.redis_port)
