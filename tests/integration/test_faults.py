@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from helpers import PASSWORD, client, new_user, new_username, run_cli
+from helpers import PASSWORD, bearer, client, new_user, new_username, run_cli
 
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import wait_until
@@ -168,3 +168,29 @@ def test_beyond_what_the_replicas_may_work_on_the_excess_is_shed_at_once(cluster
     assert all(0.3 <= t < STORE_BUDGET + SLACK for t in admitted), admitted
     assert shed and all(ra == "1" and t < 0.25 for t, ra in shed), shed  # at once: never queued behind the slow
     assert recovery(httpx.Client(base_url=cluster.public_url, cookies=cookies)) < 1.0
+
+
+def test_jwt_logout_and_refresh_through_a_silent_auth_service_are_503_never_done(
+    start_cluster: Callable[..., Cluster],
+) -> None:
+    """A logout the auth service could not confirm is reported as such (503), never as done (204); the
+    access token still works where nothing was revoked, and everything is done once the fault clears."""
+    jwt = start_cluster(auth_mode="jwt", jwt_revocation="denylist", auth_timeout=1.0)
+    with client(jwt) as c:
+        _, r = new_user(c)
+        access, refresh = r.json()["access_token"], r.json()["refresh_token"]
+        try:
+            assert fault(jwt, "auth", "blackhole").returncode == 0
+            for call in (
+                lambda: c.post("/api/logout", headers=bearer(access)),
+                lambda: c.post("/api/refresh", json={"refresh_token": refresh}),
+            ):
+                started = time.monotonic()
+                out = call()
+                assert (out.status_code, out.headers.get("retry-after")) == (503, "1"), out.text
+                assert time.monotonic() - started < 1.0 + SLACK
+            assert c.get("/api/me", headers=bearer(access)).status_code == 200  # not revoked: not claimed to be
+        finally:
+            assert fault(jwt, "auth", "clear").returncode == 0
+        assert c.post("/api/logout", headers=bearer(access)).status_code == 204
+        assert c.get("/api/me", headers=bearer(access)).status_code == 401
