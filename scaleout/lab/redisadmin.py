@@ -9,10 +9,8 @@ import socket
 
 
 def redis_args(port: int) -> list[str]:
-    """The redis-server options shared by the local runner and compose: no persistence, own port.
-
-    Protected mode stays on; clients authenticate as the ACL user (the default user is switched off).
-    """
+    """redis-server options for a scratch Redis of the tests' own (no persistence, own port); the cluster's
+    servers take theirs from `scaleout.core.redisconf`. Protected mode stays on."""
     return ["--port", str(port), "--save", "", "--appendonly", "no", "--protected-mode", "yes"]
 
 
