@@ -185,7 +185,7 @@ class Cluster:
             why = (
                 "with REDIS_TOPOLOGY=sentinel the services reach Redis at the addresses the Sentinels name"
                 if target == "redis" and self.settings.sentinel
-                else "the cluster runs without its fault proxies (FAULT_PROXY=false, or an older `make up`): `make up` again"
+                else "it runs without its fault proxies (FAULT_PROXY=false, or an older `make up`): `make up` again"
             )
             raise ClusterError(f"no fault proxy to {target}: {why}")
         path = fault_file(self.dir, target)
