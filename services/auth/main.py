@@ -16,6 +16,7 @@ from typing import TypeVar
 from fastapi import FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, Settings, get_settings
@@ -40,6 +41,10 @@ BAD_LOGIN = "invalid username or password"
 T = TypeVar("T")
 
 
+HASHES = Counter("scaleout_password_hashes_total", "Argon2 hashes and verifications computed")
+SHED = Counter("scaleout_password_hashes_shed_total", "Logins and registrations refused (503) before any hashing")
+
+
 class Busy(Exception):
     """Too many password hashes waiting: the caller gets 503 with Retry-After instead of a pile-up."""
 
@@ -55,8 +60,10 @@ class HashPool:
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=self._wait)
         except TimeoutError as exc:
+            SHED.inc()
             raise Busy from exc
         try:
+            HASHES.inc()
             return await run_in_threadpool(fn, *args)
         finally:
             self._slots.release()

@@ -194,3 +194,49 @@ def test_jwt_logout_and_refresh_through_a_silent_auth_service_are_503_never_done
             assert fault(jwt, "auth", "clear").returncode == 0
         assert c.post("/api/logout", headers=bearer(access)).status_code == 204
         assert c.get("/api/me", headers=bearer(access)).status_code == 401
+
+
+def test_logins_beyond_what_argon2_can_take_are_shed_before_any_hashing(
+    start_cluster: Callable[..., Cluster],
+) -> None:
+    """30 logins at once against one hashing slot with a short queue: the excess gets a fast 503 with
+    Retry-After, and the auth service computed exactly one Argon2 verification per login it answered."""
+    import asyncio
+    import re
+
+    busy = start_cluster(
+        auth_mode="jwt",
+        argon2_concurrency=1,
+        argon2_queue_wait=0.2,
+        replicas=1,
+        throttle_ip_max=1_000_000,
+        throttle_account_max=1000,  # the attempts arrive together: the account limit is not under study here
+    )
+    auth = f"http://{busy.services['auth'].address}/metrics"
+
+    def counted(name: str) -> float:
+        found = re.search(rf"^{name} ([0-9.e+]+)$", httpx.get(auth).text, re.M)
+        assert found, name
+        return float(found.group(1))
+
+    with client(busy) as c:
+        name, _ = new_user(c)
+    hashed, shed = counted("scaleout_password_hashes_total"), counted("scaleout_password_hashes_shed_total")
+
+    async def one(http: httpx.AsyncClient) -> tuple[int, float, str | None]:
+        started = time.monotonic()
+        r = await http.post("/api/login", json={"username": name, "password": PASSWORD})
+        return r.status_code, time.monotonic() - started, r.headers.get("retry-after")
+
+    async def flood() -> list[tuple[int, float, str | None]]:
+        async with httpx.AsyncClient(base_url=busy.public_url, timeout=10) as http:
+            return list(await asyncio.gather(*(one(http) for _ in range(30))))
+
+    answers = asyncio.run(flood())
+    served = sum(s == 200 for s, _, _ in answers)
+    refused = [(t, ra) for s, t, ra in answers if s == 503]
+    assert served + len(refused) == 30, answers  # nothing but 200 and 503
+    assert served >= 1 and refused, answers
+    assert all(ra == "1" and t < 0.2 + 1.0 for t, ra in refused), refused  # the queue's wait, then at once
+    assert counted("scaleout_password_hashes_total") - hashed == served  # no hash for a refused login
+    assert counted("scaleout_password_hashes_shed_total") - shed == len(refused)
