@@ -240,3 +240,36 @@ def test_logins_beyond_what_argon2_can_take_are_shed_before_any_hashing(
     assert all(ra == "1" and t < 0.2 + 1.0 for t, ra in refused), refused  # the queue's wait, then at once
     assert counted("scaleout_password_hashes_total") - hashed == served  # no hash for a refused login
     assert counted("scaleout_password_hashes_shed_total") - shed == len(refused)
+
+
+def test_an_open_loop_overload_is_shed_fast_and_the_admitted_stay_quick(cluster: Cluster) -> None:
+    """Requests at a fixed rate, whatever the answers (`scaleout.lab.openloop`), at half, twice and five times
+    what the replicas can hold: a store 20 ms away and 3 replicas x INFLIGHT make the capacity known. The
+    excess gets a fast 503, the admitted stay quick, nobody waits a second, and all is served once it drops."""
+    from scaleout.lab.openloop import offer_sync
+
+    with client(cluster) as c:
+        new_user(c)
+        cookie = {"Cookie": f"sid={c.cookies['sid']}"}
+    host, port = cluster.settings.host, cluster.settings.nginx_port
+    capacity = 3 * INFLIGHT / 0.02
+    try:
+        assert fault(cluster, "redis", "latency", "20ms").returncode == 0
+        runs = {x: offer_sync(host, port, "/api/me", x * capacity, 2.0, cookie) for x in (0.5, 2, 5)}
+    finally:
+        assert fault(cluster, "redis", "clear").returncode == 0
+    for x, run in runs.items():
+        statuses = run.statuses()
+        print(
+            f"offered {run.offered_rate:.0f}/s: admitted {run.admitted_rate():.0f}/s, p50 {run.admitted_ms(0.5)} ms, "
+            f"p99 {run.admitted_ms(0.99)} ms, slowest answer {run.slowest_ms()} ms, {statuses}"
+        )
+        assert set(statuses) <= {"200", "503"}, (x, statuses)  # never a timeout, a reset or another 5xx
+        assert run.slowest_ms() < 1000, x
+        assert run.admitted_ms(0.99) < 50, x
+    below = runs[0.5].statuses()
+    assert below.get("200", 0) >= 0.99 * sum(below.values()), below
+    for x in (2, 5):
+        assert runs[x].statuses().get("503", 0) > 0 and runs[x].admitted_rate() <= 1.25 * capacity, x
+    after = offer_sync(host, port, "/api/me", 0.5 * capacity, 1.0, cookie)  # the load dropped, the fault cleared
+    assert after.statuses() == {"200": len(after.shots)}

@@ -1,0 +1,169 @@
+"""An open-loop load generator: requests at a fixed arrival rate, whatever the answers.
+
+A closed-loop generator (wrk, a user loop) sends the next request when the last one answered, so an
+overloaded server slows the generator down with it and the overload never shows. Here request i is due at
+`start + i / rate`; it is sent then on an idle keep-alive connection (a new one when none is idle), and its
+latency counts from when it was *due*, so a generator that falls behind cannot hide waiting either
+(no coordinated omission). Every request has a deadline; one not answered by then is a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from scaleout.lab.load import percentile
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    due: float  # seconds from the run's start
+    status: int  # HTTP status; 0: no answer by the deadline, -1: the connection failed
+    latency: float  # seconds from when it was due to its answer (or to the deadline)
+
+
+@dataclass
+class OpenLoopRun:
+    offered_rate: float
+    seconds: float
+    shots: list[Shot] = field(default_factory=list)
+
+    def statuses(self) -> dict[str, int]:
+        names = {0: "timeout", -1: "connection error"}
+        return dict(sorted(Counter(names.get(s.status, str(s.status)) for s in self.shots).items()))
+
+    def admitted(self) -> list[Shot]:
+        return [s for s in self.shots if s.status == 200]
+
+    def admitted_rate(self) -> float:
+        return len(self.admitted()) / self.seconds
+
+    def admitted_ms(self, q: float) -> float:
+        return round(percentile([s.latency * 1000 for s in self.admitted()], q), 2)
+
+    def slowest_ms(self) -> float:
+        return round(max((s.latency for s in self.shots), default=0.0) * 1000, 2)
+
+
+class _Pool:
+    """Idle keep-alive connections to one address, opened on demand."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+        self.open = 0
+
+    async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle:
+            reader, writer = self.idle.pop()
+            if not writer.is_closing():
+                return reader, writer
+            self.open -= 1
+        self.open += 1
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            self.open -= 1
+            raise
+
+    def put(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        self.idle.append(conn)
+
+    def drop(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        self.open -= 1
+        conn[1].close()
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    """One request on a keep-alive connection: its status, and whether the connection may be reused."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, reusable = 0, True
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection" and value.strip().lower() == b"close":
+            reusable = False
+    if length:
+        await reader.readexactly(length)
+    return status, reusable
+
+
+async def offer(
+    host: str,
+    port: int,
+    path: str,
+    rate: float,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    deadline: float = 1.0,
+) -> OpenLoopRun:
+    """`rate` GET requests per second to `path` for `seconds`, whatever the answers."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    pool = _Pool(host, port)
+    run = OpenLoopRun(rate, seconds)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def fire(due: float) -> None:
+        conn = None
+        try:
+            async with asyncio.timeout_at(start + due + deadline):
+                conn = await pool.get()
+                status, reusable = await _exchange(*conn, request)
+            run.shots.append(Shot(due, status, loop.time() - start - due))
+            if reusable:
+                pool.put(conn)
+            else:
+                pool.drop(conn)
+        except TimeoutError:
+            run.shots.append(Shot(due, 0, deadline))
+            if conn is not None:
+                pool.drop(conn)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            run.shots.append(Shot(due, -1, loop.time() - start - due))
+            if conn is not None:
+                pool.drop(conn)
+
+    total = int(rate * seconds)
+    sent = 0
+    while sent < total:
+        now = loop.time() - start
+        due_now = min(total, int(now * rate) + 1)
+        while sent < due_now:  # everything due by now, each stamped with when it was due
+            task = loop.create_task(fire(sent / rate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.sleep(max(0.0, sent / rate - (loop.time() - start)))
+    if tasks:
+        await asyncio.gather(*tasks)
+    pool.close()
+    run.shots.sort(key=lambda s: s.due)
+    return run
+
+
+def offer_sync(
+    host: str,
+    port: int,
+    path: str,
+    rate: float,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    deadline: float = 1.0,
+) -> OpenLoopRun:
+    """`offer`, from synchronous code (a test, the demo), on uvloop: the generator must outpace the server."""
+    import uvloop
+
+    return uvloop.run(offer(host, port, path, rate, seconds, headers, deadline))
