@@ -152,18 +152,3 @@ async def offer(
     pool.close()
     run.shots.sort(key=lambda s: s.due)
     return run
-
-
-def offer_sync(
-    host: str,
-    port: int,
-    path: str,
-    rate: float,
-    seconds: float,
-    headers: dict[str, str] | None = None,
-    deadline: float = 1.0,
-) -> OpenLoopRun:
-    """`offer`, from synchronous code (a test, the demo), on uvloop: the generator must outpace the server."""
-    import uvloop
-
-    return uvloop.run(offer(host, port, path, rate, seconds, headers, deadline))

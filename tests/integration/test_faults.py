@@ -246,7 +246,12 @@ def test_an_open_loop_overload_is_shed_fast_and_the_admitted_stay_quick(cluster:
     """Requests at a fixed rate, whatever the answers (`scaleout.lab.openloop`), at half, twice and five times
     what the replicas can hold: a store 20 ms away and 3 replicas x INFLIGHT make the capacity known. The
     excess gets a fast 503, the admitted stay quick, nobody waits a second, and all is served once it drops."""
-    from scaleout.lab.openloop import offer_sync
+    import uvloop  # the generator must outpace the server
+
+    from scaleout.lab.openloop import OpenLoopRun, offer
+
+    def offer_sync(rate: float, seconds: float) -> OpenLoopRun:
+        return uvloop.run(offer(host, port, "/api/me", rate, seconds, cookie))
 
     with client(cluster) as c:
         new_user(c)
@@ -255,7 +260,7 @@ def test_an_open_loop_overload_is_shed_fast_and_the_admitted_stay_quick(cluster:
     capacity = 3 * INFLIGHT / 0.02
     try:
         assert fault(cluster, "redis", "latency", "20ms").returncode == 0
-        runs = {x: offer_sync(host, port, "/api/me", x * capacity, 2.0, cookie) for x in (0.5, 2, 5)}
+        runs = {x: offer_sync(x * capacity, 2.0) for x in (0.5, 2, 5)}
     finally:
         assert fault(cluster, "redis", "clear").returncode == 0
     for x, run in runs.items():
@@ -271,5 +276,5 @@ def test_an_open_loop_overload_is_shed_fast_and_the_admitted_stay_quick(cluster:
     assert below.get("200", 0) >= 0.99 * sum(below.values()), below
     for x in (2, 5):
         assert runs[x].statuses().get("503", 0) > 0 and runs[x].admitted_rate() <= 1.25 * capacity, x
-    after = offer_sync(host, port, "/api/me", 0.5 * capacity, 1.0, cookie)  # the load dropped, the fault cleared
+    after = offer_sync(0.5 * capacity, 1.0)  # the load dropped, the fault cleared
     assert after.statuses() == {"200": len(after.shots)}
