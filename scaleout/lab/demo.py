@@ -33,6 +33,8 @@ from scaleout.lab.demo_results import (
     JwtResult,
     LiveSwitchResult,
     Outage,
+    OverloadResult,
+    OverloadStep,
     RevocationMode,
     RevocationResult,
     ScenarioResult,
@@ -71,6 +73,7 @@ SCENARIOS = (
     "revocation",
     "live_switch",
     "slow_store",
+    "overload",
 )
 
 
@@ -709,6 +712,53 @@ def slow_store(ctx: Context) -> SlowStoreResult:
     return SlowStoreResult(c.settings.redis_timeout * 1000, phases)
 
 
+OVERLOAD_INFLIGHT = 4  # requests nginx lets each replica hold: small, so that the capacity is known
+OVERLOAD_STORE_MS = 20  # what the fault proxy adds to every store read
+
+
+def overload(ctx: Context) -> OverloadResult:
+    """Open-loop load at half, twice and five times a known capacity: each replica may hold
+    OVERLOAD_INFLIGHT requests (nginx `max_conns`) and each waits OVERLOAD_STORE_MS on the store, so the
+    cluster serves replicas x inflight / latency per second, and the rest must be shed, not queued."""
+    import uvloop
+
+    from scaleout.lab.openloop import offer
+
+    modes: dict[str, object] = {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin"}
+    with ctx.cluster(**modes, fault_proxy=True, replica_max_inflight=OVERLOAD_INFLIGHT) as c:
+        assert isinstance(c, Cluster)  # the fault proxies run with the local cluster
+        s = c.settings
+        user = make_users(s.public_url, 1)[0]
+        header, value = user.credential.header()
+        user.close()
+        capacity = s.replicas * OVERLOAD_INFLIGHT / (OVERLOAD_STORE_MS / 1000)
+        seconds = 2.0 if ctx.requests < 100 else 30.0
+        steps = []
+        try:
+            c.fault("redis", "latency", f"{OVERLOAD_STORE_MS}ms")
+            for x in (0.5, 1.0, 2.0, 5.0):
+                ctx.say(f"  offering {x:g}x the capacity ({x * capacity:.0f} requests/s) for {seconds:g} s")
+                run = uvloop.run(offer(s.host, s.nginx_port, "/api/me", x * capacity, seconds, {header: value}))
+                counts = run.statuses()
+                total = max(1, sum(counts.values()))
+                steps.append(
+                    OverloadStep(
+                        x,
+                        round(x * capacity, 1),
+                        round(run.admitted_rate(), 1),
+                        run.admitted_ms(0.5),
+                        run.admitted_ms(0.99),
+                        run.slowest_ms(),
+                        round(counts.get("503", 0) / total, 3),
+                        sum(n for k, n in counts.items() if k not in ("200", "503")),
+                    )
+                )
+        finally:
+            c.fault("redis", "clear")
+        after = uvloop.run(offer(s.host, s.nginx_port, "/api/me", 0.5 * capacity, 1.0, {header: value}))
+    return OverloadResult(round(capacity, 1), steps, after.statuses() == {"200": len(after.shots)})
+
+
 RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "cookie_only": cookie_only,
     "replication_growth": replication_growth,
@@ -720,6 +770,7 @@ RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "revocation": revocation,
     "live_switch": live_switch,
     "slow_store": slow_store,
+    "overload": overload,
 }
 
 

@@ -154,6 +154,30 @@ class SlowStoreResult:
 
 
 @dataclass
+class OverloadStep:
+    """One open-loop run: requests offered at a fixed rate, whatever the answers."""
+
+    times_capacity: float
+    offered_per_s: float
+    admitted_per_s: float
+    admitted_p50_ms: float
+    admitted_p99_ms: float
+    slowest_ms: float
+    shed_share: float  # 503s among all answers
+    other_errors: int  # anything but 200 and 503: timeouts, resets, other statuses
+
+
+@dataclass
+class OverloadResult:
+    """More requests than the replicas can hold: the excess shed at once, the admitted still quick."""
+
+    capacity_per_s: float  # replicas x REPLICA_MAX_INFLIGHT / the store's added latency
+    steps: list[OverloadStep]
+    recovery_all_200: bool  # at half the capacity right after, every request served
+    duration_s: float = 0.0
+
+
+@dataclass
 class GrowthResult:
     """Replication against a shared Redis against JWT, as the number of servers grows."""
 
@@ -245,6 +269,7 @@ class DemoResults:
     cookie_only: CookieOnlyResult | None = None
     replication_growth: GrowthResult | None = None
     slow_store: SlowStoreResult | None = None
+    overload: OverloadResult | None = None
 
     def traffic(self) -> list[Traffic]:
         """Every mode's steady traffic, in the table's order."""

@@ -324,6 +324,27 @@ def load_held(results: DemoResults) -> list[str]:
     return [*lines, ""]
 
 
+def overload_table(results: DemoResults) -> list[str]:
+    r = results.overload
+    if r is None:
+        return []
+    lines = [
+        "## Load held: open-loop overload (session/redis)",
+        "",
+        f"Capacity made known: each replica holds 4 requests at once and each waits 20 ms on the store, "
+        f"{r.capacity_per_s:g} requests/s. All served again right after: {'yes' if r.recovery_all_200 else 'NO'}.",
+        "",
+        "| offered | admitted | admitted p50 ms | admitted p99 ms | slowest answer ms | shed (503) | other errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in r.steps:
+        lines.append(
+            f"| {p.offered_per_s:g}/s ({p.times_capacity:g}x) | {p.admitted_per_s:g}/s | {p.admitted_p50_ms} | "
+            f"{p.admitted_p99_ms} | {p.slowest_ms} | {p.shed_share:.0%} | {p.other_errors} |"
+        )
+    return [*lines, ""]
+
+
 def write(results: DemoResults, out: Path, quick: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     table = rows(results)
@@ -338,6 +359,7 @@ def write(results: DemoResults, out: Path, quick: bool) -> dict[str, Any]:
         markdown_table(table),
         "",
         *load_held(results),
+        *overload_table(results),
         "## What happened",
         "",
         *[f"- {line}" for line in readings(results)],

@@ -49,6 +49,7 @@ MODE_VARIABLES = (
 CANNOT_RUN = {
     "replication_growth": "the compose file runs three named replicas; REPLICAS cannot grow there",
     "slow_store": "the fault proxies run with the local cluster",
+    "overload": "it sets the store's latency through the local cluster's fault proxy",
 }
 
 
