@@ -36,7 +36,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
 
@@ -101,7 +101,6 @@ class _Pending:
     change: dict[str, Any]
     peers: set[str]
     until: float
-    sent: list[float] = field(default_factory=list)
 
 
 def _store_key(value: object) -> bytes:
@@ -280,10 +279,6 @@ class ReplicatedSessions(MemorySessions):
                 if not pending.peers:
                     del self._pending[seq]
             delay = 0.05 if progress else min(delay * 2, RESEND_MAX_DELAY)
-
-    @property
-    def unacknowledged(self) -> int:
-        return len(self._pending)
 
     async def aclose(self) -> None:
         if self._resender is not None:

@@ -10,6 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
+from scaleout.core import redisconf
 from scaleout.core.config import JWTAlg, Settings
 from scaleout.core.keys import hs256_key
 
@@ -27,8 +28,6 @@ def write_cluster_secrets(settings: Settings) -> None:
     write_secret(directory / "redis_password", secrets.token_urlsafe(32))
     write_secret(directory / "redis_admin_password", secrets.token_urlsafe(32))
     write_secret(directory / "session_key", secrets.token_urlsafe(48))
-    from scaleout.core import redisconf
-
     write_secret(directory / "redis.acl", _lines(redisconf.redis_acl(s)), replace=True)
     if s.jwt_alg is JWTAlg.HS256:
         if s.jwt_secret:  # handed in explicitly: it replaces the one on file
@@ -48,8 +47,6 @@ def write_compose_store_configs(s: Settings, secrets_seen_at: Path | None = None
     (docker-compose.sentinel.yml), the Redis servers' and the Sentinels' configs, which hold the password,
     among the secrets. docker/sentinel-node.sh completes those with the peers' addresses in each container
     (a Sentinel rewrites its config)."""
-    from scaleout.core import redisconf
-
     directory = s.secrets_path
     single = redisconf.redis_server(s, s.redis_port, "/tmp", secrets_seen_at=secrets_seen_at)
     write_secret(directory / "redis.conf", _lines(single), replace=True)

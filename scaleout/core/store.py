@@ -30,7 +30,7 @@ class StoreUnavailable(Exception):
 T = TypeVar("T")
 
 
-class _ResetIsDisconnect(Connection):
+class AppConnection(Connection):
     """A write on a connection the peer reset: uvloop raises RuntimeError ("the handler is closed") where the
     standard loop raises an OSError. redis-py has already dropped the connection; calling it a connection
     error lets `redis_call` retry once on a fresh one (and answer 503 if that fails too), never a 500."""
@@ -42,11 +42,7 @@ class _ResetIsDisconnect(Connection):
             raise RedisConnectionError(f"the connection was closed under us: {exc}") from exc
 
 
-class AppConnection(_ResetIsDisconnect):
-    pass
-
-
-class PrimaryConnection(_ResetIsDisconnect, SentinelManagedConnection):
+class PrimaryConnection(AppConnection, SentinelManagedConnection):
     """A connection to the primary the Sentinels named, which must say so itself (`ROLE`) before it is used:
     a Sentinel left behind in a partition can name an old primary, where a revocation made on the new one
     is invisible."""

@@ -756,7 +756,8 @@ def overload(ctx: Context) -> OverloadResult:
         finally:
             c.fault("redis", "clear")
         after = uvloop.run(offer(s.host, s.nginx_port, "/api/me", 0.5 * capacity, 1.0, {header: value}))
-    return OverloadResult(round(capacity, 1), steps, after.statuses() == {"200": len(after.shots)})
+    all_served = after.statuses() == {"200": len(after.shots)}
+    return OverloadResult(round(capacity, 1), OVERLOAD_INFLIGHT, OVERLOAD_STORE_MS, steps, all_served)
 
 
 RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {

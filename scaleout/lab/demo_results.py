@@ -171,7 +171,9 @@ class OverloadStep:
 class OverloadResult:
     """More requests than the replicas can hold: the excess shed at once, the admitted still quick."""
 
-    capacity_per_s: float  # replicas x REPLICA_MAX_INFLIGHT / the store's added latency
+    capacity_per_s: float  # replicas x inflight_per_replica / the store's added latency
+    inflight_per_replica: int  # REPLICA_MAX_INFLIGHT of the cluster measured
+    store_ms: float  # what the fault proxy added to every store read
     steps: list[OverloadStep]
     recovery_all_200: bool  # at half the capacity right after, every request served
     duration_s: float = 0.0

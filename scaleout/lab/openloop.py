@@ -52,26 +52,18 @@ class _Pool:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
-        self.open = 0
 
     async def get(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         while self.idle:
             reader, writer = self.idle.pop()
             if not writer.is_closing():
                 return reader, writer
-            self.open -= 1
-        self.open += 1
-        try:
-            return await asyncio.open_connection(self.host, self.port)
-        except OSError:
-            self.open -= 1
-            raise
+        return await asyncio.open_connection(self.host, self.port)
 
     def put(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         self.idle.append(conn)
 
     def drop(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        self.open -= 1
         conn[1].close()
 
     def close(self) -> None:
