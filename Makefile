@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test test-fast k8s-render k8s-check demo up down status lb stop start fault bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start
+.PHONY: setup system test test-fast k8s-render k8s-check demo up down status lb stop start fault bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start compose-fault
 
 setup: system $(STAMP)
 	@$(PY) scripts/install_compose_plugin.py
@@ -92,6 +92,10 @@ compose-stop: setup
 compose-start: setup
 	@test -n "$(SERVICE)" || { echo "usage: make compose-start SERVICE=api-2|auth|redis|nginx" >&2; exit 2; }
 	$(PY) -m scaleout compose start $(SERVICE)
+
+compose-fault: setup
+	@test -n "$(TARGET)" -a -n "$(KIND)" || { echo "usage: make compose-fault TARGET=redis|auth KIND=latency|jitter|bandwidth|blackhole|reset|clear [VALUE=500ms]" >&2; exit 2; }
+	$(PY) -m scaleout compose fault $(TARGET) $(KIND) $(VALUE)
 
 # Kubernetes, offline (no Kubernetes runs here): the manifests for the mode variables, and every combination
 # validated against pinned schemas and the pod rules (scaleout/lab/k8s.py).

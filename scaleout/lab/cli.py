@@ -136,10 +136,8 @@ def _show_status(cluster: ClusterDriver) -> None:
         f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
         f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence}  url={cluster.public_url}"
     )
-    faults = getattr(cluster, "faults", None)
-    if faults is not None:
-        for target, now in faults().items():
-            console.print(f"fault between the services and {target}: {now.describe()}")
+    for target, now in cluster.faults().items():
+        console.print(f"fault between the services and {target}: {now.describe()}")
     if s.sentinel:
         console.print(f"Redis primary, as the Sentinels say: {cluster.primary() or 'none known (failover under way?)'}")
 
@@ -174,26 +172,29 @@ def start(service: str) -> None:
     console.print(f"started {service}")
 
 
-@app.command()
-def fault(
-    target: Annotated[str, typer.Argument(help="redis | auth")],
-    kind: Annotated[str, typer.Argument(help="latency | jitter | bandwidth | blackhole | reset | clear")],
-    value: Annotated[
-        str | None, typer.Argument(help="500ms, 2s (latency, jitter); 10kb (bandwidth, per second)")
-    ] = None,
-) -> None:
-    """Fault injection between the services and Redis, or the replicas and the auth service, while the
-    cluster runs: `scaleout fault redis latency 500ms`, `scaleout fault redis blackhole`, `... clear`."""
+FaultTarget = Annotated[str, typer.Argument(help="redis | auth")]
+FaultKind = Annotated[str, typer.Argument(help="latency | jitter | bandwidth | blackhole | reset | clear")]
+FaultValue = Annotated[str | None, typer.Argument(help="500ms, 2s (latency, jitter); 10kb (bandwidth, per second)")]
+
+
+def _fault(driver: Callable[[], ClusterDriver], target: str, kind: str, value: str | None) -> None:
     from scaleout.lab.faults import TARGETS, FaultError
 
     if target not in TARGETS:
         _fail(f"TARGET={target!r}: one of {', '.join(TARGETS)}", status=2)
     try:
-        now = _attempt(lambda: _cluster().fault(target, kind, value or None))
+        now = _attempt(lambda: driver().fault(target, kind, value or None))
     except FaultError as exc:
         _fail(exc, status=2)
         raise
     console.print(f"fault between the services and {target}: {now.describe()}")
+
+
+@app.command()
+def fault(target: FaultTarget, kind: FaultKind, value: FaultValue = None) -> None:
+    """Fault injection between the services and Redis, or the replicas and the auth service, while the
+    cluster runs: `scaleout fault redis latency 500ms`, `scaleout fault redis blackhole`, `... clear`."""
+    _fault(_cluster, target, kind, value)
 
 
 @app.command("rotate-keys")
@@ -278,6 +279,12 @@ def compose_start(service: str) -> None:
     """Start a stopped container again and wait until it is healthy."""
     started = _attempt(lambda: _stack().start(service))
     console.print(f"started {started}")
+
+
+@compose_app.command("fault")
+def compose_fault(target: FaultTarget, kind: FaultKind, value: FaultValue = None) -> None:
+    """Fault injection in the stack, through its fault proxy containers (as `scaleout fault`)."""
+    _fault(_stack, target, kind, value)
 
 
 k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes manifests (deploy/k8s), rendered and validated offline.")

@@ -20,9 +20,11 @@ import httpx
 
 from scaleout.core.config import LBMode, Settings
 from scaleout.core.sessions import new_csrf_token, new_session_id
+from scaleout.lab.cpubound import cpu_bound_overload
 from scaleout.lab.demo_results import (
     ClusteringResult,
     CookieOnlyResult,
+    CPUBoundOverload,
     DemoResults,
     DeviceRevocation,
     FailoverResult,
@@ -60,6 +62,7 @@ from scaleout.lab.load import (
     status_by_replica,
     success_rate,
 )
+from scaleout.lab.openloop import OpenLoopRun
 from scaleout.lab.ports import isolated_settings
 
 SCENARIOS = (
@@ -677,7 +680,6 @@ def slow_store(ctx: Context) -> SlowStoreResult:
     """Session clustering while the store is slow, then silent, then resetting (the fault proxy): every
     request gets 200 within its budget or a fast 503, and 200 again once the fault clears."""
     with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin", fault_proxy=True) as c:
-        assert isinstance(c, Cluster)  # the fault proxies run with the local cluster
         users = make_users(c.settings.public_url, ctx.users)
         phases = []
         hold = 1.0 if ctx.requests < 100 else 3.0
@@ -714,16 +716,35 @@ def slow_store(ctx: Context) -> SlowStoreResult:
 
 OVERLOAD_INFLIGHT = 4  # requests nginx lets each replica hold: small, so that the capacity is known
 OVERLOAD_STORE_MS = 20  # what the fault proxy adds to every store read
+CPU_BOUND_INFLIGHT = 3  # at the capped rate, a few ms of queue per slot: Little's law within 50 ms
+
+
+def _step(x: float, run: OpenLoopRun) -> OverloadStep:
+    counts = run.statuses()
+    total = max(1, sum(counts.values()))
+    return OverloadStep(
+        x,
+        round(run.offered_rate, 1),
+        round(run.admitted_rate(), 1),
+        run.admitted_ms(0.5),
+        run.admitted_ms(0.99),
+        run.slowest_ms(),
+        round(counts.get("503", 0) / total, 3),
+        sum(n for k, n in counts.items() if k not in ("200", "503")),
+    )
 
 
 def overload(ctx: Context) -> OverloadResult:
-    """Open-loop load at half, twice and five times a known capacity: each replica may hold
-    OVERLOAD_INFLIGHT requests (nginx `max_conns`) and each waits OVERLOAD_STORE_MS on the store, so the
-    cluster serves replicas x inflight / latency per second, and the rest must be shed, not queued."""
+    """Open-loop load beyond what the cluster can serve, two ways. First at half, twice and five times a
+    known capacity: each replica may hold OVERLOAD_INFLIGHT requests (nginx `max_conns`) and each waits
+    OVERLOAD_STORE_MS on the store, so the cluster serves replicas x inflight / latency per second. Then
+    CPU-bound, in session/redis and jwt (with the denylist) modes: the replicas capped to a fraction of a
+    core, the capacity measured by wrk, and 1x, 2x and 5x of it offered. The excess must be shed, not queued."""
     import uvloop
 
     from scaleout.lab.openloop import offer
 
+    seconds = 2.0 if ctx.requests < 100 else 30.0
     modes: dict[str, object] = {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin"}
     with ctx.cluster(**modes, fault_proxy=True, replica_max_inflight=OVERLOAD_INFLIGHT) as c:
         assert isinstance(c, Cluster)  # the fault proxies run with the local cluster
@@ -732,32 +753,42 @@ def overload(ctx: Context) -> OverloadResult:
         header, value = user.credential.header()
         user.close()
         capacity = s.replicas * OVERLOAD_INFLIGHT / (OVERLOAD_STORE_MS / 1000)
-        seconds = 2.0 if ctx.requests < 100 else 30.0
         steps = []
         try:
             c.fault("redis", "latency", f"{OVERLOAD_STORE_MS}ms")
             for x in (0.5, 1.0, 2.0, 5.0):
                 ctx.say(f"  offering {x:g}x the capacity ({x * capacity:.0f} requests/s) for {seconds:g} s")
                 run = uvloop.run(offer(s.host, s.nginx_port, "/api/me", x * capacity, seconds, {header: value}))
-                counts = run.statuses()
-                total = max(1, sum(counts.values()))
-                steps.append(
-                    OverloadStep(
-                        x,
-                        round(x * capacity, 1),
-                        round(run.admitted_rate(), 1),
-                        run.admitted_ms(0.5),
-                        run.admitted_ms(0.99),
-                        run.slowest_ms(),
-                        round(counts.get("503", 0) / total, 3),
-                        sum(n for k, n in counts.items() if k not in ("200", "503")),
-                    )
-                )
+                steps.append(_step(x, run))
         finally:
             c.fault("redis", "clear")
         after = uvloop.run(offer(s.host, s.nginx_port, "/api/me", 0.5 * capacity, 1.0, {header: value}))
     all_served = after.statuses() == {"200": len(after.shots)}
-    return OverloadResult(round(capacity, 1), OVERLOAD_INFLIGHT, OVERLOAD_STORE_MS, steps, all_served)
+    cpu_bound = []
+    for mode, revocation in (("session", "none"), ("jwt", "denylist")):
+        label = f"{mode}/redis" if mode == "session" else "jwt + denylist"
+        overrides = {**modes, "auth_mode": mode, "jwt_revocation": revocation}
+        with ctx.cluster(**overrides, replica_max_inflight=CPU_BOUND_INFLIGHT) as c:
+            assert isinstance(c, Cluster)  # the CPU cap acts on local processes
+            user = make_users(c.settings.public_url, 1)[0]
+            credential = user.credential.header()
+            user.close()
+            pids = [c.services[n].pid or 0 for n in c.settings.replica_names]
+            ctx.say(f"  {label}: CPU-bound, 1x, 2x and 5x the capacity wrk measures, {seconds:g} s each")
+            r = cpu_bound_overload(c.settings, pids, credential, ctx.workdir, seconds)
+        cpu_bound.append(
+            CPUBoundOverload(
+                label,
+                r.cpus,
+                round(r.capacity_per_s, 1),
+                [_step(x, run) for x, run in r.runs.items()],
+                max(r.rss_growth_kib),
+                r.recovery_s,
+            )
+        )
+    return OverloadResult(
+        round(capacity, 1), OVERLOAD_INFLIGHT, OVERLOAD_STORE_MS, steps, all_served, cpu_bound, CPU_BOUND_INFLIGHT
+    )
 
 
 RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {

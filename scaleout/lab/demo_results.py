@@ -168,6 +168,18 @@ class OverloadStep:
 
 
 @dataclass
+class CPUBoundOverload:
+    """The same, where the replicas' CPU is the bottleneck: capped together to a fraction of a core."""
+
+    mode: str
+    cpus: float
+    capacity_per_s: float  # measured by wrk, closed loop, one connection per in-flight slot
+    steps: list[OverloadStep]
+    rss_growth_kib: int  # the most any replica grew over the steps
+    recovery_s: float | None  # until one user's requests in turn were all 200 for a second; None: not in 5 s
+
+
+@dataclass
 class OverloadResult:
     """More requests than the replicas can hold: the excess shed at once, the admitted still quick."""
 
@@ -176,6 +188,8 @@ class OverloadResult:
     store_ms: float  # what the fault proxy added to every store read
     steps: list[OverloadStep]
     recovery_all_200: bool  # at half the capacity right after, every request served
+    cpu_bound: list[CPUBoundOverload] = field(default_factory=list)
+    cpu_inflight_per_replica: int = 0
     duration_s: float = 0.0
 
 

@@ -226,18 +226,46 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def set_fault(state: Path, kind: str, value: str | None, timeout: float = 5.0) -> Fault:
+    """Change the fault a proxy watching `state` applies; returns it once the proxy says it applies it, so a
+    caller measuring the fault measures the fault. TimeoutError: the proxy did not take it (not running)."""
+    now = change(read_fault(state), kind, value)
+    write_fault(state, now)
+    deadline = time.monotonic() + timeout
+    while read_fault(applied_file(state)) != now:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the fault proxy watching {state} did not take the fault within {timeout:g} s")
+        time.sleep(WATCH_EVERY)
+    return now
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`--listen A --upstream B --state F`: run a proxy. `--state F --set KIND [VALUE]`: switch the fault of
+    the proxy watching F (in a container, where the compose driver runs it with `docker compose exec`) and
+    print the fault now in effect as JSON."""
     parser = argparse.ArgumentParser(prog="python -m scaleout.lab.faults", description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, help="host:port")
-    parser.add_argument("--upstream", required=True, help="host:port")
+    parser.add_argument("--listen", help="host:port")
+    parser.add_argument("--upstream", help="host:port")
     parser.add_argument("--state", required=True, type=Path, help="the fault file to watch")
+    parser.add_argument("--set", nargs="+", metavar="KIND [VALUE]", help="switch the fault, then exit")
     args = parser.parse_args(argv)
+    os.umask(0o077)
+    if args.set:
+        try:
+            now = set_fault(args.state, args.set[0], args.set[1] if len(args.set) > 1 else None)
+        except FaultError as e:
+            parser.exit(2, f"{e}\n")
+        except TimeoutError as e:
+            parser.exit(1, f"{e}\n")
+        print(json.dumps(asdict(now)))
+        return
+    if not (args.listen and args.upstream):
+        parser.error("a proxy needs --listen and --upstream")
 
     def address(value: str) -> tuple[str, int]:
         host, _, port = value.rpartition(":")
         return host, int(port)
 
-    os.umask(0o077)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(FaultProxy(address(args.listen), address(args.upstream), args.state).serve())
 

@@ -19,7 +19,7 @@ from scaleout.lab.load import percentile
 @dataclass(frozen=True, slots=True)
 class Shot:
     due: float  # seconds from the run's start
-    status: int  # HTTP status; 0: no answer by the deadline, -1: the connection failed
+    status: int  # HTTP status; 0: no answer by the deadline, -1: the connection failed, -2: a 503 not saying when
     latency: float  # seconds from when it was due to its answer (or to the deadline)
 
 
@@ -30,7 +30,7 @@ class OpenLoopRun:
     shots: list[Shot] = field(default_factory=list)
 
     def statuses(self) -> dict[str, int]:
-        names = {0: "timeout", -1: "connection error"}
+        names = {0: "timeout", -1: "connection error", -2: "503 without Retry-After"}
         return dict(sorted(Counter(names.get(s.status, str(s.status)) for s in self.shots).items()))
 
     def admitted(self) -> list[Shot]:
@@ -77,7 +77,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    length, reusable = 0, True
+    length, reusable, retry_after = 0, True, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -85,9 +85,11 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
             length = int(value)
         elif name == b"connection" and value.strip().lower() == b"close":
             reusable = False
+        elif name == b"retry-after":
+            retry_after = True
     if length:
         await reader.readexactly(length)
-    return status, reusable
+    return (-2 if status == 503 and not retry_after else status), reusable
 
 
 async def offer(

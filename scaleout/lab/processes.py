@@ -66,3 +66,11 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
         except (OSError, IndexError):
             out[pid] = 0
     return out
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a live process, from `/proc/<pid>/status`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ProcessLookupError(pid)

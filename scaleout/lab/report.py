@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scaleout.lab.demo_results import DemoResults, DeviceRevocation, RevocationMode, Traffic
+from scaleout.lab.demo_results import DemoResults, DeviceRevocation, OverloadStep, RevocationMode, Traffic
 from scaleout.lab.table import Column, render
 
 
@@ -341,37 +341,60 @@ def load_held(results: DemoResults) -> list[str]:
     )
 
 
+OVERLOAD_COLUMNS = [
+    "offered",
+    "admitted",
+    "admitted p50 ms",
+    "admitted p99 ms",
+    "slowest answer ms",
+    "shed (503)",
+    "other errors",
+]
+
+
+def _overload_row(p: OverloadStep, label: str = "") -> list[str]:
+    return [
+        f"{label}{p.offered_per_s:g}/s ({p.times_capacity:g}x)",
+        f"{p.admitted_per_s:g}/s",
+        str(p.admitted_p50_ms),
+        str(p.admitted_p99_ms),
+        str(p.slowest_ms),
+        f"{p.shed_share:.0%}",
+        str(p.other_errors),
+    ]
+
+
+def _recovered(seconds: float | None) -> str:
+    return "NOT within 5 s" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
 def overload_table(results: DemoResults) -> list[str]:
     r = results.overload
     if r is None:
         return []
-    return _section(
+    out = _section(
         "Load held: open-loop overload (session/redis)",
         f"Capacity made known: each replica holds {r.inflight_per_replica} requests at once and each waits "
         f"{r.store_ms:g} ms on the store, {r.capacity_per_s:g} requests/s. All served again right after: "
         f"{'yes' if r.recovery_all_200 else 'NO'}.",
-        [
-            "offered",
-            "admitted",
-            "admitted p50 ms",
-            "admitted p99 ms",
-            "slowest answer ms",
-            "shed (503)",
-            "other errors",
-        ],
-        [
-            [
-                f"{p.offered_per_s:g}/s ({p.times_capacity:g}x)",
-                f"{p.admitted_per_s:g}/s",
-                str(p.admitted_p50_ms),
-                str(p.admitted_p99_ms),
-                str(p.slowest_ms),
-                f"{p.shed_share:.0%}",
-                str(p.other_errors),
-            ]
-            for p in r.steps
-        ],
+        OVERLOAD_COLUMNS,
+        [_overload_row(p) for p in r.steps],
     )
+    if r.cpu_bound:
+        out += _section(
+            "Load held: CPU-bound overload",
+            "The replicas capped together to a fraction of a core (so that five times what they serve can be "
+            f"offered from the same machine), each holding {r.cpu_inflight_per_replica} requests at once; "
+            "the capacity measured by wrk. "
+            + " ".join(
+                f"{m.mode}: {m.capacity_per_s:g} requests/s at {m.cpus:g} of a core, replica memory grew at most "
+                f"{m.rss_growth_kib} KiB, all served again {_recovered(m.recovery_s)} after the load dropped."
+                for m in r.cpu_bound
+            ),
+            OVERLOAD_COLUMNS,
+            [_overload_row(p, f"{m.mode}: ") for m in r.cpu_bound for p in m.steps],
+        )
+    return out
 
 
 def write(results: DemoResults, out: Path, quick: bool) -> dict[str, Any]:

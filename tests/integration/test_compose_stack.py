@@ -18,11 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, new_username
+from helpers import PASSWORD, bearer, new_username, run_cli
 
 from scaleout.core.config import ROOT, Settings
 from scaleout.lab.drivers.compose import Stack
 from scaleout.lab.engine import IMAGE_LABEL, ComposeError, Engine, ensure_engine, stop_engine_if_ours
+from scaleout.lab.faults import Fault
 from scaleout.lab.load import RequestLoop, wait_until
 from scaleout.lab.ports import free_ports
 
@@ -210,6 +211,46 @@ def test_redis_stopped_gives_503_only_and_back_it_heals(stack: Stack) -> None:
         assert c.get("/api/me").status_code == 200
         new_session(c)
         assert {s for _, s in replicas_of(c, 9, "/api/me")} == {200}
+
+
+def test_a_slow_or_silent_store_and_auth_through_the_stacks_fault_proxies(stack: Stack) -> None:
+    """`scaleout compose fault`: the stack routes Redis and the auth service through its fault proxies, so
+    latency is paid within the budget, silence is a bounded 503 with Retry-After, and 200 is back within a
+    second of the fault clearing, with no container restarted."""
+    env = {"COMPOSE_PROJECT_NAME": stack.project}
+    s = stack.settings
+    wrong = run_cli("compose", "fault", "redis", "latency", env=env)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    with client(stack) as c:
+        new_session(c)
+        try:
+            done = run_cli("compose", "fault", "redis", "latency", "200ms", env=env)
+            assert done.returncode == 0 and "latency 200ms" in done.stdout, done.stdout + done.stderr
+            assert "fault between the services and redis: latency 200ms" in run_cli("compose", "status", env=env).stdout
+            for _ in range(3):  # every replica: each pays the latency and still answers
+                started = time.monotonic()
+                r = c.get("/api/me")
+                assert r.status_code == 200 and 0.2 <= time.monotonic() - started < s.redis_timeout + 0.5
+            stack.fault("redis", "blackhole")
+            for _ in range(3):
+                started = time.monotonic()
+                r = c.get("/api/me")
+                assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+                assert time.monotonic() - started < s.redis_timeout + 1.0
+        finally:
+            stack.fault("redis", "clear")
+        cleared = time.monotonic()
+        assert wait_until(lambda: [c.get("/api/me").status_code for _ in range(3)] == [200] * 3, 10, 0.02)
+        assert time.monotonic() - cleared < 1.0
+        try:
+            stack.fault("auth", "blackhole")
+            started = time.monotonic()
+            r = c.post("/api/login", json={"username": new_username("c"), "password": PASSWORD})
+            assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+            assert time.monotonic() - started < s.auth_timeout + 1.0
+        finally:
+            stack.fault("auth", "clear")
+    assert stack.faults() == {"redis": Fault(), "auth": Fault()}
 
 
 def test_a_live_balancer_switch_and_a_killed_replica_lose_no_get(stack: Stack) -> None:

@@ -45,8 +45,8 @@ def test_compose_file_is_valid_against_the_compose_schema(compose: dict) -> None
     import json
 
     schema = json.loads(SCHEMA.read_text())
-    # That schema predates the top-level `name` and `depends_on`'s `restart` (Compose v2 checks both itself,
-    # below); the rest must hold.
+    # That schema predates the top-level `name` and `depends_on`'s `restart` and `required` (Compose v2
+    # checks them itself, below); the rest must hold.
     older = {k: v for k, v in compose.items() if k != "name"}
     older["services"] = {
         name: {
@@ -54,7 +54,8 @@ def test_compose_file_is_valid_against_the_compose_schema(compose: dict) -> None
             **(
                 {
                     "depends_on": {
-                        d: {k: v for k, v in c.items() if k != "restart"} for d, c in svc["depends_on"].items()
+                        d: {k: v for k, v in c.items() if k not in ("restart", "required")}
+                        for d, c in svc["depends_on"].items()
                     }
                 }
                 if isinstance(svc.get("depends_on"), dict)

@@ -48,12 +48,14 @@ def lua_script(target: Target, directory: Path) -> Path:
     return script
 
 
-def wrk_run(target: Target, seconds: float, processes: dict[str, list[int]], workdir: Path) -> WrkRun:
+def wrk_run(
+    target: Target, seconds: float, processes: dict[str, list[int]], workdir: Path, connections: int = 32
+) -> WrkRun:
     script = lua_script(target, workdir)
     pids = [p for group in processes.values() for p in group]
     before = cpu_ticks(pids)
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    argv = [require_program("wrk"), "-t1", "-c32", f"-d{max(1, round(seconds))}s", "--timeout", "5s"]
+    argv = [require_program("wrk"), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s"]
     run = subprocess.run([*argv, "-s", str(script), target.url], capture_output=True, text=True, timeout=seconds + 60)
     after = cpu_ticks(pids)
     client_after = resource.getrusage(resource.RUSAGE_CHILDREN)

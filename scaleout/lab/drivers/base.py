@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from scaleout.core.config import LBMode, Settings
+from scaleout.lab.faults import Fault
 
 Say = Callable[[str], None]
 
@@ -73,6 +74,15 @@ class ClusterDriver(Protocol):
         ...
 
     def logs(self, service: str, lines: int = 50) -> str: ...
+
+    def fault(self, target: str, kind: str, value: str | None = None) -> Fault:
+        """Switch the fault between the services and `target` (redis, auth); returns it once the fault proxy
+        applies it. FaultError: a wrong fault; ClusterError: no proxy to switch."""
+        ...
+
+    def faults(self) -> dict[str, Fault]:
+        """The fault in effect on each proxy that runs."""
+        ...
 
     def cannot_run(self, scenario: str) -> str | None:
         """Why this driver cannot run a demo scenario, or None when it can."""

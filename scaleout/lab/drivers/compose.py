@@ -26,6 +26,7 @@ from scaleout.lab.engine import (
     prune_images,
     run,
 )
+from scaleout.lab.faults import TARGETS, Fault, change
 from scaleout.lab.nginx import PROBE_PORT
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
 from scaleout.lab.topology import Topology
@@ -48,9 +49,9 @@ MODE_VARIABLES = (
 # What a stack of three named replicas cannot show (REPLICAS is fixed at 3 in the compose file).
 CANNOT_RUN = {
     "replication_growth": "the compose file runs three named replicas; REPLICAS cannot grow there",
-    "slow_store": "the fault proxies run with the local cluster",
-    "overload": "it sets the store's latency through the local cluster's fault proxy",
+    "overload": "it caps the replicas' CPU as local processes (a cgroup per run)",
 }
+PROXY_STATE = "/tmp/faults/{target}.json"  # in the proxy's own container
 
 
 def default_project() -> str:
@@ -92,7 +93,10 @@ class Stack:
         by_service = self._containers()
         if not by_service:
             return None
-        update: dict[str, object] = {"redis_topology": "sentinel" if "sentinel-1" in by_service else "single"}
+        update: dict[str, object] = {
+            "redis_topology": "sentinel" if "sentinel-1" in by_service else "single",
+            "fault_proxy": "auth-proxy" in by_service,
+        }
         api = next((by_service[n] for n in sorted(by_service) if n.startswith("api-")), None)
         if api is not None:
             env = dict(e.split("=", 1) for e in api["Config"]["Env"] if "=" in e)
@@ -140,7 +144,16 @@ class Stack:
         }
         if s.jwt_secret:
             values["JWT_SECRET"] = s.jwt_secret
+        values["COMPOSE_PROFILES"] = ",".join(f"{t}-faults" for t in self._proxied())
+        values |= {f"{t.upper()}_HOST": f"{t}-proxy" if t in self._proxied() else t for t in TARGETS}
         return values
+
+    def _proxied(self) -> list[str]:
+        """What the services reach through a fault proxy: none without FAULT_PROXY, and Redis only as one
+        server (with Sentinels, the services go to whatever address the Sentinels name)."""
+        if not self.settings.fault_proxy:
+            return []
+        return ["auth"] if self.settings.sentinel else ["redis", "auth"]
 
     @property
     def public_url(self) -> str:
@@ -153,6 +166,8 @@ class Stack:
             raise ComposeError(refusal)  # before anything is built or started
         self.prepare()
         self._compose("up", "-d", "--build", "--wait", "--remove-orphans", timeout=1200)
+        if unwanted := [f"{t}-proxy" for t in TARGETS if t not in self._proxied()]:  # FAULT_PROXY switched off
+            self._compose("rm", "--stop", "--force", *unwanted, extra={"COMPOSE_PROFILES": "*"})
         prune_images()
         self._reload_nginx()  # a re-run picks up the re-rendered config and the recreated replicas' addresses
         self._wait_through_nginx()
@@ -297,7 +312,7 @@ class Stack:
         if not engine_answers():
             return []
         removed = sorted(self._containers())
-        self._compose("down", "--volumes", "--remove-orphans", timeout=300)
+        self._compose("down", "--volumes", "--remove-orphans", timeout=300, extra={"COMPOSE_PROFILES": "*"})
         prune_images()  # what the removed containers still held
         return removed
 
@@ -341,6 +356,31 @@ class Stack:
         if service.startswith("api-"):
             self._wait_through_nginx()
         return service
+
+    def fault(self, target: str, kind: str, value: str | None = None) -> Fault:
+        change(Fault(), kind, value)  # a wrong fault is the user's one-line error before any container is asked
+        if target not in self._proxied() or f"{target}-proxy" not in self._running():
+            raise ComposeError(
+                f"no fault proxy to {target}: "
+                + (
+                    "with REDIS_TOPOLOGY=sentinel the services reach Redis at the addresses the Sentinels name"
+                    if target == "redis" and self.settings.sentinel
+                    else "the stack runs without its fault proxies (FAULT_PROXY=false): `make compose-up` again"
+                )
+            )
+        state = PROXY_STATE.format(target=target)
+        argv = ["python", "-m", "scaleout.lab.faults", "--state", state, "--set", kind, *([value] if value else [])]
+        return Fault(**json.loads(self._compose("exec", "-T", f"{target}-proxy", *argv, timeout=30)))
+
+    def faults(self) -> dict[str, Fault]:
+        running = self._running()
+        out = {}
+        for target in self._proxied():
+            if f"{target}-proxy" in running:
+                state = PROXY_STATE.format(target=target)
+                text = self._compose("exec", "-T", f"{target}-proxy", "sh", "-c", f"cat {state} 2>/dev/null || true")
+                out[target] = Fault(**json.loads(text)) if text.strip() else Fault()
+        return out
 
     def replica_cpu_seconds(self) -> float:
         """The replicas' CPU, read from their main processes as the host sees them (uvicorn: one process)."""

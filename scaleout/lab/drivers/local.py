@@ -26,8 +26,7 @@ from scaleout.core.keys import KeyUnusable
 from scaleout.core.secretfiles import write_cluster_secrets, write_secret
 from scaleout.lab import nginx
 from scaleout.lab.drivers.base import ClusterError, Say, ServiceStatus
-from scaleout.lab.faults import TARGETS, Fault, applied_file, change, fault_file, read_fault, write_fault
-from scaleout.lab.load import wait_until
+from scaleout.lab.faults import TARGETS, Fault, applied_file, fault_file, read_fault, set_fault
 from scaleout.lab.ports import port_is_free, settings_env
 from scaleout.lab.processes import CLK_TCK, cmdline, cpu_ticks, nginx_workers, pid_alive, require_program, tail
 from scaleout.lab.redisadmin import redis_command, redis_ping
@@ -188,13 +187,10 @@ class Cluster:
                 else "it runs without its fault proxies (FAULT_PROXY=false, or an older `make up`): `make up` again"
             )
             raise ClusterError(f"no fault proxy to {target}: {why}")
-        path = fault_file(self.dir, target)
-        now = change(read_fault(path), kind, value)
-        write_fault(path, now)
-        # Returns once the proxy says it applies it: a caller measuring the fault measures the fault.
-        if not wait_until(lambda: read_fault(applied_file(path)) == now, 5):
-            raise ClusterError(f"the {target} fault proxy did not take the fault within 5 s (is it running?)")
-        return now
+        try:
+            return set_fault(fault_file(self.dir, target), kind, value)
+        except TimeoutError as e:
+            raise ClusterError(f"{e} (is {name} running?)") from None
 
     def faults(self) -> dict[str, Fault]:
         return {t: read_fault(fault_file(self.dir, t)) for t in TARGETS if f"{t}-proxy" in self._services}
