@@ -42,6 +42,11 @@ class RedisTopology(StrEnum):
     sentinel = "sentinel"
 
 
+class SessionCache(StrEnum):
+    off = "off"
+    tracking = "tracking"  # each replica keeps what it read from Redis until Redis says it changed
+
+
 class RedisPersistence(StrEnum):
     none = "none"
     aof = "aof"
@@ -76,6 +81,13 @@ class Settings(BaseSettings):
     # aof: sessions, logouts and the denylist survive a full stop and start (appendfsync everysec: a crash
     # loses at most the last second); none: a restart forgets them all (a revoked token is valid again).
     redis_persistence: RedisPersistence = RedisPersistence.aof
+    # tracking: sessions and denylist answers read from Redis are kept in each replica's memory and
+    # invalidated by Redis (CLIENT TRACKING); served only while the connection they came on is known alive.
+    session_cache: SessionCache = SessionCache.off
+    session_cache_max_entries: int = Field(default=100_000, ge=1)
+    # How long the invalidation stream may stay silent before the cache is not trusted: the longest a
+    # revocation can go unseen when that stream is cut without a reset.
+    session_cache_staleness: float = Field(default=0.05, gt=0, le=5)
 
     # Addresses. Locally everything binds to loopback; compose overrides the hosts with service names.
     host: str = "127.0.0.1"

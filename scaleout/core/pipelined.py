@@ -12,7 +12,11 @@ futures in order straight from `data_received` (parsed by hiredis). Failure rule
 - a `READONLY` reply (a primary demoted by a failover) fails every caller on the connection and drops it;
   with `locate` (behind Sentinels) the next connection goes to the primary of the moment;
 - a connection authenticates (`AUTH user password`) and selects its database before any caller's command
-  goes out; a refusal there fails the batch waiting for it.
+  goes out; a refusal there fails the batch waiting for it;
+- with a near-cache (`scaleout.core.nearcache`), the connection speaks RESP3 and has `CLIENT TRACKING` on:
+  Redis's `invalidate` pushes arrive between the replies and go to the cache; each batch's last reply
+  tells the cache the stream was alive when that batch was sent (before the callers wake); an idle
+  connection sends a PING often enough to keep saying so; and every failure above empties the cache.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from scaleout.core.nearcache import NearCache
+
 Arg = str | int | float | bytes
 Command = tuple[Arg, ...]
 
@@ -38,11 +44,15 @@ def pack(command: Command) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, cache: NearCache | None = None) -> None:
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[object]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.cache = cache
+        # With a cache: each batch's size and send time, so that a reply confirms the stream before the
+        # caller it wakes reads the cache again.
+        self.batches: deque[list[float]] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP connection's transport writes (uvloop's does not subclass asyncio.Transport, hence a cast).
@@ -51,10 +61,20 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
+            if isinstance(reply, hiredis.PushNotification):  # RESP3, out of band: not a reply to anyone
+                if self.cache is not None and len(reply) == 2 and reply[0] == b"invalidate":
+                    self.cache.invalidate(reply[1])
+                continue
             if not self.waiting:  # a reply nobody asked for: the stream is out of step
                 self.fail(RedisConnectionError("unexpected reply from Redis"))
                 return
             future = self.waiting.popleft()
+            if self.cache is not None and self.batches:
+                batch = self.batches[0]
+                batch[0] -= 1
+                if batch[0] <= 0:  # the batch's last reply: everything Redis sent before it is in
+                    self.batches.popleft()
+                    self.cache.confirm(batch[1])
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -70,10 +90,14 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.cache is not None:
+            self.cache.flush()  # invalidations for what it holds may be lost with the connection
         self._fail_waiting(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
 
     def fail(self, exc: Exception) -> None:
         self.closed = True
+        if self.cache is not None:
+            self.cache.flush()
         self._fail_waiting(exc)
         if self.transport is not None:
             self.transport.abort()
@@ -87,6 +111,8 @@ class _Protocol(asyncio.Protocol):
     def send(self, payload: bytes, futures: list[asyncio.Future[object]]) -> None:
         assert self.transport is not None
         self.waiting.extend(futures)
+        if self.cache is not None:
+            self.batches.append([len(futures), time.perf_counter()])
         self.transport.write(payload)
 
 
@@ -108,6 +134,7 @@ class PipelinedConnection:
         username: str | None = None,
         password: str | None = None,
         locate: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+        cache: NearCache | None = None,
     ) -> None:
         self.host, self.port, self.db, self.timeout = host, port, db, timeout
         self.username, self.password = username, password
@@ -115,6 +142,9 @@ class PipelinedConnection:
         self.locate = locate
         # Told each answered batch's round-trip time in seconds: one observation per write, not per caller.
         self.on_round_trip = on_round_trip
+        self.cache = cache
+        self._last_sent = 0.0
+        self._heartbeat: asyncio.Task[None] | None = None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._pending: list[tuple[Command, asyncio.Future[object]]] = []
@@ -168,9 +198,20 @@ class PipelinedConnection:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         host, port = (self.host, self.port) if self.locate is None else await self.locate()
-        _, protocol = await asyncio.wait_for(loop.create_connection(_Protocol, host, port), timeout=self.timeout)
+        cache = self.cache
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(cache), host, port), timeout=self.timeout
+        )
         setup: list[Command] = []
-        if self.password:
+        if cache is not None:
+            # RESP3, so that invalidations arrive on this connection, in order with the replies. NOLOOP: this
+            # connection's own writes (an idle renewal's GETEX, which leaves the value as it was) do not
+            # invalidate what it holds.
+            hello: Command = ("HELLO", 3)
+            if self.password:
+                hello += ("AUTH", self.username or "default", self.password)
+            setup += [hello, ("CLIENT", "TRACKING", "ON", "NOLOOP")]
+        elif self.password:
             setup.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
         if self.db:
             setup.append(("SELECT", self.db))
@@ -190,7 +231,21 @@ class PipelinedConnection:
                 protocol.fail(RedisConnectionError("Redis refused the connection's setup"))
                 raise
         self._protocol = protocol
+        if cache is not None:
+            cache.tracking_started()
+            if self._heartbeat is None or self._heartbeat.done():
+                self._heartbeat = loop.create_task(self._beat(cache))
         return protocol
+
+    async def _beat(self, cache: NearCache) -> None:
+        """While the connection is open: a PING whenever nothing was sent for a third of the cache's
+        staleness, so that an idle replica's cache stays usable, and a silent connection stops it."""
+        every = cache.staleness / 3
+        while True:
+            await asyncio.sleep(every)
+            protocol = self._protocol
+            if protocol is not None and not protocol.closed and time.perf_counter() - self._last_sent >= every:
+                self.call("PING").add_done_callback(lambda f: f.exception())
 
     def _send(self, protocol: _Protocol, batch: list[tuple[Command, asyncio.Future[object]]]) -> None:
         futures = [future for _, future in batch]
@@ -201,7 +256,7 @@ class PipelinedConnection:
             protocol.fail(RedisConnectionError(f"write to Redis failed: {exc}"))
             return
         timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, protocol, futures)
-        started = time.perf_counter()
+        started = self._last_sent = time.perf_counter()
         observe = self.on_round_trip
 
         def answered(last: asyncio.Future[object]) -> None:
@@ -219,5 +274,7 @@ class PipelinedConnection:
             protocol.fail(RedisTimeoutError(f"no reply from Redis within {self.timeout} s"))
 
     async def aclose(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()

@@ -50,7 +50,12 @@ APP_COMMANDS = [
     "role",
     "select",
     "client|setname",
+    "hello",  # SESSION_CACHE=tracking: RESP3 on the read connection, and tracking on it
+    "client|tracking",
 ]
+# How many keys Redis tracks for the near-cache at most (its memory for the tracking table); beyond it Redis
+# stops tracking keys, and invalidates them first, so no client keeps a key nobody would invalidate.
+TRACKING_TABLE_MAX_KEYS = 1_000_000
 # What a client may ask a Sentinel: where the primary is, and who else is watching it. Not MONITOR,
 # REMOVE, SET, FAILOVER or CONFIG: a client that could would point everyone at a Redis of its choosing.
 SENTINEL_QUERIES = [
@@ -104,6 +109,7 @@ def redis_server(
         *persistence(s),
         f"dir {data_dir}",
         f"aclfile {(secrets_seen_at or s.secrets_path) / 'redis.acl'}",
+        f"tracking-table-max-keys {TRACKING_TABLE_MAX_KEYS}",
     ]
 
 

@@ -10,6 +10,7 @@ from enum import StrEnum
 import orjson
 from redis.asyncio import Redis
 
+from scaleout.core.nearcache import MISS
 from scaleout.core.store import Coalescer, Durability, redis_call
 
 
@@ -30,15 +31,31 @@ class Denylist:
 
     async def add(self, jti: str, exp: int) -> None:
         ttl = max(1, exp - int(time.time()) + 1)
-        await self.durability.run(self.redis, lambda pipe: pipe.set(f"deny:{jti}", b"1", ex=ttl))
+        await self.durability.run(self.redis, lambda pipe: pipe.set(f"deny:{jti}", b"1", ex=ttl), revokes=True)
 
     async def add_family(self, fam: str) -> None:
         # Every access token of the family expires within access_ttl of now (lifetimes are capped).
         ttl = self.access_ttl + 1
-        await self.durability.run(self.redis, lambda pipe: pipe.set(f"denyfam:{fam}", b"1", ex=ttl))
+        await self.durability.run(self.redis, lambda pipe: pipe.set(f"denyfam:{fam}", b"1", ex=ttl), revokes=True)
 
     async def contains(self, jti: str, fam: str) -> bool:
-        return bool(await redis_call(lambda: self.coalescer.call("EXISTS", "deny:" + jti, "denyfam:" + fam)))
+        cache = self.coalescer.cache
+        if cache is None:
+            return bool(await redis_call(lambda: self.coalescer.call("EXISTS", "deny:" + jti, "denyfam:" + fam)))
+        entry = (jti, fam)
+        found = cache.get(entry)
+        if found is not MISS:
+            return bool(found)
+        # "Not denied" is cached too: EXISTS tracks both keys, present or not, so adding either invalidates it.
+        keys = (f"deny:{jti}".encode(), f"denyfam:{fam}".encode())
+        token = cache.begin(keys)
+        try:
+            denied = bool(await redis_call(lambda: self.coalescer.call("EXISTS", *keys)))
+        except BaseException:
+            cache.done(keys)
+            raise
+        cache.keep(token, entry, keys, denied)
+        return denied
 
 
 class RefreshOutcome(StrEnum):

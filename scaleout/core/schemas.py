@@ -70,6 +70,7 @@ class WhoAmI(BaseModel):
     replica: str
     auth_mode: str
     session_store: str
+    session_cache: str  # "tracking": this replica answers from its near-cache while Redis keeps it in step
 
 
 class Me(WhoAmI):

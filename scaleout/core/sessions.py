@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from scaleout.core.config import Settings
 from scaleout.core.credentials import Malformed, single_cookie_raw
+from scaleout.core.nearcache import MISS, NearCache
 from scaleout.core.store import Coalescer, Durability, redis_call
 
 UNAVAILABLE = "session store unavailable"
@@ -448,6 +449,7 @@ class RedisSessions:
         self.durability = durability or Durability()
         self.redis = redis
         self.coalescer = coalescer
+        self.cache = coalescer.cache
         self.idle_ttl = idle_ttl
         self.absolute_ttl = absolute_ttl
         self.mac = mac
@@ -503,10 +505,17 @@ class RedisSessions:
 
     async def lookup(self, key: str) -> Session | None:
         # The idle timer is renewed (GETEX, a write that Redis also sends to its replicas) at most every
-        # `renew_every` seconds per session per replica; in between a plain GET reads it.
+        # `renew_every` seconds per session per replica; in between a plain GET reads it, or the near-cache
+        # answers for it (it cannot have expired since this replica renewed it: renew_every < idle TTL).
         now = time.monotonic()
         if now - self._renewed.get(key, -1e9) < self.renew_every:
-            raw = await redis_call(lambda: self.coalescer.call("GET", key), UNAVAILABLE)
+            cache = self.cache
+            if cache is None:
+                raw = await redis_call(lambda: self.coalescer.call("GET", key), UNAVAILABLE)
+            else:
+                raw = cache.get(key)
+                if raw is MISS:
+                    raw = await self._read_through(cache, key)
         else:
             if len(self._renewed) >= 100_000:
                 self._renewed.clear()
@@ -523,6 +532,17 @@ class RedisSessions:
             await redis_call(lambda: self.redis.delete(key), UNAVAILABLE)
             return None
         return session
+
+    async def _read_through(self, cache: NearCache, key: str) -> object:
+        keys = (key.encode(),)
+        token = cache.begin(keys)
+        try:
+            raw = await redis_call(lambda: self.coalescer.call("GET", key), UNAVAILABLE)
+        except BaseException:
+            cache.done(keys)
+            raise
+        cache.keep(token, key, keys, raw)  # a session that is not there is cached too, until it is written
+        return raw
 
     def touch(self, session: Session) -> None:
         """Moves the session up in its user's index (for `last_seen` and the cap), at most once a minute."""
@@ -555,7 +575,7 @@ class RedisSessions:
 
     async def delete(self, sid: str) -> None:
         key = session_key(sid)
-        (raw,) = await self.durability.run(self.redis, lambda pipe: pipe.getdel(key), UNAVAILABLE)
+        (raw,) = await self.durability.run(self.redis, lambda pipe: pipe.getdel(key), UNAVAILABLE, revokes=True)
         session = self._decode(key, raw) if isinstance(raw, bytes) else None
         if session is not None:
             await self._end_handle(session.uid, session.handle)
@@ -563,7 +583,10 @@ class RedisSessions:
     async def _end_handle(self, uid: str, handle: str) -> bool:
         zset, handles = user_keys(uid)
         (ended,) = await self.durability.run(
-            self.redis, lambda pipe: self._end(keys=[zset, handles], args=[handle], client=pipe), UNAVAILABLE
+            self.redis,
+            lambda pipe: self._end(keys=[zset, handles], args=[handle], client=pipe),
+            UNAVAILABLE,
+            revokes=True,
         )
         return bool(ended)
 
@@ -573,7 +596,10 @@ class RedisSessions:
     async def end_all(self, uid: str, keep: str | None = None) -> None:
         zset, handles = user_keys(uid)
         await self.durability.run(
-            self.redis, lambda pipe: self._end_all(keys=[zset, handles], args=[keep or ""], client=pipe), UNAVAILABLE
+            self.redis,
+            lambda pipe: self._end_all(keys=[zset, handles], args=[keep or ""], client=pipe),
+            UNAVAILABLE,
+            revokes=True,
         )
 
     async def list(self, uid: str) -> list[SessionInfo]:

@@ -8,6 +8,7 @@ down never lets anybody in.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,7 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from scaleout.core.config import Settings
+from scaleout.core.config import SessionCache, Settings
+from scaleout.core.nearcache import NearCache
 from scaleout.core.pipelined import PipelinedConnection, is_primary
 
 
@@ -102,18 +104,34 @@ class Durability:
     """Writes the user is told about (a login, a logout, a revocation, a spent refresh token) are confirmed
     only once `replicas` replicas have them (`WAIT` on the same connection, right after the write)."""
 
-    def __init__(self, replicas: int = 0, timeout_ms: int = 500) -> None:
+    def __init__(self, replicas: int = 0, timeout_ms: int = 500, settle: float = 0.0) -> None:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
+        # SESSION_CACHE=tracking: a revocation is confirmed only after the replicas' near-caches can no
+        # longer serve what it revoked, even one whose invalidation stream went silent (a cache is trusted
+        # for `staleness` after the send time of its last answered command; see `nearcache`).
+        self.settle = settle
 
     @classmethod
     def of(cls, settings: Settings) -> Durability:
-        return cls(settings.redis_wait_replicas if settings.sentinel else 0, settings.redis_wait_ms)
+        settle = settings.session_cache_staleness if settings.session_cache == SessionCache.tracking else 0.0
+        return cls(settings.redis_wait_replicas if settings.sentinel else 0, settings.redis_wait_ms, settle)
 
     async def run(
-        self, redis: Redis, build: Callable[[Any], Awaitable[object]], what: str = "shared store unavailable"
+        self,
+        redis: Redis,
+        build: Callable[[Any], Awaitable[object]],
+        what: str = "shared store unavailable",
+        revokes: bool = False,
     ) -> list[Any]:
-        """Queue commands on a pipeline (one connection), then WAIT; the commands' replies."""
+        """Queue commands on a pipeline (one connection), then WAIT; the commands' replies. `revokes`: it
+        ends a session or denies a token, so it also waits out the near-caches' staleness."""
+        results = await self._run(redis, build, what)
+        if revokes and self.settle:
+            await asyncio.sleep(self.settle)
+        return results
+
+    async def _run(self, redis: Redis, build: Callable[[Any], Awaitable[object]], what: str) -> list[Any]:
 
         async def op() -> list[Any]:
             async with redis.pipeline(transaction=False) as pipe:
@@ -152,7 +170,9 @@ class Coalescer(PipelinedConnection):
     turn share one write and one round trip (see `scaleout.core.pipelined`).
     """
 
-    def __init__(self, redis: Redis, on_round_trip: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self, redis: Redis, on_round_trip: Callable[[float], None] | None = None, cache: NearCache | None = None
+    ) -> None:
         pool = redis.connection_pool
         kw = pool.connection_kwargs
         super().__init__(
@@ -165,6 +185,7 @@ class Coalescer(PipelinedConnection):
             password=kw.get("password"),
             # Behind Sentinels, every (re)connection asks them where the primary is now.
             locate=pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None,
+            cache=cache,
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -12,13 +12,15 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scaleout.core.nearcache import NearCacheStats
 from scaleout.core.store import StoreUnavailable
 
 REQUESTS = Counter("scaleout_requests_total", "HTTP requests served", ["service", "path", "status"])
@@ -145,6 +147,37 @@ def settle_heap() -> None:
 
     gc.collect()
     gc.freeze()
+
+
+class _NearCacheCollector:
+    """The near-cache's counters, read when `/metrics` is scraped (nothing is counted twice per request).
+    Registered once per process; the replica built last is the one it reports (one per process in a
+    cluster, several in an in-process test)."""
+
+    def __init__(self) -> None:
+        self.stats: NearCacheStats | None = None
+        self.size: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        if stats is None:
+            return
+        for name, value, doc in (
+            ("hits", stats.hits, "Session and denylist answers served from the replica's near-cache"),
+            ("misses", stats.misses, "Answers the near-cache could not give (asked Redis)"),
+            ("invalidations", stats.invalidations, "Keys Redis said changed (CLIENT TRACKING invalidate)"),
+            ("flushes", stats.flushes, "Times the whole near-cache was dropped (connection lost, failover)"),
+        ):
+            yield CounterMetricFamily(f"scaleout_near_cache_{name}", doc, value=value)
+        yield GaugeMetricFamily("scaleout_near_cache_entries", "Entries in the near-cache now", value=self.size())
+
+
+_NEAR_CACHE = _NearCacheCollector()
+REGISTRY.register(_NEAR_CACHE)
+
+
+def register_near_cache_metrics(stats: NearCacheStats, size: Callable[[], int]) -> None:
+    _NEAR_CACHE.stats, _NEAR_CACHE.size = stats, size
 
 
 @lru_cache(maxsize=64)

@@ -21,6 +21,7 @@ from scaleout.core.config import (
     LBMode,
     RedisPersistence,
     RedisTopology,
+    SessionCache,
     SessionStore,
     Settings,
     explain,
@@ -68,6 +69,14 @@ def _settings() -> Settings:
     return _attempt(get_settings)
 
 
+def _modes(s: Settings) -> str:
+    return (
+        f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
+        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
+        f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence} SESSION_CACHE={s.session_cache}"
+    )
+
+
 def _cluster() -> Cluster:
     return _attempt(lambda: Cluster.load(_settings().cluster_dir))
 
@@ -82,6 +91,7 @@ def up(
     replicas: Annotated[int | None, typer.Option(min=1, max=9, help="REPLICAS")] = None,
     topology: Annotated[RedisTopology | None, typer.Option(help="REDIS_TOPOLOGY")] = None,
     persistence: Annotated[RedisPersistence | None, typer.Option(help="REDIS_PERSISTENCE")] = None,
+    cache: Annotated[SessionCache | None, typer.Option(help="SESSION_CACHE")] = None,
 ) -> None:
     """Start the local cluster in the background; returns once every service is healthy."""
     overrides = {
@@ -95,6 +105,7 @@ def up(
             "replicas": replicas,
             "redis_topology": topology,
             "redis_persistence": persistence,
+            "session_cache": cache,
         }.items()
         if v is not None
     }
@@ -103,11 +114,7 @@ def up(
     cluster = Cluster(settings)
     _attempt(lambda: cluster.up(progress=lambda line: console.print(f"  {line}")))
     s = cluster.settings
-    console.print(
-        f"cluster up: [bold]{s.public_url}[/]  AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} "
-        f"LB_MODE={s.lb_mode} JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
-        f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence}"
-    )
+    console.print(f"cluster up: [bold]{s.public_url}[/]  {_modes(s)}")
     from scaleout.lab.panel.app import panel_url
 
     console.print(f"control panel (after `make lab`): {panel_url(s)}", soft_wrap=True)
@@ -131,11 +138,7 @@ def _show_status(cluster: ClusterDriver) -> None:
         [[r.service, str(r.pid or "-"), r.address, "yes" if r.healthy else "NO", r.state] for r in cluster.status()],
     )
     s = cluster.settings
-    console.print(
-        f"AUTH_MODE={s.auth_mode} SESSION_STORE={s.session_store} LB_MODE={s.lb_mode} "
-        f"JWT_REVOCATION={s.jwt_revocation} JWT_ALG={s.jwt_alg} REPLICAS={s.replicas} "
-        f"REDIS_TOPOLOGY={s.redis_topology} REDIS_PERSISTENCE={s.redis_persistence}  url={cluster.public_url}"
-    )
+    console.print(f"{_modes(s)}  url={cluster.public_url}")
     for target, now in cluster.faults().items():
         console.print(f"fault between the services and {target}: {now.describe()}")
     if s.sentinel:

@@ -731,6 +731,7 @@ def _step(x: float, run: OpenLoopRun) -> OverloadStep:
         run.slowest_ms(),
         round(counts.get("503", 0) / total, 3),
         sum(n for k, n in counts.items() if k not in ("200", "503")),
+        run.lag_ms(0.99),
     )
 
 

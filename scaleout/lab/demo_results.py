@@ -165,6 +165,7 @@ class OverloadStep:
     slowest_ms: float
     shed_share: float  # 503s among all answers
     other_errors: int  # anything but 200 and 503: timeouts, resets, other statuses
+    generator_lag_p99_ms: float = 0.0  # how late the generator sent (the admitted latencies count from sending)
 
 
 @dataclass

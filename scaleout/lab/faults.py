@@ -153,6 +153,7 @@ class FaultProxy:
                 if self.fault.reset:
                     for writer in list(self._open):
                         _reset(writer)
+                    await asyncio.sleep(0)  # an aborted transport closes its socket on the loop's next turn
                 write_fault(applied_file(self.state), self.fault)  # `scaleout fault` returns once it is in effect
             await asyncio.sleep(WATCH_EVERY)
 

@@ -137,6 +137,7 @@ def render(settings: Settings, out: Path) -> Path:
         "    literals:",
         f"      - JWT_ALG={s.jwt_alg}",
         f"      - REDIS_PERSISTENCE={s.redis_persistence}",
+        f"      - SESSION_CACHE={s.session_cache}",
         f"      - REPLICAS={s.replicas}",
         f"      - MAX_SESSIONS_PER_USER={s.max_sessions_per_user}",
         *(["  - name: scaleout-sentinel-node", "    files:", "      - sentinel-node.sh"] if s.sentinel else []),

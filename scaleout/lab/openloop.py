@@ -2,14 +2,17 @@
 
 A closed-loop generator (wrk, a user loop) sends the next request when the last one answered, so an
 overloaded server slows the generator down with it and the overload never shows. Here request i is due at
-`start + i / rate`; it is sent then on an idle keep-alive connection (a new one when none is idle), and its
-latency counts from when it was *due*, so a generator that falls behind cannot hide waiting either
-(no coordinated omission). Every request has a deadline; one not answered by then is a timeout.
+`start + i / rate`; it is sent then on an idle keep-alive connection (a new one when none is idle). Each
+request keeps when it was due and when it was actually sent: the server's latency counts from the sending,
+the wait anybody saw from when it was due (a generator that falls behind cannot hide waiting: no
+coordinated omission), and the difference is the generator's own lag, reported apart. Every request has a
+deadline, counted from when it was due; one not answered by then is a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -21,6 +24,7 @@ class Shot:
     due: float  # seconds from the run's start
     status: int  # HTTP status; 0: no answer by the deadline, -1: the connection failed, -2: a 503 not saying when
     latency: float  # seconds from when it was due to its answer (or to the deadline)
+    lag: float = 0.0  # seconds from when it was due to when this generator sent it
 
 
 @dataclass
@@ -40,7 +44,12 @@ class OpenLoopRun:
         return len(self.admitted()) / self.seconds
 
     def admitted_ms(self, q: float) -> float:
-        return round(percentile([s.latency * 1000 for s in self.admitted()], q), 2)
+        """The server's latency for the requests it admitted: from the sending to the answer."""
+        return round(percentile([(s.latency - s.lag) * 1000 for s in self.admitted()], q), 2)
+
+    def lag_ms(self, q: float) -> float:
+        """How late this generator sent its requests (it shares the machine with the cluster)."""
+        return round(percentile([s.lag * 1000 for s in self.shots], q), 2)
 
     def slowest_ms(self) -> float:
         return round(max((s.latency for s in self.shots), default=0.0) * 1000, 2)
@@ -107,26 +116,28 @@ async def offer(
     pool = _Pool(host, port)
     run = OpenLoopRun(rate, seconds)
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = loop.time()  # the deadlines' clock (the loop's own, coarse under uvloop)
+    t0 = time.perf_counter()  # the measurements' clock, a fine one, started at the same moment
     tasks: set[asyncio.Task[None]] = set()
 
     async def fire(due: float) -> None:
         conn = None
+        lag = max(0.0, time.perf_counter() - t0 - due)
         try:
             async with asyncio.timeout_at(start + due + deadline):
                 conn = await pool.get()
                 status, reusable = await _exchange(*conn, request)
-            run.shots.append(Shot(due, status, loop.time() - start - due))
+            run.shots.append(Shot(due, status, time.perf_counter() - t0 - due, lag))
             if reusable:
                 pool.put(conn)
             else:
                 pool.drop(conn)
         except TimeoutError:
-            run.shots.append(Shot(due, 0, deadline))
+            run.shots.append(Shot(due, 0, deadline, lag))
             if conn is not None:
                 pool.drop(conn)
         except (OSError, asyncio.IncompleteReadError, ValueError):
-            run.shots.append(Shot(due, -1, loop.time() - start - due))
+            run.shots.append(Shot(due, -1, time.perf_counter() - t0 - due, lag))
             if conn is not None:
                 pool.drop(conn)
 

@@ -349,6 +349,7 @@ OVERLOAD_COLUMNS = [
     "slowest answer ms",
     "shed (503)",
     "other errors",
+    "generator lag p99 ms",
 ]
 
 

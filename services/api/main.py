@@ -17,7 +17,8 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scaleout.core.authn import NO_STORE, NotAuthenticated
-from scaleout.core.config import AuthMode, SessionStore, Settings, get_settings
+from scaleout.core.config import AuthMode, SessionCache, SessionStore, Settings, get_settings
+from scaleout.core.nearcache import NearCache
 from scaleout.core.schemas import Me, WhoAmI
 from scaleout.core.store import Coalescer, StoreUnavailable, make_redis
 from scaleout.core.web import (
@@ -28,6 +29,7 @@ from scaleout.core.web import (
     create_app,
     error,
     install_docs,
+    register_near_cache_metrics,
     settle_heap,
     store_timer,
 )
@@ -62,6 +64,14 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
+def near_cache(settings: Settings) -> NearCache | None:
+    if settings.session_cache is not SessionCache.tracking:
+        return None
+    cache = NearCache(settings.session_cache_max_entries, settings.session_cache_staleness)
+    register_near_cache_metrics(cache.stats, lambda: len(cache))
+    return cache
+
+
 def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """A replica app for `settings`; `auth_transport` lets a test reach an in-process auth service."""
     replica = Replica(settings)
@@ -76,8 +86,10 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
             transport=auth_transport,
         )
         redis = replica.redis = make_redis(settings)
-        # The per-request reads: one lean pipelined connection per process, timed once per round trip.
-        reads = Coalescer(redis, on_round_trip=store_timer("redis", "read").observe)
+        # The per-request reads: one lean pipelined connection per process, timed once per round trip, and
+        # with SESSION_CACHE=tracking the near-cache that connection keeps in step with Redis.
+        cache = near_cache(settings)
+        reads = Coalescer(redis, on_round_trip=store_timer("redis", "read").observe, cache=cache)
         replica.authn = await build_authenticator(settings, redis, reads, replica.http)
         settle_heap()
         yield

@@ -105,7 +105,12 @@ class Replica:
 
     @property
     def mode_fields(self) -> dict[str, str]:
-        return {"auth_mode": str(self.settings.auth_mode), "session_store": str(self.settings.session_store)}
+        s = self.settings
+        return {
+            "auth_mode": str(s.auth_mode),
+            "session_store": str(s.session_store),
+            "session_cache": str(s.session_cache),
+        }
 
     async def post_auth(
         self, path: str, json: dict[str, object], headers: dict[str, str] | None = None

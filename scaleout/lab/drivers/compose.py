@@ -45,6 +45,7 @@ MODE_VARIABLES = (
     "JWT_ALG",
     "MAX_SESSIONS_PER_USER",
     "REDIS_PERSISTENCE",
+    "SESSION_CACHE",
 )
 # What a stack of three named replicas cannot show (REPLICAS is fixed at 3 in the compose file).
 CANNOT_RUN = {
@@ -138,6 +139,7 @@ class Stack:
             "JWT_REVOCATION": str(s.jwt_revocation),
             "JWT_ALG": str(s.jwt_alg),
             "REDIS_PERSISTENCE": str(s.redis_persistence),
+            "SESSION_CACHE": str(s.session_cache),
             "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
             "NGINX_PORT": str(s.nginx_port),
             "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),
