@@ -62,7 +62,7 @@ from scaleout.lab.load import (
     status_by_replica,
     success_rate,
 )
-from scaleout.lab.openloop import OpenLoopRun
+from scaleout.lab.openloop import OpenLoopRun, Pool, exchange
 from scaleout.lab.ports import isolated_settings
 
 SCENARIOS = (
@@ -70,6 +70,7 @@ SCENARIOS = (
     "stateful_wall",
     "sticky",
     "clustering",
+    "near_cache",
     "store_failover",
     "replication_growth",
     "jwt",
@@ -396,7 +397,17 @@ def spread_words(counts: dict[str, int]) -> str:
 
 
 def clustering(ctx: Context) -> ClusteringResult:
-    with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin") as c:
+    return _clustering(ctx, "off")
+
+
+def near_cache(ctx: Context) -> ClusteringResult:
+    """Session clustering with SESSION_CACHE=tracking: the same traffic and the same Redis outage."""
+    return _clustering(ctx, "tracking")
+
+
+def _clustering(ctx: Context, cache: str) -> ClusteringResult:
+    modes = {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin", "session_cache": cache}
+    with ctx.cluster(**modes) as c:
         users = make_users(c.settings.public_url, ctx.users)
         hits = drive(users, ctx.requests)
         after_restart = False
@@ -431,7 +442,7 @@ def clustering(ctx: Context) -> ClusteringResult:
     while_down = [h for h in looped if down_at <= h.at and h.at + h.latency < up_at]
     return measured(
         ClusteringResult,
-        "session/redis/round_robin",
+        "session/redis/round_robin" + (" (SESSION_CACHE=tracking)" if cache == "tracking" else ""),
         hits,
         redis_down=Outage(
             seconds=round(up_at - down_at, 3),
@@ -589,9 +600,67 @@ def _me_p50(c: ClusterDriver, n: int) -> float:
     return latency_ms(hits).p50
 
 
+def _invalidation_windows(c: Cluster, n: int) -> list[float]:
+    """SESSION_CACHE=tracking: `n` sessions, each read into every replica's near-cache, then ended by a write
+    to Redis (as the auth service ends one); for each, the milliseconds from that write's acknowledgement
+    until every replica refuses the session, asked directly and all at once, again and again."""
+    import asyncio
+
+    from scaleout.core.sessions import RedisSessions, Session, new_handle, session_key
+    from scaleout.core.store import Coalescer, make_redis
+
+    s = c.settings
+    replicas = [("127.0.0.1" if s.host == "0.0.0.0" else s.host, s.api_port(name)) for name in s.replica_names]
+
+    async def run() -> list[float]:
+        redis = make_redis(s)
+        writer = RedisSessions.for_settings(s, redis, Coalescer(redis))
+        # One keep-alive connection per replica and a bare HTTP/1.1 exchange: a poll costs the replica's
+        # answer, not a client library's overhead, so the window measured is the invalidation's.
+        pools = [Pool(host, port) for host, port in replicas]
+        windows = []
+        for _ in range(n):
+            sid = new_session_id()
+            await writer.put(sid, Session("demo", new_csrf_token(), time.time(), "uid-demo", new_handle()))
+            request = f"GET /api/me HTTP/1.1\r\nHost: replica\r\nCookie: sid={sid}\r\n\r\n".encode()
+
+            async def ask(pool: Pool, request: bytes = request) -> int:
+                conn = await pool.get()
+                status, reusable = await exchange(*conn, request)
+                (pool.put if reusable else pool.drop)(conn)
+                return status
+
+            for _ in range(3):  # each replica renews, reads into its cache, then answers from it
+                assert await asyncio.gather(*(ask(p) for p in pools)) == [200] * len(pools)
+            await redis.delete(session_key(sid))  # the end of the session, as Redis sees it
+            acknowledged = time.perf_counter()
+            pending = list(pools)
+            while pending:
+                statuses = await asyncio.gather(*(ask(p) for p in pending))
+                pending = [p for p, status in zip(pending, statuses, strict=True) if status != 401]
+                if time.perf_counter() - acknowledged > 5.0:
+                    raise RuntimeError("a replica still accepted an ended session after 5 s")
+            windows.append((time.perf_counter() - acknowledged) * 1000)
+        for pool in pools:
+            pool.close()
+        await redis.aclose()
+        return windows
+
+    return asyncio.run(run())
+
+
 def revocation(ctx: Context) -> RevocationResult:
     out: dict[str, RevocationMode] = {}
     samples = max(50, ctx.requests * 5)
+    near_cache: list[float] = []
+    with ctx.cluster(auth_mode="session", session_store="redis", lb_mode="round_robin", session_cache="tracking") as c:
+        status, accepted, by_replica, window = _replay_after_logout(c, replays=9)
+        device = _revoke_other_device(c)
+        out["session/redis + cache"] = RevocationMode(status, 9, accepted, by_replica, window, device)
+        if isinstance(c, Cluster):  # the replicas asked one by one: their own ports, on this machine
+            n = 1000 if ctx.requests >= 100 else 100
+            ctx.say(f"  session/redis + cache: {n} sessions ended in Redis while every replica held them")
+            near_cache = _invalidation_windows(c, n)
     for key, modes in (
         ("session/redis", {"auth_mode": "session", "session_store": "redis", "lb_mode": "round_robin"}),
         ("session/memory/sticky", {"auth_mode": "session", "session_store": "memory", "lb_mode": "sticky"}),
@@ -604,7 +673,8 @@ def revocation(ctx: Context) -> RevocationResult:
             p50 = _me_p50(c, samples) if key.startswith("jwt") else None
             out[key] = RevocationMode(status, 9, accepted, by_replica, window, device, p50)
     none_p50, deny_p50 = out["jwt/none"].me_p50_ms or 0.0, out["jwt/denylist"].me_p50_ms or 0.0
-    return RevocationResult(out, round(deny_p50 - none_p50, 3))
+    windows = {f"p{round(q * 100)}": round(percentile(near_cache, q), 2) for q in (0.5, 0.9, 0.99, 1.0)}
+    return RevocationResult(out, round(deny_p50 - none_p50, 3), len(near_cache), windows if near_cache else {})
 
 
 def live_switch(ctx: Context) -> LiveSwitchResult:
@@ -798,6 +868,7 @@ RUNNERS: dict[str, Callable[[Context], ScenarioResult]] = {
     "stateful_wall": stateful_wall,
     "sticky": sticky,
     "clustering": clustering,
+    "near_cache": near_cache,
     "store_failover": store_failover,
     "jwt": jwt,
     "revocation": revocation,

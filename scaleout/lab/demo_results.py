@@ -249,6 +249,10 @@ class RevocationMode:
 class RevocationResult:
     modes: dict[str, RevocationMode]
     denylist_cost_ms: float
+    # SESSION_CACHE=tracking: sessions ended in Redis while every replica's near-cache held them, and the ms
+    # from the write's acknowledgement until every replica refused (p50, p90, p99, p100).
+    near_cache_revocations: int = 0
+    near_cache_window_ms: dict[str, float] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -279,6 +283,7 @@ class DemoResults:
     stateful_wall: WallResult | None = None
     sticky: StickyScenario | None = None
     clustering: ClusteringResult | None = None
+    near_cache: ClusteringResult | None = None  # the same, with SESSION_CACHE=tracking
     jwt: JwtResult | None = None
     revocation: RevocationResult | None = None
     live_switch: LiveSwitchResult | None = None
@@ -299,6 +304,8 @@ class DemoResults:
             found += [self.sticky.sticky, self.sticky.ip_hash]
         if self.clustering:
             found.append(self.clustering)
+        if self.near_cache:
+            found.append(self.near_cache)
         if self.jwt:
             found.append(self.jwt)
         if self.store_failover:

@@ -55,7 +55,7 @@ class OpenLoopRun:
         return round(max((s.latency for s in self.shots), default=0.0) * 1000, 2)
 
 
-class _Pool:
+class Pool:
     """Idle keep-alive connections to one address, opened on demand."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -81,7 +81,7 @@ class _Pool:
         self.idle.clear()
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
     """One request on a keep-alive connection: its status, and whether the connection may be reused."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -113,7 +113,7 @@ async def offer(
     """`rate` GET requests per second to `path` for `seconds`, whatever the answers."""
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    pool = _Pool(host, port)
+    pool = Pool(host, port)
     run = OpenLoopRun(rate, seconds)
     loop = asyncio.get_running_loop()
     start = loop.time()  # the deadlines' clock (the loop's own, coarse under uvloop)
@@ -126,7 +126,7 @@ async def offer(
         try:
             async with asyncio.timeout_at(start + due + deadline):
                 conn = await pool.get()
-                status, reusable = await _exchange(*conn, request)
+                status, reusable = await exchange(*conn, request)
             run.shots.append(Shot(due, status, time.perf_counter() - t0 - due, lag))
             if reusable:
                 pool.put(conn)

@@ -126,6 +126,20 @@ def rows(results: DemoResults) -> list[Row]:
                 revocation_window=_window(rev.get("session/redis")),
             )
         )
+    if nc := results.near_cache:
+        d = nc.redis_down
+        rv = results.revocation
+        window = _window(rev.get("session/redis + cache"))
+        if rv and rv.near_cache_window_ms:
+            window += f" (p99 {rv.near_cache_window_ms['p99']} ms after the write, {rv.near_cache_revocations} ended)"
+        out.append(
+            _traffic_row(
+                nc,
+                sessions_lost=f"{nc.sessions_lost_on_restart}, on Redis restart ({nc.persistence})",
+                redis_down=f"{d.status_503}x 503, {d.status_200} let in",
+                revocation_window=window,
+            )
+        )
     if f := results.store_failover:
         refused = f.during.get("503", 0)
         let_in = sum(n for code, n in f.during.items() if code not in ("200", "503"))
@@ -289,6 +303,13 @@ def readings(results: DemoResults) -> list[str]:
             f"({none.window_s if none else 0:.0f} s left here); the denylist closes the window at a cost of "
             f"{rev.denylist_cost_ms:.2f} ms per request at p50, and brings back the dependency on Redis."
         )
+        if w := rev.near_cache_window_ms:
+            out.append(
+                f"**Near-cache invalidation** (SESSION_CACHE=tracking): {rev.near_cache_revocations} sessions ended "
+                "in Redis while every replica's near-cache held them; every replica refused each one within "
+                f"{w['p50']} ms of the write's acknowledgement at p50, {w['p90']} ms at p90, {w['p99']} ms at p99 "
+                f"and {w['p100']} ms at worst (each replica asked again and again, all at once)."
+            )
     if ls := results.live_switch:
         steps = ", ".join(
             f"{w.from_mode}→{w.to_mode}: {w.failed} failed of {w.requests_around_reload}" for w in ls.switches

@@ -134,9 +134,20 @@ def test_revocation_windows(demo) -> None:
     r = demo[0]["scenarios"]["revocation"]["modes"]
     assert r["jwt/none"]["accepted_after_logout"] == r["jwt/none"]["replays"]
     assert r["jwt/none"]["window_s"] > 0
-    for key in ("jwt/denylist", "session/redis", "session/memory/sticky"):
+    for key in ("jwt/denylist", "session/redis", "session/memory/sticky", "session/redis + cache"):
         assert r[key]["accepted_after_logout"] == 0, key
         assert r[key]["logout_status"] == 204, key
+
+
+def test_the_near_cache_serves_everyone_never_lets_in_and_hears_of_every_end_within_5_ms(demo) -> None:
+    s = demo[0]["scenarios"]["near_cache"]
+    assert s["success_rate"] == 1.0 and set(s["requests_per_replica"]) == {"api-1", "api-2", "api-3"}
+    down = s["redis_down"]
+    assert down["requests"] > 0 and down["status_503"] == down["requests"] and down["status_200"] == 0
+    r = demo[0]["scenarios"]["revocation"]
+    assert r["near_cache_revocations"] == 100
+    assert r["near_cache_window_ms"]["p99"] < 5.0, r["near_cache_window_ms"]
+    assert "SESSION_CACHE=tracking" in (demo[1] / "demo.md").read_text()
 
 
 def test_revocation_latency_of_another_device(demo) -> None:

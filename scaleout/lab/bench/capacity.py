@@ -1,6 +1,7 @@
 """Beyond one machine: how many replicas one Redis serves, projected from CPU per request, then checked.
 
-The projection: a Redis core spends `redis µs` per authenticated request (measured per mode by `wrk_run`),
+The projection: a Redis core spends `redis µs` per authenticated request (measured per mode by `wrk_run`,
+pooled over all the mode's runs),
 so it carries 1e6 / that many requests a second, and serves that ÷ (one replica's rate) replicas. The check:
 drive the cluster's Redis with the read pattern alone (pipelined `GETEX` of session keys, what replicas
 send) from several client processes, and measure the operations per second per busy Redis core.
@@ -27,8 +28,8 @@ def project(modes: list[ModeResult]) -> list[Capacity]:
     out = []
     for m in modes:
         cpu = m.me.cpu_us_per_request
-        redis_us = cpu.get("redis", 0.0)
-        core = round(1e6 / redis_us) if redis_us > 0.05 else None
+        redis_us = m.me.cpu_us_pooled.get("redis", cpu.get("redis", 0.0))
+        core = round(1e6 / redis_us) if redis_us > 0 else None
         out.append(
             Capacity(
                 m.mode,

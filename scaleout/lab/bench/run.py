@@ -44,6 +44,13 @@ MODES: dict[str, dict[str, object]] = {
     "jwt ES256": {"auth_mode": "jwt", "jwt_alg": "ES256"},
     "jwt HS256": {"auth_mode": "jwt", "jwt_alg": "HS256"},
     "jwt RS256 + denylist": {"auth_mode": "jwt", "jwt_alg": "RS256", "jwt_revocation": "denylist"},
+    "session/redis + cache": {"auth_mode": "session", "session_store": "redis", "session_cache": "tracking"},
+    "jwt RS256 + denylist + cache": {
+        "auth_mode": "jwt",
+        "jwt_alg": "RS256",
+        "jwt_revocation": "denylist",
+        "session_cache": "tracking",
+    },
 }
 QUICK_MODES = ("session/redis", "jwt RS256")
 SENTINEL_MODES = ("session/redis", "jwt RS256 + denylist")  # the modes that read Redis per request
