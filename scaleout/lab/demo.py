@@ -241,8 +241,9 @@ def _logins_cost(ctx: Context, store: str, servers: int, logins: int) -> tuple[f
     return messages, sent, fanout / max(1.0, fanouts), cpu
 
 
-def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float]:
-    """Memory for 10,000 sessions: in one replica's memory store, and in Redis (values, keys, index)."""
+def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float, float]:
+    """Memory for 10,000 sessions: in one replica's memory store, in Redis (values, keys, index), and in one
+    replica's near-cache (SESSION_CACHE=tracking: the sealed values as Redis returned them, by store key)."""
     import asyncio
     import gc
     import tracemalloc
@@ -287,10 +288,31 @@ def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float]:
         await client.aclose()
         return (after - before) / 1024
 
+    def near_cache() -> float:
+        from scaleout.core.nearcache import NearCache
+        from scaleout.core.sessions import session_key
+
+        mac = SessionMAC(b"k" * 32)
+        cache = NearCache(50_000, 1.0)
+        cache.tracking_started()
+        made = []
+        for i in range(10_000):
+            key = session_key(new_session_id())
+            made.append((key, key.encode(), mac.seal(key, session(i).to_json())))
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for key, raw_key, value in made:
+            cache.keep(cache.begin((raw_key,)), key, (raw_key,), value)
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return used / 1024
+
     in_memory = asyncio.run(memory())
+    in_cache = near_cache()
     with ctx.cluster(auth_mode="session", session_store="redis", replicas=1) as c:
         in_redis = asyncio.run(redis(c))
-    return round(in_memory, 1), round(in_redis, 1)
+    return round(in_memory, 1), round(in_redis, 1), round(in_cache, 1)
 
 
 def replication_growth(ctx: Context) -> GrowthResult:
@@ -315,8 +337,8 @@ def replication_growth(ctx: Context) -> GrowthResult:
         ctx.say(
             f"  {n} servers: {points[-1].messages_per_login} messages and {points[-1].bytes_per_login} bytes per login"
         )
-    in_memory, in_redis = _kib_per_10k_sessions(ctx)
-    return GrowthResult(points, in_memory, in_redis, 1)
+    in_memory, in_redis, in_cache = _kib_per_10k_sessions(ctx)
+    return GrowthResult(points, in_memory, in_redis, 1, in_cache)
 
 
 def stateful_wall(ctx: Context) -> WallResult:

@@ -202,6 +202,7 @@ class GrowthResult:
     session_kib_per_10k_in_memory: float  # one replica's memory for 10,000 sessions
     session_kib_per_10k_in_redis: float  # Redis's memory for 10,000 sessions (with their index)
     redis_messages_per_login: int  # one write (and a WAIT in the sentinel topology), whatever N
+    session_kib_per_10k_in_near_cache: float = 0.0  # SESSION_CACHE=tracking: one replica's cache of 10,000
     duration_s: float = 0.0
 
     def projection(self, servers: int, sessions: int = 1_000_000) -> dict[str, float]:

@@ -172,7 +172,7 @@ def test_reports_exist_pngs_are_images_and_md_agrees_with_json(demo) -> None:
     document, out, stdout = demo
     md = (out / "demo.md").read_text()
     assert parse_markdown_table(md) == document["rows"]
-    assert len(document["rows"]) == 8
+    assert len(document["rows"]) == 9  # one per mode measured, the near-cache row included
     assert all(set(row) == set(COLUMNS) for row in document["rows"])
     assert len(document["charts"]) == 5
     for chart in document["charts"]:

@@ -203,3 +203,33 @@ def test_requests_without_the_token_or_from_another_origin_are_refused(cluster: 
     assert httpx.get(f"{base}/api/state").status_code == 401
     assert httpx.get(f"{base}/api/state", params={"token": token}, headers=json_headers).status_code == 200
     assert cluster.status()[2].healthy  # nothing was stopped by any of them
+
+
+def test_a_restart_with_the_near_cache_shows_each_replicas_hit_rate(page: Page) -> None:
+    """Last: it restarts the cluster (session/redis, SESSION_CACHE=tracking) from the form."""
+    errors_before = len(page.errors)  # type: ignore[attr-defined]  # earlier tests' refused input included
+    page.select_option("#restart-session_store", "redis")
+    page.select_option("#restart-lb_mode", "round_robin")
+    page.select_option("#restart-session_cache", "tracking")
+    page.click("#restart")
+    assert wait_until(lambda: page.text_content("#mode-session_cache") == "tracking", 60), (
+        page.text_content("#message"),
+        page.text_content("#mode-session_cache"),
+    )
+    assert wait_until(lambda: page.text_content("#mode-session_store") == "redis", 5)
+    assert wait_until(lambda: "restart: done" in (page.text_content("#message") or ""), 60)  # every service up
+    page.click("#traffic-start")
+
+    def hit_rates() -> list[float]:
+        found = [page.get_attribute(f"#tile-api-{n}", "data-cache-hit-rate") or "" for n in (1, 2, 3)]
+        return [float(x) for x in found if x]
+
+    # Users loop on /api/me: after each replica's first reads, nearly everything comes from its cache.
+    assert wait_until(lambda: len(hit_rates()) == 3 and min(hit_rates()) > 0.5, 30), (
+        hit_rates(),
+        page.text_content("#message"),
+        page.text_content("#tile-api-1 .meta"),
+    )
+    assert "inval/s" in (page.text_content("#tile-api-1 .meta") or "")
+    page.click("#traffic-stop")
+    assert page.errors[errors_before:] == []  # type: ignore[attr-defined]

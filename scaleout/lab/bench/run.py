@@ -18,7 +18,7 @@ import httpx
 
 from scaleout.lab.bench.capacity import drive_redis, project
 from scaleout.lab.bench.pairing import Pairs, Ratio, pairs
-from scaleout.lab.bench.peers.serve import fastapi_users_tokens, peer
+from scaleout.lab.bench.peers.serve import fastapi_users_tokens, peer, peer_logins
 from scaleout.lab.bench.results import (
     BenchResults,
     BenchSettings,
@@ -52,11 +52,12 @@ MODES: dict[str, dict[str, object]] = {
         "session_cache": "tracking",
     },
 }
-QUICK_MODES = ("session/redis", "jwt RS256")
+QUICK_MODES = ("session/redis", "session/redis + cache", "jwt RS256")
 SENTINEL_MODES = ("session/redis", "jwt RS256 + denylist")  # the modes that read Redis per request
 PEERS_OF = {
-    "jwt RS256": ("FastAPI tutorial (python-jose)", "fastapi-users JWTStrategy"),
+    "jwt RS256": ("FastAPI tutorial (python-jose)", "fastapi-users JWTStrategy", "authx (RS256)"),
     "session/redis": ("fastapi-users RedisStrategy",),
+    "session/redis + cache": ("starsessions RedisStore", "Starlette SessionMiddleware (signed cookie)"),
 }
 
 
@@ -254,6 +255,14 @@ def measure_peers(
             pem = workdir / "tutorial_public.pem"
             pem.write_text(jose_jwk.construct(jwks["keys"][0], "RS256").to_pem().decode())
             module, env = "scaleout.lab.bench.peers.fastapi_tutorial", {"PEER_PUBLIC_KEY_FILE": str(pem)}
+        elif name.startswith("authx"):
+            module, env = "scaleout.lab.bench.peers.authx_app", {}
+        elif name.startswith(("starsessions", "Starlette")):
+            module, env = "scaleout.lab.bench.peers.cookie_sessions", {"PEER_KIND": "starlette"}
+            if name.startswith("starsessions"):
+                s = cluster.settings
+                redis_url = f"redis://{s.redis_username}:{s.redis_password()}@{s.host}:{s.redis_port}/1"
+                env = {"PEER_KIND": "starsessions", "PEER_REDIS_URL": redis_url}
         else:
             strategy = "redis" if "Redis" in name else "jwt"
             s = cluster.settings
@@ -265,12 +274,15 @@ def measure_peers(
             }
             module = "scaleout.lab.bench.peers.fastapi_users_app"
         with peer(module, env, workdir) as url:
+            open_target = Target(url, "/unauthenticated-route")
             if module.endswith("fastapi_tutorial"):
                 auth_target, open_target = Target(url, "/api/me", header, creds), Target(url, "/api/whoami")
+            elif module.endswith(("cookie_sessions", "authx_app")):
+                peer_header, values = peer_logins(url, min(len(creds), 8))
+                auth_target = Target(url, "/authenticated-route", peer_header, values)
             else:
                 tokens = fastapi_users_tokens(url, min(len(creds), 8))
                 auth_target = Target(url, "/authenticated-route", "Authorization", tokens)
-                open_target = Target(url, "/unauthenticated-route")
             wrk_run(auth_target, 0.5, procs, workdir)  # warm-up
             unauthenticated = summarise([wrk_run(open_target, seconds, procs, workdir) for _ in range(3)])
             found = pairs(auth_target, ours, n, seconds, procs, workdir)

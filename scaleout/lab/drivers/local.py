@@ -303,7 +303,8 @@ class Cluster:
             self._write_store_configs({n: first for n in self._redis_names()[1:]})
         if self._panel is not None:
             self._services[PANEL] = self._panel
-        taken = [s for s in self._services.values() if not port_is_free(s.host, s.port)]
+        # The panel kept through a restart holds its own port: it is not in the way.
+        taken = [s for n, s in self._services.items() if n != PANEL and not port_is_free(s.host, s.port)]
         if taken:
             names = ", ".join(f"{s.name} ({s.address})" for s in taken)
             raise ClusterError(f"port already in use for {names}: stop whatever holds it, or pick other ports.")

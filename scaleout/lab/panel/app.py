@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
 
-from scaleout.core.config import AuthMode, JWTRevocation, LBMode, RedisTopology, SessionStore, Settings
+from scaleout.core.config import AuthMode, JWTRevocation, LBMode, RedisTopology, SessionCache, SessionStore, Settings
 from scaleout.lab.drivers.base import ClusterError
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.panel.traffic import TrafficGenerator
@@ -77,6 +77,7 @@ class RestartBody(BaseModel):
     lb_mode: LBMode = LBMode.round_robin
     jwt_revocation: JWTRevocation = JWTRevocation.none
     redis_topology: RedisTopology = RedisTopology.single
+    session_cache: SessionCache = SessionCache.off
 
 
 class FaultBody(BaseModel):
@@ -99,7 +100,7 @@ class Panel:
         self.actions: list[dict[str, Any]] = []
         self.last_replay: dict[str, object] | None = None
         self.busy = asyncio.Lock()
-        self.metrics: dict[str, tuple[float, float]] = {}  # service -> (time, requests counted)
+        self.metrics: dict[str, tuple[float, dict[str, float]]] = {}  # service -> (time, counters read)
         self.http = httpx.AsyncClient(timeout=0.5)
 
     def cluster(self) -> Cluster:
@@ -109,22 +110,36 @@ class Panel:
         self.actions.append({"t": time.time(), "label": label})
         del self.actions[:-50]
 
-    async def _requests_per_second(self, name: str, address: str) -> float | None:
+    async def _rates(self, name: str, address: str) -> tuple[float | None, dict[str, float] | None]:
+        """A replica's requests per second since the last look, and with SESSION_CACHE=tracking its near-cache's
+        hit rate and invalidations per second over the same window (from its `/metrics`)."""
         try:
             text = (await self.http.get(f"http://{address}/metrics")).text
         except httpx.HTTPError:
-            return None
-        total = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("scaleout_requests_total{") and 'path="/api/' in line  # not the panel's own probes
-        )
+            return None, None
+        counted = {"requests": 0.0, "hits": 0.0, "misses": 0.0, "invalidations": 0.0}
+        for line in text.splitlines():
+            if line.startswith("scaleout_requests_total{") and 'path="/api/' in line:  # not the panel's probes
+                counted["requests"] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("scaleout_near_cache_") and "_total " in line:
+                metric, value = line.split()
+                counted[metric.removeprefix("scaleout_near_cache_").removesuffix("_total")] = float(value)
         now = time.monotonic()
         before = self.metrics.get(name)
-        self.metrics[name] = (now, total)
+        self.metrics[name] = (now, counted)
+        cached = "scaleout_near_cache_hits_total" in text
         if before is None or now <= before[0]:
-            return 0.0
-        return round(max(0.0, total - before[1]) / (now - before[0]), 1)
+            return 0.0, ({"hit_rate": 0.0, "invalidations_per_s": 0.0} if cached else None)
+        elapsed = now - before[0]
+        delta = {k: max(0.0, v - before[1].get(k, 0.0)) for k, v in counted.items()}
+        cache = None
+        if cached:
+            asked = delta["hits"] + delta["misses"]
+            cache = {
+                "hit_rate": round(delta["hits"] / asked, 3) if asked else 0.0,
+                "invalidations_per_s": round(delta["invalidations"] / elapsed, 1),
+            }
+        return round(delta["requests"] / elapsed, 1), cache
 
     async def services(self, cluster: Cluster) -> list[dict[str, Any]]:
         s = cluster.settings
@@ -132,7 +147,7 @@ class Panel:
         async def one(name: str) -> dict[str, Any]:
             svc = cluster.services[name]
             alive = bool(svc.pid and pid_alive(svc.pid))
-            rps = None
+            rps, cache = None, None
             if not alive:
                 up = False
             elif svc.health in ("redis", "sentinel"):
@@ -145,8 +160,9 @@ class Panel:
                 except httpx.HTTPError:
                     up = False
                 if up and name.startswith("api-"):
-                    rps = await self._requests_per_second(name, svc.address)
-            return {"name": name, "up": up, "pid": svc.pid if alive else None, "address": svc.address, "rps": rps}
+                    rps, cache = await self._rates(name, svc.address)
+            pid = svc.pid if alive else None
+            return {"name": name, "up": up, "pid": pid, "address": svc.address, "rps": rps, "cache": cache}
 
         return list(await asyncio.gather(*(one(n) for n in cluster.services)))
 
@@ -173,6 +189,7 @@ class Panel:
                 "jwt_revocation": str(s.jwt_revocation),
                 "jwt_alg": str(s.jwt_alg),
                 "redis_topology": str(s.redis_topology),
+                "session_cache": str(s.session_cache),
                 "replicas": s.replicas,
             },
             "choices": {
@@ -181,6 +198,7 @@ class Panel:
                 "lb_mode": [m.value for m in LBMode],
                 "jwt_revocation": [m.value for m in JWTRevocation],
                 "redis_topology": [m.value for m in RedisTopology],
+                "session_cache": [m.value for m in SessionCache],
             },
             "services": await self.services(cluster),
             "primary": await anyio.to_thread.run_sync(cluster.primary) if s.sentinel else None,
@@ -321,13 +339,13 @@ def create_panel_app(cluster_dir: Path, token: str, port: int) -> FastAPI:
             panel.generator = None
 
         def again() -> None:
+            # `up` stops the running cluster itself and keeps the panel (this process) alive through it.
             old = panel.cluster()
-            old.down()
-            update = body.model_dump()
-            Cluster(old.settings.model_copy(update=update)).up()
+            Cluster(old.settings.model_copy(update=body.model_dump())).up()
 
         label = (
             f"restart: {body.auth_mode}/{body.session_store}/{body.lb_mode}/{body.jwt_revocation}/{body.redis_topology}"
+            f"/cache {body.session_cache}"
         )
         result = await control(label, again)
         if was_running:

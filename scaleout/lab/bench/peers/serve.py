@@ -51,3 +51,21 @@ def fastapi_users_tokens(url: str, users: int) -> tuple[str, ...]:
             assert r.status_code == 200, r.text
             headers.append(f"Bearer {r.json()['access_token']}")
     return tuple(headers)
+
+
+def peer_logins(url: str, users: int) -> tuple[str, tuple[str, ...]]:
+    """Log `users` in to a peer with a `POST /login` (the cookie-session and authx peers): the header its
+    authenticated route reads, and each user's value for it (a session cookie, or a bearer token)."""
+    values = []
+    header = "Cookie"
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for i in range(users):
+            r = c.post("/login", json={"username": f"bench{i}", "password": "bench password 1"})
+            assert r.status_code == 200, r.text
+            if "access_token" in r.json():
+                header = "Authorization"
+                values.append(f"Bearer {r.json()['access_token']}")
+            else:
+                values.append("; ".join(f"{k}={v}" for k, v in r.cookies.items()))
+            c.cookies.clear()
+    return header, tuple(values)

@@ -93,10 +93,12 @@ function renderServices(services, primary) {
       box.appendChild(tile);
     }
     const rps = s.rps === null || s.rps === undefined ? "" : ` · ${s.rps} req/s`;
+    const cache = s.cache ? ` · cache ${Math.round(s.cache.hit_rate * 100)}% hits, ${s.cache.invalidations_per_s} inval/s` : "";
     tile.className = "tile" + (s.up ? "" : " down");
     tile.dataset.rps = String(s.rps ?? "");
     const role = primary ? (s.name === primary ? " · primary" : s.name.startsWith("redis-") ? " · replica" : "") : "";
-    tile.querySelector(".meta").textContent = `${s.up ? "up" : "down"} · pid ${s.pid ?? "-"}${rps}${role}`;
+    tile.dataset.cacheHitRate = s.cache ? String(s.cache.hit_rate) : "";
+    tile.querySelector(".meta").textContent = `${s.up ? "up" : "down"} · pid ${s.pid ?? "-"}${rps}${cache}${role}`;
     if (tile.dataset.up !== String(s.up) && s.name !== "lab") {
       const buttons = tile.querySelector(".buttons");
       buttons.replaceChildren();
@@ -231,7 +233,7 @@ function wire() {
   document.getElementById("revoke-replay").addEventListener("click", () => post("/api/revoke-replay").catch(() => {}));
   document.getElementById("restart").addEventListener("click", () => {
     const body = {};
-    for (const k of ["auth_mode", "session_store", "lb_mode", "jwt_revocation", "redis_topology"]) {
+    for (const k of ["auth_mode", "session_store", "lb_mode", "jwt_revocation", "redis_topology", "session_cache"]) {
       body[k] = document.getElementById(`restart-${k}`).value;
     }
     post("/api/restart", body).catch(() => {});
