@@ -385,6 +385,7 @@ def _overload_row(p: OverloadStep, label: str = "") -> list[str]:
         str(p.slowest_ms),
         f"{p.shed_share:.0%}",
         str(p.other_errors),
+        str(p.generator_lag_p99_ms),
     ]
 
 
