@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from helpers import bearer, client, cluster_redis, new_user, run_cli, spread
+from helpers import PASSWORD, bearer, client, cluster_redis, new_user, run_cli, spread
 
 from scaleout.lab.drivers.local import Cluster
 
@@ -102,3 +102,41 @@ def test_jwt_with_the_denylist_and_the_cache(start_cluster: Callable[..., Cluste
             ("api-2", 401): 2,
             ("api-3", 401): 2,
         }
+
+
+def test_every_kind_of_revocation_reaches_every_replicas_cache(cluster: Cluster) -> None:
+    """A session ended by id from another device, logout-all and account deletion: each refused by every
+    replica as soon as it returns, though every replica had the session in its near-cache."""
+
+    def warm(*clients: httpx.Client) -> None:
+        for c in clients:
+            for _ in range(9):
+                assert c.get("/api/me").status_code == 200
+
+    def refused(sid: str) -> dict[tuple[str, int], int]:
+        with httpx.Client(base_url=cluster.settings.public_url, cookies={"sid": sid}) as replay:
+            return dict(spread([replay.get("/api/me") for _ in range(6)]))
+
+    everywhere = {("api-1", 401): 2, ("api-2", 401): 2, ("api-3", 401): 2}
+    with client(cluster) as phone, client(cluster) as laptop:
+        name, _ = new_user(phone)
+        laptop.post("/api/login", json={"username": name, "password": PASSWORD})
+        warm(phone, laptop)
+        listed = phone.get("/api/sessions").json()["sessions"]
+        other = next(x["id"] for x in listed if not x["current"])
+        csrf = {"X-CSRF-Token": phone.cookies["csrf_token"]}
+        assert phone.delete(f"/api/sessions/{other}", headers=csrf).status_code == 204
+        assert refused(laptop.cookies["sid"]) == everywhere
+        laptop.post("/api/login", json={"username": name, "password": PASSWORD})
+        warm(phone, laptop)
+        sids = [laptop.cookies["sid"], phone.cookies["sid"]]  # the phone's cookie is cleared by the answer
+        assert phone.post("/api/logout-all", headers=csrf).status_code == 204
+        assert [refused(sid) for sid in sids] == [everywhere, everywhere]
+        phone.post("/api/login", json={"username": name, "password": PASSWORD})
+        warm(phone)
+        sid = phone.cookies["sid"]
+        gone = phone.request(
+            "DELETE", "/api/me", json={"password": PASSWORD}, headers={"X-CSRF-Token": phone.cookies["csrf_token"]}
+        )
+        assert gone.status_code == 204
+        assert refused(sid) == everywhere
