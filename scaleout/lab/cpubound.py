@@ -26,10 +26,10 @@ CPUS = 0.2  # of one core, for all the replicas together, to start with
 # The most the capped replicas should serve: five times it is what the generator, one Python process on the
 # same two cores, still offers on time. A CPU quota is loosely kept (the kernel hands runtime out in slices
 # per CPU), so the same share serves several times more on one run than on another: measured, then lowered.
-MAX_CAPACITY = 1200.0
+MAX_CAPACITY = 1500.0
 # Below this share the pauses between 1 ms slices (the least quota the kernel takes) grow past what the
 # admitted requests' latency goal leaves room for.
-MIN_CPUS = 0.12
+MIN_CPUS = 0.15
 
 
 @dataclass

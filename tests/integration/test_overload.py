@@ -19,7 +19,7 @@ from scaleout.lab.drivers.local import Cluster
 
 pytestmark = pytest.mark.cluster
 
-INFLIGHT = 3  # nginx's max_conns per replica: Little's law, at the capped rate, within the latency goal
+INFLIGHT = 2  # nginx's max_conns per replica: Little's law, at the capped rate, within the latency goal
 SECONDS = 3.0  # per load step here (the demo holds each for 30 s)
 
 

@@ -4,6 +4,7 @@ and the rules that keep it honest (invalidation, a killed or silent connection, 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,3 +172,25 @@ async def test_redis_tracks_a_bounded_table_and_invalidates_what_it_drops(redis:
         assert cache.get(keys[0]) is MISS
     finally:
         await redis.config_set("tracking-table-max-keys", 0)
+
+
+def test_a_million_distinct_sessions_read_keep_a_replicas_memory_bounded() -> None:
+    """Rule: the replica's cache stays bounded however many distinct sessions it reads (a fuzzer's random
+    cookies included: an absent session is cached too)."""
+    from scaleout.lab.processes import rss_kib
+
+    cache = NearCache(max_entries=10_000, staleness=10.0)
+    cache.tracking_started()
+    value = b"x" * 300  # about a sealed session value
+
+    def read(first: int, last: int) -> None:
+        for i in range(first, last):
+            key = b"sess:%064d" % i
+            cache.keep(cache.begin((key,)), key, (key,), value)
+
+    read(0, 100_000)
+    at_100k = rss_kib(os.getpid())
+    read(100_000, 1_000_000)
+    grown = rss_kib(os.getpid()) - at_100k
+    assert len(cache) == 10_000 and len(cache._by_key) == 10_000
+    assert grown < 8 * 1024, f"{grown} KiB more after 900,000 more distinct reads"
