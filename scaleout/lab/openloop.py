@@ -47,6 +47,14 @@ class OpenLoopRun:
         """The server's latency for the requests it admitted: from the sending to the answer."""
         return round(percentile([(s.latency - s.lag) * 1000 for s in self.admitted()], q), 2)
 
+    def describe(self) -> str:
+        """One line for a log: what was offered, what was admitted and how fast, every answer's kind."""
+        return (
+            f"offered {self.offered_rate:.0f}/s: admitted {self.admitted_rate():.0f}/s, p50 {self.admitted_ms(0.5)} "
+            f"ms, p99 {self.admitted_ms(0.99)} ms, slowest {self.slowest_ms()} ms, {self.statuses()}, "
+            f"generator lag p99 {self.lag_ms(0.99)} ms"
+        )
+
     def lag_ms(self, q: float) -> float:
         """How late this generator sent its requests (it shares the machine with the cluster)."""
         return round(percentile([s.lag * 1000 for s in self.shots], q), 2)

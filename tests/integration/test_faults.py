@@ -265,11 +265,7 @@ def test_an_open_loop_overload_is_shed_fast_and_the_admitted_stay_quick(cluster:
         assert fault(cluster, "redis", "clear").returncode == 0
     for x, run in runs.items():
         statuses = run.statuses()
-        print(
-            f"offered {run.offered_rate:.0f}/s: admitted {run.admitted_rate():.0f}/s, p50 {run.admitted_ms(0.5)} ms, "
-            f"p99 {run.admitted_ms(0.99)} ms, slowest answer {run.slowest_ms()} ms, {statuses}, "
-            f"generator lag p99 {run.lag_ms(0.99)} ms"
-        )
+        print(run.describe())
         assert set(statuses) <= {"200", "503"}, (x, statuses)  # never a timeout, a reset or another 5xx
         assert run.slowest_ms() < 1000, x
         assert run.admitted_ms(0.99) < 50, x

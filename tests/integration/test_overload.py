@@ -46,11 +46,7 @@ def test_cpu_bound_overload_is_shed_fast_and_memory_stays_flat(
     )
     for x, run in runs.items():
         statuses = run.statuses()
-        print(
-            f"  {x}x, offered {run.offered_rate:.0f}/s: admitted {run.admitted_rate():.0f}/s, "
-            f"p50 {run.admitted_ms(0.5)} ms, p99 {run.admitted_ms(0.99)} ms, slowest {run.slowest_ms()} ms, "
-            f"{statuses}, generator lag p99 {run.lag_ms(0.99)} ms"
-        )
+        print(f"  {x}x, {run.describe()}")
         assert set(statuses) <= {"200", "503"}, (x, statuses)  # never a timeout, a reset or another 5xx
         assert run.slowest_ms() < 1000, x
         assert run.admitted_rate() >= 0.3 * capacity, x  # shedding the excess never starves the rest
