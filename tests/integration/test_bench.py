@@ -36,6 +36,16 @@ def test_quick_bench_produces_numbers_and_no_request_fails(tmp_path) -> None:
     # The cache's Redis CPU per request, pooled over the runs: what the near-cache saves is measured.
     redis_us = {m: modes[m]["me"]["cpu_us_pooled"]["redis"] for m in ("session/redis", "session/redis + cache")}
     assert redis_us["session/redis + cache"] < redis_us["session/redis"], redis_us
+    # What tracking costs Redis, measured apart: a key read by the three tracking connections costs table
+    # memory and one invalidation per connection when written; a key nobody read, none (BCAST: all three).
+    tracking = results["tracking"]
+    assert tracking["table_bytes_per_key_default"] > 0, tracking
+    assert tracking["invalidations_per_write_read_default"] == 3.0, tracking
+    assert tracking["invalidations_per_write_unread_default"] == 0.0, tracking
+    assert tracking["invalidations_per_write_unread_bcast"] == 3.0, tracking
+    assert tracking["invalidations_per_renewal"] == 3.0, tracking  # a renewal (GETEX) is a write too
+    assert all(tracking[k] > 0 for k in ("login_cpu_us", "renewal_cpu_us", "revocation_cpu_us")), tracking
+    assert "Near-cache costs to Redis" in (tmp_path / "bench.md").read_text()
     for p in peers.values():
         assert p["peer_rps"] > 0 and p["peer_unauthenticated_rps"] > 0 and p["ours_rps"] > 0
         assert p["errors"] == 0, p

@@ -326,10 +326,46 @@ def test_ip_hash_behind_port_publishing_sees_one_client_address(stack: Stack) ->
         stack.lb("round_robin")
 
 
+def test_the_near_cache_in_containers_serves_reads_and_a_logout_reaches_every_replica(stack: Stack) -> None:
+    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", session_cache="tracking")
+    with client(stack) as c:
+        assert {c.get("/api/whoami").json()["session_cache"] for _ in range(3)} == {"tracking"}
+        new_session(c)
+        for _ in range(9):  # every replica renews once, then reads into its cache
+            assert c.get("/api/me").status_code == 200
+        clients = stack.redis_cli("redis", "CLIENT", "LIST")
+        tracking = [line for line in clients.splitlines() if " flags=t" in line]
+        assert len(tracking) == 3, clients  # each replica's read connection, tracked
+        gets = stack.redis_cli("redis", "INFO", "commandstats")
+        seen = replicas_of(c, 30, "/api/me")
+        assert {s for _, s in seen} == {200} and {r for r, _ in seen} == {"api-1", "api-2", "api-3"}
+        # Served from the replicas' memory: Redis answered not one more GET.
+        assert _calls(stack.redis_cli("redis", "INFO", "commandstats"), "get") == _calls(gets, "get")
+        sid = c.cookies["sid"]
+        assert c.post("/api/logout", headers={"X-CSRF-Token": c.cookies["csrf_token"]}).status_code == 204
+        with httpx.Client(base_url=stack.public_url, cookies={"sid": sid}) as replay:
+            assert set(replicas_of(replay, 6, "/api/me")) == {("api-1", 401), ("api-2", 401), ("api-3", 401)}
+
+
+def _calls(commandstats: str, command: str) -> int:
+    for line in commandstats.splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
 def test_jwt_works_everywhere_with_redis_and_auth_stopped(stack: Stack) -> None:
     # HS256 with a secret handed in: it reaches the secrets generator alone, never a running container's env.
     secret = base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
-    restart_in(stack, auth_mode="jwt", session_store="redis", lb_mode="round_robin", jwt_alg="HS256", jwt_secret=secret)
+    restart_in(
+        stack,
+        auth_mode="jwt",
+        session_store="redis",
+        session_cache="off",
+        lb_mode="round_robin",
+        jwt_alg="HS256",
+        jwt_secret=secret,
+    )
     running = docker_lines("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}")
     environments = subprocess.run(
         ["docker", "inspect", "-f", "{{json .Config.Env}}", *running], capture_output=True, text=True

@@ -115,6 +115,21 @@ def lines(results: BenchResults) -> list[str]:
             f"Redis CPU with REDIS_PERSISTENCE=aof (appendfsync everysec), {p.put_ms_none} ms and "
             f"{p.redis_cpu_us_none} µs without; reads are untouched (the append-only file records writes only).",
         ]
+    if t := results.tracking:
+        out += [
+            "",
+            f"Near-cache costs to Redis ({t.replicas} tracking connections, each having read {t.keys:,} keys): "
+            f"the tracking table takes {t.table_bytes_per_key_default} bytes per key (BCAST: "
+            f"{t.table_bytes_per_key_bcast}, it tracks prefixes, not keys). Keys invalidated per write, summed "
+            f"over the connections: {t.invalidations_per_write_read_default} to a key they read and "
+            f"{t.invalidations_per_write_unread_default} to a new one in the default mode, "
+            f"{t.invalidations_per_write_read_bcast} and {t.invalidations_per_write_unread_bcast} with BCAST. "
+            f"Redis CPU per SET: {t.write_cpu_us_untracked} µs untracked, {t.write_cpu_us_read_default} µs "
+            f"tracked by default, {t.write_cpu_us_read_bcast} µs (read) and {t.write_cpu_us_unread_bcast} µs "
+            f"(new) with BCAST. Through the product's store: a login's session write {t.login_cpu_us} µs, a "
+            f"renewal {t.renewal_cpu_us} µs ({t.invalidations_per_renewal} invalidations), a revocation "
+            f"{t.revocation_cpu_us} µs.",
+        ]
     if results.capacity:
         out += ["", f"Capacity ({results.topology} topology), projected from CPU per request:", ""]
         out += render(CAPACITY_COLUMNS, results.capacity)

@@ -95,6 +95,29 @@ class PersistenceCost:
     redis_cpu_us_aof: float
 
 
+@dataclass(frozen=True, slots=True)
+class TrackingCost:
+    """What `SESSION_CACHE=tracking` costs Redis beyond reads (`scaleout.lab.bench.tracking`): `replicas`
+    tracking connections have each read `keys` keys; "read" writes hit those keys, "unread" ones new keys."""
+
+    keys: int
+    replicas: int
+    table_bytes_per_key_default: float  # Redis memory per key read by every replica (tracking table)
+    table_bytes_per_key_bcast: float
+    invalidations_per_write_read_default: float  # keys invalidated, summed over the replicas
+    invalidations_per_write_unread_default: float
+    invalidations_per_write_read_bcast: float
+    invalidations_per_write_unread_bcast: float
+    write_cpu_us_untracked: float  # Redis CPU per SET with nobody tracking
+    write_cpu_us_read_default: float
+    write_cpu_us_read_bcast: float
+    write_cpu_us_unread_bcast: float
+    login_cpu_us: float  # the product's session write, per login
+    renewal_cpu_us: float  # one pipelined GETEX, with the replicas holding the session
+    invalidations_per_renewal: float  # summed over the replicas: a renewal is a write to the key
+    revocation_cpu_us: float  # a logout: the session and its index entry
+
+
 @dataclass
 class BenchResults:
     settings: BenchSettings
@@ -110,6 +133,7 @@ class BenchResults:
     redis_drive: RedisDrive | None = None
     wait_cost: WaitCost | None = None
     persistence: PersistenceCost | None = None
+    tracking: TrackingCost | None = None
 
     def mode(self, name: str) -> ModeResult:
         return next(m for m in self.modes if m.mode == name)

@@ -29,6 +29,7 @@ from scaleout.lab.bench.results import (
     PersistenceCost,
     WaitCost,
 )
+from scaleout.lab.bench.tracking import tracking_costs
 from scaleout.lab.bench.wrk import Target, summarise, wrk_run
 from scaleout.lab.drivers.base import ClusterError
 from scaleout.lab.drivers.local import Cluster
@@ -349,6 +350,12 @@ def run(
                             results.redis_drive = drive_redis(
                                 cluster.settings, primary.host, primary.port, primary.pid or 0, 1.0 if quick else 3.0
                             )
+                    if k == 0 and mode == "session/redis + cache" and not sentinel:
+                        say("bench: what tracking costs Redis (memory, invalidations, CPU per write)")
+                        primary = cluster.services[cluster.primary() or "redis"]
+                        results.tracking = tracking_costs(
+                            cluster.settings, primary.host, primary.port, keys=2_000 if quick else 20_000
+                        )
                     if k == 0 and not sentinel:
                         if mode == "jwt RS256" and results.login is None:
                             results.login = login_cost(cluster, 5 if quick else 20)
