@@ -118,6 +118,8 @@ class Settings(BaseSettings):
 
     # Identity of one replica process.
     replica_id: str = "api-1"
+    # The machine it runs on, when that is worth saying (a Swarm node: the `X-Node` response header).
+    node_name: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
     # SESSION_STORE=replicated: replicas reach each other by name (compose) or on `host` (local).
     peers_by_name: bool = False
     replication_timeout: float = Field(default=0.5, gt=0)

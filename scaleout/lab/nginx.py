@@ -1,4 +1,4 @@
-"""Renders `nginx/nginx.conf.j2` for the local cluster or for compose, from the same settings."""
+"""Renders `nginx/nginx.conf.j2` for the local cluster, compose, Kubernetes or a Swarm, from the same settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from scaleout.core.config import ROOT, LBMode, Settings
 
 TEMPLATE_DIR = ROOT / "nginx"
 PROBE_PORT = 8081  # containers only: nginx's view of each replica, inside the stack's network
-Target = Literal["local", "compose", "k8s"]
+Target = Literal["local", "compose", "k8s", "swarm"]
+Replicas = list[tuple[str, str]]  # (api-N, host:port)
 
 
 def _environment() -> Environment:
@@ -25,7 +26,15 @@ def _environment() -> Environment:
     )
 
 
-def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, prefix: Path | None = None) -> str:
+def render(
+    settings: Settings,
+    target: Target,
+    lb_mode: LBMode | None = None,
+    prefix: Path | None = None,
+    found: tuple[Replicas, str] | None = None,
+) -> str:
+    """`found`: a Swarm's replicas and auth address as discovered now (`scaleout.lab.swarmnginx`); the other
+    targets know theirs from the settings."""
     mode = lb_mode or settings.lb_mode
     if target == "local":
         host = settings.host
@@ -41,18 +50,22 @@ def render(settings: Settings, target: Target, lb_mode: LBMode | None = None, pr
         worker_user = "nobody nogroup" if os.geteuid() == 0 else ""
         probe_listen = ""  # local replicas are probed directly on their own ports
     else:
-        if target == "k8s":
+        if target == "swarm":
+            assert found is not None
+            replicas, auth_address = found
+        elif target == "k8s":
             # A StatefulSet's pods behind its headless Service: api-0.api ... api-N-1.api, one port for all.
             names = [f"api-{i}" for i in range(settings.replicas)]
             replicas = [(n, f"{n}.api:{settings.api_port(n)}") for n in names]
         else:
             # Containers reach each other by service name; every service keeps its local port.
             replicas = [(n, f"{n}:{settings.api_port(n)}") for n in settings.replica_names]
-        auth_address = f"auth:{settings.auth_port}"
+        if target != "swarm":
+            auth_address = f"auth:{settings.auth_port}"
         listen = str(settings.nginx_port)
         paths = {"pid_file": "/tmp/nginx.pid", "error_log": "/dev/stderr", "access_log": "/dev/stdout combined"}
         worker_user = ""  # the image's own nginx.conf user is not read; the container runs nginx as is
-        probe_listen = str(PROBE_PORT) if target == "compose" else ""
+        probe_listen = str(PROBE_PORT) if target in ("compose", "swarm") else ""
     return (
         _environment()
         .get_template("nginx.conf.j2")

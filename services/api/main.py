@@ -140,7 +140,8 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
     elif settings.auth_mode is AuthMode.session and settings.session_store is SessionStore.replicated:
         add_replication(app, replica)
     install_docs(app, {("GET", "/api/whoami"): WhoAmI, ("GET", "/api/me"): Me}, access_table(app), settings.cookie_name)
-    add_identity(app, name, {"X-Replica": name})
+    identity = {"X-Replica": name} | ({"X-Node": settings.node_name} if settings.node_name else {})
+    add_identity(app, name, identity)
     app.add_middleware(Authenticate, replica=replica, routes=fast_path(app))  # outermost of ours: see its docstring
     return app
 

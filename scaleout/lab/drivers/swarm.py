@@ -1,0 +1,503 @@
+"""The Swarm driver: `make swarm-up|down|status|lb|stop|start|scale`, the cluster as a Docker Swarm stack
+(`deploy/swarm/stack.yml`, `docker stack deploy`) on this engine, and with `SWARM_NODES=3` on two more
+engines in containers (`scaleout.lab.swarmnodes`).
+
+What `up` changes on the engine is recorded (`<cluster_dir>/swarm/<stack>/state.json`) so that `down` undoes
+exactly that: a swarm it initialised is left again, one that was there is left alone, and so are other stacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scaleout.core.config import ROOT, JWTAlg, LBMode, RedisTopology, SessionStore, Settings
+from scaleout.core.secretfiles import write_cluster_secrets, write_compose_store_configs
+from scaleout.lab.drivers.base import Say, ServiceStatus
+from scaleout.lab.engine import ComposeError, docker, engine_answers, ensure_engine, ensure_images, run
+from scaleout.lab.faults import Fault
+from scaleout.lab.processes import CLK_TCK, cpu_ticks
+
+STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
+HS256_FILE = ROOT / "deploy" / "swarm" / "stack.hs256.yml"  # JWT_ALG=HS256: the shared secret, to api and auth
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+IMAGES = {"service": "scaleout:service", "swarm-nginx": "scaleout:swarm-nginx"}  # Dockerfile target -> tag
+SERVICES = ("redis", "auth", "api", "nginx")
+IN_CONTAINER = Path("/run/secrets")  # where Swarm mounts a service's secrets
+MODE_VARIABLES = (
+    "AUTH_MODE",
+    "SESSION_STORE",
+    "LB_MODE",
+    "JWT_REVOCATION",
+    "JWT_ALG",
+    "MAX_SESSIONS_PER_USER",
+    "REDIS_PERSISTENCE",
+    "SESSION_CACHE",
+)
+CANNOT_RUN = {
+    "replication_growth": "SESSION_STORE=replicated needs the replicas to know each other by name; a Swarm "
+    "replica is a task of one service",
+    "overload": "it caps the replicas' CPU as local processes (a cgroup per run)",
+    "slow_store": "the Swarm stack has no fault proxies",
+}
+
+
+@dataclass
+class SwarmState:
+    """What `up` changed on the engine, for `down` to undo and nothing more."""
+
+    stack: str
+    initialised_swarm: bool = False
+    advertise: str = ""
+    nodes: list[str] = field(default_factory=list)  # the node containers `SWARM_NODES` added
+
+
+def default_stack() -> str:
+    return os.environ.get("SWARM_STACK") or "scaleout"
+
+
+class Swarm:
+    """One stack on the swarm this engine manages."""
+
+    def __init__(self, settings: Settings, stack: str | None = None, say: Say = print, nodes: int = 1) -> None:
+        self.settings = settings
+        self.stack = stack or default_stack()
+        self.say = say
+        self.nodes = nodes
+        self.images: dict[str, str] = {}
+
+    # --- what runs --------------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.cluster_dir / "swarm" / self.stack
+
+    def _state(self) -> SwarmState:
+        path = self.state_dir / "state.json"
+        if path.exists():
+            return SwarmState(**json.loads(path.read_text()))
+        return SwarmState(self.stack)
+
+    def _save(self, state: SwarmState) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "state.json").write_text(json.dumps(asdict(state)))
+
+    @classmethod
+    def attach(cls, settings: Settings, stack: str | None = None, say: Say = print) -> Swarm:
+        """The stack as it runs: its modes read from its services, the balancer from nginx itself."""
+        swarm = cls(settings, stack, say)
+        running = swarm.running_settings()
+        if running is None:
+            raise ComposeError(f"no swarm stack {swarm.stack!r} is running: `make swarm-up` starts one")
+        swarm.settings = running
+        return swarm
+
+    def _service(self, name: str) -> str:
+        return f"{self.stack}_{name}"
+
+    def _inspect(self, name: str) -> dict[str, Any] | None:
+        out = run([docker(), "service", "inspect", self._service(name)], check=False)
+        found = json.loads(out) if out.strip() else []
+        return found[0] if found else None
+
+    def running_settings(self) -> Settings | None:
+        if not engine_answers():
+            return None
+        api = self._inspect("api")
+        if api is None:
+            return None
+        spec = api["Spec"]
+        env = dict(e.split("=", 1) for e in spec["TaskTemplate"]["ContainerSpec"].get("Env", []) if "=" in e)
+        update: dict[str, object] = {k.lower(): env[k] for k in MODE_VARIABLES if k in env}
+        update["replicas"] = spec["Mode"].get("Replicated", {}).get("Replicas", 3)
+        nginx = self._inspect("nginx")
+        if nginx is not None:
+            for port in nginx["Spec"].get("EndpointSpec", {}).get("Ports", []):
+                if port.get("TargetPort") == 8080 and port.get("PublishedPort"):
+                    update["nginx_port"] = port["PublishedPort"]
+        settings = Settings.model_validate({**self.settings.model_dump(), **update})
+        live = self._live_lb_mode(settings.nginx_port)
+        return settings.model_copy(update={"lb_mode": live}) if live else settings
+
+    @staticmethod
+    def _live_lb_mode(port: int) -> str | None:
+        try:
+            mode = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).json().get("lb_mode")
+        except (httpx.HTTPError, ValueError):
+            return None
+        return mode if mode in set(LBMode) else None
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.nginx_port}"
+
+    # --- up and down ------------------------------------------------------------------------------
+
+    def refusal(self) -> str | None:
+        s = self.settings
+        if refusal := s.cookie_mode_refusal():
+            return refusal
+        if s.session_store is SessionStore.replicated:
+            return "SESSION_STORE=replicated is not offered on a swarm: " + CANNOT_RUN["replication_growth"]
+        if s.redis_topology is not RedisTopology.single:
+            return f"REDIS_TOPOLOGY={s.redis_topology} is not offered on a swarm yet: the stack runs one Redis"
+        return None
+
+    def up(self, progress: Say | None = None) -> None:
+        if progress is not None:
+            self.say = progress
+        if refusal := self.refusal():
+            raise ComposeError(refusal)
+        ensure_engine(self.settings, self.say)
+        self.images = ensure_images(self.say)
+        state = self._state()
+        self._join_or_init(state)
+        self._build()
+        env = self._secrets_env()
+        files = ["-c", str(STACK_FILE)] + (["-c", str(HS256_FILE)] if self.settings.jwt_alg is JWTAlg.HS256 else [])
+        self.say(f"deploying stack {self.stack!r}")
+        run(
+            [docker(), "stack", "deploy", "--resolve-image", "never", "--prune", *files, self.stack],
+            env=env,
+            timeout=300,
+        )
+        self._drop_old_secrets(env["SECRETS_VERSION"])
+        self.wait_ready()
+
+    def _join_or_init(self, state: SwarmState) -> None:
+        swarm = run([docker(), "info", "--format", "{{json .Swarm}}"])
+        info = json.loads(swarm)
+        if info.get("LocalNodeState") == "active":
+            if not info.get("ControlAvailable"):
+                raise ComposeError("this engine is a swarm worker: run `make swarm-up` on a manager")
+            return
+        address = bridge_gateway()
+        self.say(f"initialising a single-node swarm on this engine (advertised on {address}, undone by swarm-down)")
+        run([docker(), "swarm", "init", "--advertise-addr", address])
+        state.initialised_swarm = True
+        state.advertise = address
+        self._save(state)
+
+    def _build(self) -> None:
+        args = ["--build-arg", f"PYTHON_IMAGE={self.images.get('PYTHON_IMAGE', 'python:3.11-slim')}"]
+        for target, tag in IMAGES.items():
+            self.say(f"building {tag}")
+            run(
+                [docker(), "build", "-q", "-f", str(DOCKERFILE), "--target", target, "-t", tag, *args, str(ROOT)],
+                timeout=1200,
+            )
+
+    def container_settings(self) -> Settings:
+        """The settings as the containers see them: default ports, service names, secrets under this stack's
+        state directory on the manager (owner-only), from which Swarm secrets are made."""
+        s = self.settings
+        return Settings(
+            auth_mode=s.auth_mode,
+            session_store=s.session_store,
+            jwt_alg=s.jwt_alg,
+            jwt_revocation=s.jwt_revocation,
+            jwt_secret=s.jwt_secret,
+            redis_persistence=s.redis_persistence,
+            session_cache=s.session_cache,
+            max_sessions_per_user=s.max_sessions_per_user,
+            cluster_dir=self.state_dir,
+            secrets_dir=self.state_dir / "secrets",
+        )
+
+    def _secrets_env(self) -> dict[str, str]:
+        cs = self.container_settings()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
+        write_cluster_secrets(cs)
+        write_compose_store_configs(cs, secrets_seen_at=IN_CONTAINER)
+        names = ["redis_password", "redis_admin_password", "redis.acl", "redis.conf", "session_key"]
+        if cs.jwt_alg is JWTAlg.HS256:
+            names.append("jwt_secret")
+        digest = hashlib.sha256()
+        for name in names:
+            digest.update(name.encode() + b"\0" + (cs.secrets_path / name).read_bytes() + b"\0")
+        return {
+            **self.images,
+            **self.modes(),
+            "SECRETS_DIR": str(cs.secrets_path),
+            "SECRETS_VERSION": digest.hexdigest()[:12],
+        }
+
+    def modes(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "AUTH_MODE": str(s.auth_mode),
+            "SESSION_STORE": str(s.session_store),
+            "LB_MODE": str(s.lb_mode),
+            "JWT_REVOCATION": str(s.jwt_revocation),
+            "JWT_ALG": str(s.jwt_alg),
+            "REDIS_PERSISTENCE": str(s.redis_persistence),
+            "SESSION_CACHE": str(s.session_cache),
+            "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
+            "REPLICAS": str(s.replicas),
+            "NGINX_PORT": str(s.nginx_port),
+            "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),
+            "STACK": self.stack,
+        }
+
+    def _stack_secrets(self) -> list[str]:
+        out = run(
+            [
+                docker(),
+                "secret",
+                "ls",
+                "--filter",
+                f"label=com.docker.stack.namespace={self.stack}",
+                "--format",
+                "{{.Name}}",
+            ]
+        )
+        return out.split()
+
+    def _drop_old_secrets(self, version: str) -> None:
+        """Secrets of an earlier deploy (another version): removed once no task uses them."""
+        old = [n for n in self._stack_secrets() if not n.endswith(f"_{version}")]
+        deadline = time.monotonic() + 60
+        while old and time.monotonic() < deadline:
+            for name in list(old):
+                if run([docker(), "secret", "rm", name], check=False) or not self._has_secret(name):
+                    old.remove(name)
+            if old:
+                time.sleep(0.5)
+
+    @staticmethod
+    def _has_secret(name: str) -> bool:
+        return bool(run([docker(), "secret", "ls", "-q", "--filter", f"name={name}"], check=False).strip())
+
+    def down(self) -> list[str]:
+        if not engine_answers():
+            return []
+        state = self._state()
+        removed = [s for s in SERVICES if self._inspect(s) is not None]
+        if removed:
+            run([docker(), "stack", "rm", self.stack], timeout=120)
+            self._wait_gone()
+        for name in self._stack_secrets():
+            run([docker(), "secret", "rm", name], check=False)
+        run([docker(), "volume", "rm", "-f", f"{self.stack}_auth-data"], check=False)
+        if state.nodes:
+            from scaleout.lab.swarmnodes import remove_nodes
+
+            remove_nodes(state.nodes)
+        if state.initialised_swarm:
+            run([docker(), "swarm", "leave", "--force"], check=False)
+        (self.state_dir / "state.json").unlink(missing_ok=True)
+        return removed
+
+    def _wait_gone(self, timeout: float = 90.0) -> None:
+        """Until the stack's containers and network are gone (`docker stack rm` returns before)."""
+        label = f"label=com.docker.stack.namespace={self.stack}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            containers = run([docker(), "ps", "-aq", "--filter", label], check=False).split()
+            networks = run([docker(), "network", "ls", "-q", "--filter", label], check=False).split()
+            if not containers and not networks:
+                return
+            time.sleep(0.5)
+        raise ComposeError(f"the stack {self.stack!r} did not go within {timeout:.0f} s")
+
+    # --- readiness --------------------------------------------------------------------------------
+
+    def _tasks(self) -> list[dict[str, str]]:
+        fmt = "{{json .}}"
+        out = run(
+            [docker(), "stack", "ps", self.stack, "--filter", "desired-state=running", "--format", fmt, "--no-trunc"],
+            check=False,
+        )
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def _converged(self) -> bool:
+        out = run([docker(), "stack", "services", self.stack, "--format", "{{.Name}} {{.Replicas}}"], check=False)
+        rows = [line.split() for line in out.splitlines() if line.strip()]
+        if {r[0] for r in rows} != {self._service(s) for s in SERVICES}:
+            return False
+        for _, replicas in rows:
+            running, _, wanted = replicas.partition("/")
+            if running != wanted.split()[0]:
+                return False
+        return True
+
+    def nginx_container(self) -> str:
+        found = run(
+            [docker(), "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self._service('nginx')}"]
+        ).split()
+        if not found:
+            raise ComposeError(f"no nginx task of {self.stack!r} runs on this engine")
+        return found[0]
+
+    def view(self) -> dict[str, Any]:
+        """What nginx runs with now: its balancer mode, the replicas by name and address, those it reached."""
+        try:
+            out = run(
+                [docker(), "exec", self.nginx_container(), "python", "-m", "scaleout.lab.swarmnginx", "--view"],
+                timeout=30,
+            )
+            found: dict[str, Any] = json.loads(out)
+            return found
+        except (ComposeError, ValueError):
+            return {}
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until every service has its tasks running and nginx reaches exactly the replicas wanted."""
+        wanted = set(self.settings.replica_names)
+        deadline = time.monotonic() + timeout
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            if self._converged():
+                view = self.view()
+                names = {n for n, _ in view.get("replicas", [])}
+                if names == wanted and set(view.get("reached", [])) == wanted and self._answers():
+                    return
+            time.sleep(0.5)
+        raise ComposeError(
+            f"the stack did not become ready within {timeout:.0f} s (nginx sees {view.get('replicas')}, "
+            f"reached {view.get('reached')}; wanted {sorted(wanted)})"
+        )
+
+    def _answers(self) -> bool:
+        try:
+            return (
+                httpx.get(f"{self.public_url}/api/whoami", timeout=2.0, headers={"Connection": "close"}).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    # --- the verbs ---------------------------------------------------------------------------------
+
+    def status(self) -> list[ServiceStatus]:
+        rows = []
+        for t in self._tasks():
+            service, _, slot = t["Name"].removeprefix(f"{self.stack}_").partition(".")
+            name = f"api-{slot}" if service == "api" else service
+            state = t.get("CurrentState", "")
+            rows.append(
+                ServiceStatus(
+                    f"{name}@{t.get('Node', '?')}",
+                    None,
+                    t.get("Ports") or "(overlay)",
+                    state.startswith("Running"),
+                    state,
+                )
+            )
+        return sorted(rows, key=lambda r: r.service)
+
+    def lb(self, mode: LBMode | str) -> None:
+        mode = LBMode(mode)
+        run(
+            [docker(), "exec", self.nginx_container(), "python", "-m", "scaleout.lab.swarmnginx", "--lb", str(mode)],
+            timeout=30,
+        )
+        self.settings = self.settings.model_copy(update={"lb_mode": mode})
+        deadline, streak = time.monotonic() + 15, 0
+        while streak < 5:
+            if time.monotonic() > deadline:
+                raise ComposeError(f"nginx did not switch to {mode} within 15 s")
+            streak = streak + 1 if self._live_lb_mode(self.settings.nginx_port) == str(mode) else 0
+            time.sleep(0.05)
+
+    def scale(self, replicas: int) -> None:
+        """`swarm-scale REPLICAS=N`: the api service to N tasks; returns once nginx reaches exactly those."""
+        self.settings = self.settings.model_copy(update={"replicas": Settings(replicas=replicas).replicas})
+        run([docker(), "service", "scale", "--detach", f"{self._service('api')}={replicas}"], timeout=60)
+        self.wait_ready()
+
+    def _task_container(self, service: str, slot: str | None = None) -> tuple[list[str], str]:
+        """The docker command of the node a running task is on, and the task's container there."""
+        for t in self._tasks():
+            name = t["Name"].removeprefix(f"{self.stack}_")
+            if name == (f"{service}.{slot}" if slot else f"{service}.1") or (
+                slot is None and name.startswith(f"{service}.")
+            ):
+                node_docker = self._node_docker(t.get("Node", ""))
+                cid = run([*node_docker, "ps", "-q", "--filter", f"label=com.docker.swarm.task.id={t['ID']}"]).split()
+                if cid:
+                    return node_docker, cid[0]
+        raise ComposeError(f"no running task of {service}{'.' + slot if slot else ''} in {self.stack!r}")
+
+    def _node_docker(self, node: str) -> list[str]:
+        """`docker` on the engine that is `node`: this one, or one of the node containers."""
+        if node in self._state().nodes:
+            return [docker(), "exec", node, "docker"]
+        return [docker()]
+
+    def stop(self, service: str, kill: bool = False) -> str:
+        """A replica (`api-N`): its task's container is killed, and the Swarm starts another in its slot (a
+        crash, as a Swarm sees one). `redis`, `auth`, `nginx`: scaled to 0 until `start`."""
+        if service.startswith("api-") and service[4:].isdigit():
+            node_docker, cid = self._task_container("api", service[4:])
+            run([*node_docker, "kill", cid])
+            return service
+        if service not in ("redis", "auth", "nginx"):
+            raise ComposeError(f"no service {service!r}: api-N, redis, auth or nginx")
+        run([docker(), "service", "scale", "--detach", f"{self._service(service)}=0"], timeout=60)
+        deadline = time.monotonic() + 30
+        while any(t["Name"].startswith(f"{self._service(service)}.") for t in self._tasks()):
+            if time.monotonic() > deadline:
+                raise ComposeError(f"{service} did not stop within 30 s")
+            time.sleep(0.2)
+        return service
+
+    def start(self, service: str) -> str:
+        if service.startswith("api-"):
+            self.wait_ready()  # the Swarm brings a replica back by itself
+            return service
+        if service not in ("redis", "auth", "nginx"):
+            raise ComposeError(f"no service {service!r}: api-N, redis, auth or nginx")
+        run([docker(), "service", "scale", "--detach", f"{self._service(service)}=1"], timeout=60)
+        self.wait_ready()
+        return service
+
+    def primary(self) -> str | None:
+        return "redis"
+
+    def replica_cpu_seconds(self) -> float:
+        """The CPU of the replicas on this engine (those on node containers are processes here too)."""
+        ids = run(
+            [docker(), "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self._service('api')}"]
+        ).split()
+        if not ids:
+            return 0.0
+        pids = [int(p) for p in run([docker(), "inspect", "-f", "{{.State.Pid}}", *ids]).split()]
+        return sum(cpu_ticks(pids).values()) / CLK_TCK
+
+    def logs(self, service: str, lines: int = 50) -> str:
+        name = "api" if service.startswith("api-") else service
+        return run(
+            [docker(), "service", "logs", "--no-task-ids", "--tail", str(lines), self._service(name)], check=False
+        )
+
+    def fault(self, target: str, kind: str, value: str | None = None) -> Fault:
+        raise ComposeError(
+            "the swarm stack has no fault proxies: `make fault` acts on `make up`, `make compose-fault` on compose"
+        )
+
+    def faults(self) -> dict[str, Fault]:
+        return {}
+
+    def cannot_run(self, scenario: str) -> str | None:
+        return CANNOT_RUN.get(scenario)
+
+
+def bridge_gateway() -> str:
+    """The engine's bridge address (docker0): what a swarm advertises, so node containers can join it."""
+    out = run([docker(), "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"])
+    found = [a for a in out.split() if "." in a]
+    if not found:
+        raise ComposeError("the engine's bridge network has no IPv4 gateway to advertise a swarm on")
+    return found[0]
+
+
+__all__ = ["Swarm"]
