@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup system test test-fast k8s-render k8s-check demo up down status lb stop start fault bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start compose-fault
+.PHONY: setup system test test-swarm test-fast k8s-render k8s-check demo up down status lb stop start fault bench lint clean lab compose-up compose-lb compose-down compose-status compose-stop compose-start compose-fault swarm-up swarm-down swarm-status swarm-lb swarm-stop swarm-start swarm-scale
 
 setup: system $(STAMP)
 	@$(PY) scripts/install_compose_plugin.py
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# A swarm across three engines on this machine (two Docker engines in containers as workers), a worker node
+# killed under load in three modes: its own target, several minutes long; CI runs it after `make test`.
+test-swarm: setup
+	$(PY) -m pytest -q tests/swarm
 
 # The inner loop: what needs no cluster, container engine or browser (tests/unit), in well under a minute.
 test-fast: setup
@@ -104,3 +109,30 @@ k8s-render: setup
 
 k8s-check: setup
 	$(PY) -m scaleout k8s check
+
+# The same cluster as a Docker Swarm stack (deploy/swarm/stack.yml), the same mode variables; SWARM_NODES=3
+# adds two engines in containers as workers. `swarm-down` leaves a swarm only if `swarm-up` created it.
+swarm-up: setup
+	$(PY) -m scaleout swarm up
+
+swarm-down: setup
+	$(PY) -m scaleout swarm down
+
+swarm-status: setup
+	$(PY) -m scaleout swarm status
+
+swarm-lb: setup
+	@test -n "$(MODE)" || { echo "usage: make swarm-lb MODE=round_robin|sticky|ip_hash" >&2; exit 2; }
+	$(PY) -m scaleout swarm lb $(MODE)
+
+swarm-stop: setup
+	@test -n "$(SERVICE)" || { echo "usage: make swarm-stop SERVICE=api-2|auth|redis|nginx" >&2; exit 2; }
+	$(PY) -m scaleout swarm stop $(SERVICE)
+
+swarm-start: setup
+	@test -n "$(SERVICE)" || { echo "usage: make swarm-start SERVICE=api-2|auth|redis|nginx" >&2; exit 2; }
+	$(PY) -m scaleout swarm start $(SERVICE)
+
+swarm-scale: setup
+	@test -n "$(REPLICAS)" || { echo "usage: make swarm-scale REPLICAS=N (1 to 9)" >&2; exit 2; }
+	$(PY) -m scaleout swarm scale $(REPLICAS)

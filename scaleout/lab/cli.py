@@ -33,6 +33,7 @@ from scaleout.lab.table import markdown
 
 if TYPE_CHECKING:
     from scaleout.lab.drivers.compose import Stack
+    from scaleout.lab.drivers.swarm import Swarm
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console(highlight=False, soft_wrap=True)  # a line is never cut at 80 columns without a terminal
@@ -288,6 +289,75 @@ def compose_start(service: str) -> None:
 def compose_fault(target: FaultTarget, kind: FaultKind, value: FaultValue = None) -> None:
     """Fault injection in the stack, through its fault proxy containers (as `scaleout fault`)."""
     _fault(_stack, target, kind, value)
+
+
+swarm_app = typer.Typer(no_args_is_help=True, help="The same cluster as a Docker Swarm stack (docker stack deploy).")
+app.add_typer(swarm_app, name="swarm")
+
+
+def _swarm(attach: bool = True) -> Swarm:
+    """`swarm up` brings the stack to this command's settings; every other verb acts on the stack as it runs."""
+    from scaleout.lab.drivers.swarm import Swarm
+
+    say: Callable[[str], None] = lambda line: console.print(f"  {line}")  # noqa: E731
+    settings = _settings()
+    if attach:
+        return _attempt(lambda: Swarm.attach(settings, say=say))
+    nodes = os.environ.get("SWARM_NODES", "1")
+    if nodes not in ("1", "2", "3"):
+        _fail(f"SWARM_NODES={nodes!r}: 1 (this engine), 2 or 3 (with node containers)", status=2)
+    return Swarm(settings, say=say, nodes=int(nodes))
+
+
+@swarm_app.command("up")
+def swarm_up() -> None:
+    """Deploy the stack (a single-node swarm is initialised when the engine is in none); returns once every
+    service runs and nginx reaches every replica."""
+    swarm = _swarm(attach=False)
+    _attempt(swarm.up)
+    console.print(f"swarm stack up: [bold]{swarm.public_url}[/]")
+
+
+@swarm_app.command("down")
+def swarm_down() -> None:
+    """Remove the stack, its secrets and volume; leave the swarm only if `swarm up` created it."""
+    from scaleout.lab.drivers.swarm import Swarm
+
+    removed = _attempt(lambda: Swarm(_settings()).down())
+    console.print(f"swarm stack removed ({', '.join(removed) or 'nothing was running'})")
+
+
+@swarm_app.command("status")
+def swarm_status() -> None:
+    """Each task (replica@node), its state, and the modes the stack runs."""
+    _show_status(_swarm())
+
+
+@swarm_app.command("lb")
+def swarm_lb(mode: LBMode) -> None:
+    """Switch nginx's balancing live (re-rendered, config test, graceful reload)."""
+    _attempt(lambda: _swarm().lb(str(mode)))
+    console.print(f"nginx in the swarm now balances with {mode}")
+
+
+@swarm_app.command("stop")
+def swarm_stop(service: str) -> None:
+    """Fault injection: kill a replica's task (api-N; the Swarm replaces it), or scale redis, auth or nginx to 0."""
+    console.print(f"stopped {_attempt(lambda: _swarm().stop(service))}")
+
+
+@swarm_app.command("start")
+def swarm_start(service: str) -> None:
+    """Bring a stopped service back and wait until nginx reaches every replica."""
+    console.print(f"started {_attempt(lambda: _swarm().start(service))}")
+
+
+@swarm_app.command("scale")
+def swarm_scale(replicas: int) -> None:
+    """The api service to N replicas (1 to 9); returns once nginx reaches exactly those."""
+    swarm = _swarm()
+    _attempt(lambda: swarm.scale(replicas))
+    console.print(f"api now runs {replicas} replicas: {', '.join(swarm.settings.replica_names)}")
 
 
 k8s_app = typer.Typer(no_args_is_help=True, help="Kubernetes manifests (deploy/k8s), rendered and validated offline.")

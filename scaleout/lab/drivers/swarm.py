@@ -160,6 +160,7 @@ class Swarm:
         state = self._state()
         self._join_or_init(state)
         self._build()
+        self._nodes(state)
         env = self._secrets_env()
         files = ["-c", str(STACK_FILE)] + (["-c", str(HS256_FILE)] if self.settings.jwt_alg is JWTAlg.HS256 else [])
         self.say(f"deploying stack {self.stack!r}")
@@ -179,10 +180,33 @@ class Swarm:
                 raise ComposeError("this engine is a swarm worker: run `make swarm-up` on a manager")
             return
         address = bridge_gateway()
-        self.say(f"initialising a single-node swarm on this engine (advertised on {address}, undone by swarm-down)")
+        self.say(f"initialising a swarm on this engine (advertised on {address}; swarm-down leaves it)")
         run([docker(), "swarm", "init", "--advertise-addr", address])
+        # A swarm of our own: a node that stops answering is declared down after a few missed heartbeats of
+        # a second each, rather than of five (its tasks are rescheduled that much sooner).
+        run([docker(), "swarm", "update", "--dispatcher-heartbeat", "1s"])
         state.initialised_swarm = True
         state.advertise = address
+        self._save(state)
+
+    def _nodes(self, state: SwarmState) -> None:
+        """SWARM_NODES: the worker node containers wanted, running, joined and holding the current images;
+        those no longer wanted are removed."""
+        from scaleout.lab.swarmnodes import add_node, load_images, node_running, remove_nodes
+
+        wanted = [f"{self.stack}-node-{i}" for i in range(2, self.nodes + 1)]
+        if extra := [n for n in state.nodes if n not in wanted]:
+            remove_nodes(extra)
+        manager = json.loads(run([docker(), "info", "--format", "{{json .Swarm}}"])).get("NodeAddr") or bridge_gateway()
+        token = run([docker(), "swarm", "join-token", "-q", "worker"]).strip() if wanted else ""
+        state.nodes = [n for n in state.nodes if n in wanted]
+        for node in wanted:
+            if node not in state.nodes or not node_running(node):
+                self.say(f"starting node {node} (a Docker engine in a container) and joining it")
+                state.nodes = [*state.nodes, node] if node not in state.nodes else state.nodes
+                self._save(state)  # recorded before it exists, so that down removes even a half-made node
+                add_node(node, manager, token, self.say)
+            load_images(node, [IMAGES["service"]], self.say)  # only replicas run beyond the manager
         self._save(state)
 
     def _build(self) -> None:
@@ -327,6 +351,21 @@ class Swarm:
             running, _, wanted = replicas.partition("/")
             if running != wanted.split()[0]:
                 return False
+        # A redeploy's rolling update: "n/n" holds while old tasks are still being replaced.
+        out = run(
+            [
+                docker(),
+                "service",
+                "inspect",
+                *(self._service(s) for s in SERVICES),
+                "--format",
+                "{{json .UpdateStatus}}",
+            ]
+        )
+        for line in out.splitlines():
+            update = json.loads(line) if line.strip() not in ("", "null") else None
+            if update and update.get("State") not in ("completed", "rollback_completed", None):
+                return False
         return True
 
     def nginx_container(self) -> str:
@@ -429,9 +468,20 @@ class Swarm:
 
     def _node_docker(self, node: str) -> list[str]:
         """`docker` on the engine that is `node`: this one, or one of the node containers."""
-        if node in self._state().nodes:
-            return [docker(), "exec", node, "docker"]
-        return [docker()]
+        from scaleout.lab.swarmnodes import node_docker
+
+        return node_docker(node) if node in self._state().nodes else [docker()]
+
+    def kill_node(self, node: str) -> None:
+        """A whole worker node lost at once (its container killed, the engine in it with it)."""
+        if node not in self._state().nodes:
+            raise ComposeError(f"{node!r} is not one of this stack's node containers: {self._state().nodes}")
+        run([docker(), "kill", node])
+
+    def node_states(self) -> dict[str, str]:
+        """Every swarm node by hostname, as the manager sees it (ready, down)."""
+        out = run([docker(), "node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
+        return dict(line.split(None, 1) for line in out.splitlines() if line.strip())
 
     def stop(self, service: str, kill: bool = False) -> str:
         """A replica (`api-N`): its task's container is killed, and the Swarm starts another in its slot (a

@@ -1,0 +1,167 @@
+"""The Swarm stack across three engines on this machine (`SWARM_NODES=3`): this engine as the manager and two
+Docker engines in containers as workers. A whole worker node is killed under load, in three modes: what the
+Swarm reschedules, what each kind of user sees meanwhile, and how long it takes.
+
+`make test-swarm` (CI runs it after `make test`): with CI=true it never skips.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import PASSWORD, bearer, new_username
+
+from scaleout.core.config import Settings
+from scaleout.lab.drivers.swarm import Swarm
+from scaleout.lab.engine import ComposeError
+from scaleout.lab.load import RequestLoop, wait_until
+from scaleout.lab.ports import free_ports
+
+pytestmark = [pytest.mark.cluster, pytest.mark.engine]
+RESCHEDULED_WITHIN = 30.0
+
+
+@pytest.fixture(scope="module")
+def swarm(engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    (port,), _ = free_ports("127.0.0.1", 1)
+    settings = Settings(cluster_dir=tmp_path_factory.mktemp("swarm3"), nginx_port=port, replicas=6, lb_mode="sticky")
+    s = Swarm(settings, stack=f"sonodes{secrets.token_hex(2)}", say=print, nodes=3)
+    try:
+        started = time.monotonic()
+        s.up()
+        print(f"three-node stack up in {time.monotonic() - started:.0f} s")
+        yield s
+    finally:
+        try:
+            s.down()
+        except ComposeError as exc:
+            print(f"swarm down failed: {exc}")
+        leftover = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"name={s.stack}-node"], capture_output=True, text=True
+        ).stdout.split()
+        assert leftover == [], f"node containers left behind: {leftover}"
+
+
+@dataclass
+class User:
+    client: httpx.Client
+    token: str = ""
+    home: str = ""  # the replica a sticky user is pinned to
+    node: str = ""
+    seen: Counter[int] = field(default_factory=Counter)
+
+    def get(self) -> httpx.Response:
+        return self.client.get("/api/me", headers=bearer(self.token) if self.token else {})
+
+
+def users(swarm: Swarm, n: int) -> list[User]:
+    out = []
+    for _ in range(n):
+        c = httpx.Client(base_url=swarm.public_url, timeout=10.0)
+        name = new_username("n")
+        assert c.post("/api/register", json={"username": name, "password": PASSWORD}).status_code == 201
+        r = c.post("/api/login", json={"username": name, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        u = User(c, r.json().get("access_token", ""))
+        first = u.get()
+        assert first.status_code == 200
+        u.home, u.node = first.headers["x-replica"], first.headers["x-node"]
+        out.append(u)
+    return out
+
+
+def placement(swarm: Swarm) -> dict[str, str]:
+    """Each running replica's node."""
+    return {r.service.split("@")[0]: r.service.split("@")[1] for r in swarm.status() if r.service.startswith("api-")}
+
+
+def kill_a_worker_under_load(swarm: Swarm, people: list[User]) -> tuple[str, float, list[User]]:
+    """The worker node holding the most pinned users is killed while every user keeps asking; returns the
+    node, the seconds until every replica ran on the other nodes and nginx reached it, and the users whose
+    replica was there."""
+    where = placement(swarm)
+    workers = [n for n in swarm.node_states() if n.startswith(f"{swarm.stack}-node-")]
+    assert len(set(where.values())) >= 2, where  # replicas spread over at least two nodes
+    victim = max(workers, key=lambda n: sum(where.get(u.home) == n for u in people))
+    lost = [u for u in people if where.get(u.home) == victim]
+    assert lost, (where, [u.home for u in people])
+
+    def ask(worker: int, n: int) -> int:
+        u = people[n % len(people)]
+        try:
+            status = u.get().status_code
+        except httpx.HTTPError:
+            status = 599
+        u.seen[status] += 1
+        return status
+
+    with RequestLoop(ask, workers=2) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 30, 20)
+        killed = time.monotonic()
+        swarm.kill_node(victim)
+
+        def recovered() -> bool:
+            now = placement(swarm)
+            view = swarm.view()
+            names = set(swarm.settings.replica_names)
+            return (
+                set(now) == names
+                and victim not in now.values()
+                and {n for n, _ in view.get("replicas", [])} == names
+                and set(view.get("reached", [])) == names
+            )
+
+        assert wait_until(recovered, RESCHEDULED_WITHIN + 30), placement(swarm)
+        took = time.monotonic() - killed
+        mark = len(loop.outcomes)
+        assert wait_until(lambda: len(loop.outcomes) >= mark + 30, 20)
+    print(f"{swarm.settings.auth_mode}/{swarm.settings.session_store}: {victim} killed, replicas back in {took:.1f} s")
+    return victim, took, lost
+
+
+def fresh_counts(people: list[User]) -> None:
+    for u in people:
+        u.seen.clear()
+
+
+def test_redis_sessions_survive_a_lost_node_and_its_replicas_come_back_elsewhere(swarm: Swarm) -> None:
+    people = users(swarm, 12)
+    _victim, took, _lost = kill_a_worker_under_load(swarm, people)
+    assert took < RESCHEDULED_WITHIN, took
+    for u in people:  # sessions live in Redis: the pinned users of the lost replicas move and stay logged in
+        assert set(u.seen) == {200}, (u.home, u.seen)
+    swarm.up()  # the lost node back (a new engine in its place), for the next test
+
+
+def test_memory_sessions_pinned_to_a_lost_node_get_401_never_5xx(swarm: Swarm) -> None:
+    swarm.settings = swarm.settings.model_copy(update={"session_store": "memory"})
+    swarm.up()
+    people = users(swarm, 12)
+    _, took, lost = kill_a_worker_under_load(swarm, people)
+    assert took < RESCHEDULED_WITHIN, took
+    for u in people:
+        assert not any(s >= 500 for s in u.seen), (u.home, u.seen)
+        if u in lost:
+            assert u.seen[401] > 0, (u.home, u.seen)  # its replica, and its memory, are gone
+            assert u.get().status_code == 401
+        else:
+            assert set(u.seen) == {200}, (u.home, u.seen)
+    swarm.up()
+
+
+def test_jwt_users_see_nothing_of_a_lost_node(swarm: Swarm) -> None:
+    swarm.settings = swarm.settings.model_copy(update={"auth_mode": "jwt", "session_store": "redis"})
+    swarm.up()
+    people = users(swarm, 12)
+    _, took, _ = kill_a_worker_under_load(swarm, people)
+    assert took < RESCHEDULED_WITHIN, took
+    for u in people:
+        assert set(u.seen) == {200}, (u.home, u.seen)
