@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -85,6 +86,7 @@ def render(
             conn_per_ip=settings.conn_per_ip,
             replica_max_inflight=settings.replica_max_inflight,
             client_timeout=settings.client_timeout,
+            read_timeout=math.ceil(settings.auth_timeout) + 2,
             worker_user=worker_user,
             probe_listen=probe_listen,
             **paths,
