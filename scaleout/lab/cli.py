@@ -501,7 +501,7 @@ def demo(
     users: Annotated[int | None, typer.Option(min=3, help="simulated users K")] = None,
     requests: Annotated[int | None, typer.Option(min=2, help="requests per user M")] = None,
     out: Annotated[Path, typer.Option(help="where to write demo.md, demo.json and the charts")] = Path("reports"),
-    target: Annotated[str, typer.Option(help="local (processes) or compose (containers)")] = "local",
+    target: Annotated[str, typer.Option(help="local (processes), compose or swarm (containers)")] = "local",
 ) -> None:
     """Run the scenario matrix on local clusters (or the compose stack) and print the comparison table."""
     _settings()  # each scenario sets its own modes, but a mistyped variable is still refused
@@ -512,8 +512,8 @@ def demo(
     from scaleout.lab import demo as demo_mod
     from scaleout.lab import report
 
-    if target not in ("local", "compose"):
-        _fail(ValueError(f"unknown target {target!r}; choose local or compose"))
+    if target not in ("local", "compose", "swarm"):
+        _fail(ValueError(f"unknown target {target!r}; choose local, compose or swarm"))
     names = scenario or list(demo_mod.SCENARIOS)
     unknown = [n for n in names if n not in demo_mod.SCENARIOS]
     if unknown:

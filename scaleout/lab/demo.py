@@ -7,6 +7,7 @@ numbers. `report.py` turns them into the table, `reports/demo.md`, `demo.json` a
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections import Counter
@@ -87,7 +88,7 @@ class Context:
     requests: int
     workdir: Path
     say: Callable[[str], None] = print
-    target: str = "local"  # or "compose": the same scenarios on the container stack
+    target: str = "local"  # or "compose", "swarm": the same scenarios on a container stack
 
     def driver(self, settings: Settings, name: str = "scaleout-demo") -> ClusterDriver:
         """A driver for this target (nothing started yet)."""
@@ -95,6 +96,11 @@ class Context:
             from scaleout.lab.drivers.compose import Stack
 
             return Stack(settings, project=name, say=self.say)
+        if self.target == "swarm":
+            from scaleout.lab.drivers.swarm import Swarm
+
+            nodes = int(os.environ.get("SWARM_NODES") or 1)
+            return Swarm(settings, stack=name.replace("-", ""), say=self.say, nodes=nodes)
         return Cluster(settings)
 
     @contextmanager
@@ -104,7 +110,7 @@ class Context:
         # Without the fault proxies unless a scenario asks: the demo measures the cluster, not the lab's hop.
         settings = isolated_settings(directory, **{"throttle_ip_max": 1_000_000, "fault_proxy": False, **modes})
         label = "/".join(str(v) for v in modes.values())
-        self.say(f"starting a {'compose stack' if self.target == 'compose' else 'cluster'}: {label}")
+        self.say(f"starting a {'cluster' if self.target == 'local' else self.target + ' stack'}: {label}")
         cluster = self.driver(settings, f"scaleout-demo-{directory.name[-8:].lower()}")
         try:
             cluster.up()  # a start that fails half-way still leaves nothing behind

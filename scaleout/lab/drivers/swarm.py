@@ -46,6 +46,7 @@ CANNOT_RUN = {
     "replica is a task of one service",
     "overload": "it caps the replicas' CPU as local processes (a cgroup per run)",
     "slow_store": "the Swarm stack has no fault proxies",
+    "store_failover": "the Swarm stack runs one Redis (REDIS_TOPOLOGY=sentinel is not offered there yet)",
 }
 
 
@@ -310,7 +311,8 @@ class Swarm:
             self._wait_gone()
         for name in self._stack_secrets():
             run([docker(), "secret", "rm", name], check=False)
-        run([docker(), "volume", "rm", "-f", f"{self.stack}_auth-data"], check=False)
+        for volume in ("auth-data", "redis-data"):
+            run([docker(), "volume", "rm", "-f", f"{self.stack}_{volume}"], check=False)
         if state.nodes:
             from scaleout.lab.swarmnodes import remove_nodes
 
@@ -485,8 +487,14 @@ class Swarm:
 
     def stop(self, service: str, kill: bool = False) -> str:
         """A replica (`api-N`): its task's container is killed, and the Swarm starts another in its slot (a
-        crash, as a Swarm sees one). `redis`, `auth`, `nginx`: scaled to 0 until `start`."""
+        crash, as a Swarm sees one); with `kill`, on a worker node, the whole node crashes with it (the
+        machine lost, and every replica on it). `redis`, `auth`, `nginx`: scaled to 0 until `start`."""
         if service.startswith("api-") and service[4:].isdigit():
+            node = next((r.service.split("@")[1] for r in self.status() if r.service.startswith(f"{service}@")), "")
+            if kill and node in self._state().nodes:
+                self.say(f"killing node {node}, and with it {service}")
+                self.kill_node(node)
+                return service
             node_docker, cid = self._task_container("api", service[4:])
             run([*node_docker, "kill", cid])
             return service
