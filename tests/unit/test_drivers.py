@@ -11,12 +11,13 @@ from scaleout.core.config import Settings
 from scaleout.lab.drivers.base import ClusterDriver, ClusterError
 from scaleout.lab.drivers.compose import Stack
 from scaleout.lab.drivers.local import Cluster
+from scaleout.lab.drivers.swarm import Swarm
 from scaleout.lab.topology import Topology
 
 VERBS = ["up", "down", "status", "lb", "stop", "start", "primary", "replica_cpu_seconds", "logs", "cannot_run"]
 
 
-@pytest.mark.parametrize("driver", [Cluster, Stack])
+@pytest.mark.parametrize("driver", [Cluster, Stack, Swarm])
 def test_every_driver_offers_the_whole_interface(driver: type, tmp_path: Path) -> None:
     made: ClusterDriver = driver(Settings(cluster_dir=tmp_path))
     for verb in VERBS:
@@ -29,6 +30,8 @@ def test_a_scenario_a_driver_cannot_run_is_declared_with_the_reason(tmp_path: Pa
     why = Stack(Settings(cluster_dir=tmp_path)).cannot_run("replication_growth")
     assert why is not None and "REPLICAS" in why
     assert Stack(Settings(cluster_dir=tmp_path)).cannot_run("sticky") is None
+    assert Swarm(Settings(cluster_dir=tmp_path)).cannot_run("store_failover") is not None
+    assert Swarm(Settings(cluster_dir=tmp_path)).cannot_run("sticky") is None
 
 
 class Replies:
