@@ -39,6 +39,49 @@ BASE = "scaleout/debian:bookworm"
 IMAGE_LABEL = "io.scaleout.project=scaleout"  # docker/Dockerfile's LABEL: what a rebuild leaves dangling is ours
 
 
+# The mode variables a container stack is started with (compose's and the Swarm's files read them from the
+# environment), and read back from a running stack's replicas.
+MODE_VARIABLES = (
+    "AUTH_MODE",
+    "SESSION_STORE",
+    "LB_MODE",
+    "JWT_REVOCATION",
+    "JWT_ALG",
+    "MAX_SESSIONS_PER_USER",
+    "REDIS_PERSISTENCE",
+    "SESSION_CACHE",
+)
+
+
+def mode_environment(s: Settings) -> dict[str, str]:
+    """The environment a stack file interpolates: the mode variables, nginx's port, the cookie-mode guard."""
+    return {
+        "AUTH_MODE": str(s.auth_mode),
+        "SESSION_STORE": str(s.session_store),
+        "LB_MODE": str(s.lb_mode),
+        "JWT_REVOCATION": str(s.jwt_revocation),
+        "JWT_ALG": str(s.jwt_alg),
+        "REDIS_PERSISTENCE": str(s.redis_persistence),
+        "SESSION_CACHE": str(s.session_cache),
+        "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
+        "NGINX_PORT": str(s.nginx_port),
+        "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),
+    }
+
+
+def live_lb_mode(port: int) -> str | None:
+    """The balancer mode nginx answers with on 127.0.0.1:`port` now (a live switch re-renders nginx only)."""
+    import httpx
+
+    from scaleout.core.config import LBMode
+
+    try:
+        mode = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).json().get("lb_mode")
+    except (httpx.HTTPError, ValueError):
+        return None
+    return mode if mode in set(LBMode) else None
+
+
 class ComposeError(ClusterError):
     """A container runtime's refusal (docker, compose), in its own words."""
 

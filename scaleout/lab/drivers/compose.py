@@ -15,6 +15,7 @@ import httpx
 from scaleout.core.config import ROOT, LBMode, Settings
 from scaleout.lab.drivers.base import ClusterError, Say, ServiceStatus
 from scaleout.lab.engine import (
+    MODE_VARIABLES,
     ComposeError,
     Engine,
     compose_command,
@@ -23,6 +24,8 @@ from scaleout.lab.engine import (
     ensure_engine,
     ensure_images,
     install_compose_plugin,
+    live_lb_mode,
+    mode_environment,
     prune_images,
     run,
 )
@@ -37,16 +40,6 @@ REDIS_SERVICES = ("redis", "redis-2", "redis-3")  # docker-compose.sentinel.yml;
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the containers (docker-compose*.yml), whatever the host uses
 PROJECT = "scaleout"  # the compose file's `name:`: plain `docker compose` and these verbs act on one stack
-MODE_VARIABLES = (
-    "AUTH_MODE",
-    "SESSION_STORE",
-    "LB_MODE",
-    "JWT_REVOCATION",
-    "JWT_ALG",
-    "MAX_SESSIONS_PER_USER",
-    "REDIS_PERSISTENCE",
-    "SESSION_CACHE",
-)
 # What a stack of three named replicas cannot show (REPLICAS is fixed at 3 in the compose file).
 CANNOT_RUN = {
     "replication_growth": "the compose file runs three named replicas; REPLICAS cannot grow there",
@@ -108,16 +101,8 @@ class Stack:
         if published:
             update["nginx_port"] = int(published[0])
         settings = Settings.model_validate({**self.settings.model_dump(), **update})
-        live = self._live_lb_mode(settings.nginx_port)  # `compose-lb` re-renders nginx, not the replicas' env
+        live = live_lb_mode(settings.nginx_port)  # `compose-lb` re-renders nginx, not the replicas' env
         return settings.model_copy(update={"lb_mode": live}) if live else settings
-
-    @staticmethod
-    def _live_lb_mode(port: int) -> str | None:
-        try:
-            mode = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).json().get("lb_mode")
-        except (httpx.HTTPError, ValueError):
-            return None
-        return mode if mode in set(LBMode) else None
 
     def prepare(self) -> Engine:
         engine = ensure_engine(self.settings, self.say)
@@ -132,18 +117,7 @@ class Stack:
 
     def modes(self) -> dict[str, str]:
         s = self.settings
-        values = {
-            "AUTH_MODE": str(s.auth_mode),
-            "SESSION_STORE": str(s.session_store),
-            "LB_MODE": str(s.lb_mode),
-            "JWT_REVOCATION": str(s.jwt_revocation),
-            "JWT_ALG": str(s.jwt_alg),
-            "REDIS_PERSISTENCE": str(s.redis_persistence),
-            "SESSION_CACHE": str(s.session_cache),
-            "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
-            "NGINX_PORT": str(s.nginx_port),
-            "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),
-        }
+        values = mode_environment(s)
         if s.jwt_secret:
             values["JWT_SECRET"] = s.jwt_secret
         values["COMPOSE_PROFILES"] = ",".join(f"{t}-faults" for t in self._proxied())

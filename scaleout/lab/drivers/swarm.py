@@ -21,7 +21,17 @@ import httpx
 from scaleout.core.config import ROOT, JWTAlg, LBMode, RedisTopology, SessionStore, Settings
 from scaleout.core.secretfiles import write_cluster_secrets, write_compose_store_configs
 from scaleout.lab.drivers.base import Say, ServiceStatus
-from scaleout.lab.engine import ComposeError, docker, engine_answers, ensure_engine, ensure_images, run
+from scaleout.lab.engine import (
+    MODE_VARIABLES,
+    ComposeError,
+    docker,
+    engine_answers,
+    ensure_engine,
+    ensure_images,
+    live_lb_mode,
+    mode_environment,
+    run,
+)
 from scaleout.lab.faults import Fault
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
 
@@ -31,16 +41,6 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 IMAGES = {"service": "scaleout:service", "swarm-nginx": "scaleout:swarm-nginx"}  # Dockerfile target -> tag
 SERVICES = ("redis", "auth", "api", "nginx")
 IN_CONTAINER = Path("/run/secrets")  # where Swarm mounts a service's secrets
-MODE_VARIABLES = (
-    "AUTH_MODE",
-    "SESSION_STORE",
-    "LB_MODE",
-    "JWT_REVOCATION",
-    "JWT_ALG",
-    "MAX_SESSIONS_PER_USER",
-    "REDIS_PERSISTENCE",
-    "SESSION_CACHE",
-)
 CANNOT_RUN = {
     "replication_growth": "SESSION_STORE=replicated needs the replicas to know each other by name; a Swarm "
     "replica is a task of one service",
@@ -124,16 +124,8 @@ class Swarm:
                 if port.get("TargetPort") == 8080 and port.get("PublishedPort"):
                     update["nginx_port"] = port["PublishedPort"]
         settings = Settings.model_validate({**self.settings.model_dump(), **update})
-        live = self._live_lb_mode(settings.nginx_port)
+        live = live_lb_mode(settings.nginx_port)
         return settings.model_copy(update={"lb_mode": live}) if live else settings
-
-    @staticmethod
-    def _live_lb_mode(port: int) -> str | None:
-        try:
-            mode = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).json().get("lb_mode")
-        except (httpx.HTTPError, ValueError):
-            return None
-        return mode if mode in set(LBMode) else None
 
     @property
     def public_url(self) -> str:
@@ -256,21 +248,7 @@ class Swarm:
         }
 
     def modes(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            "AUTH_MODE": str(s.auth_mode),
-            "SESSION_STORE": str(s.session_store),
-            "LB_MODE": str(s.lb_mode),
-            "JWT_REVOCATION": str(s.jwt_revocation),
-            "JWT_ALG": str(s.jwt_alg),
-            "REDIS_PERSISTENCE": str(s.redis_persistence),
-            "SESSION_CACHE": str(s.session_cache),
-            "MAX_SESSIONS_PER_USER": str(s.max_sessions_per_user),
-            "REPLICAS": str(s.replicas),
-            "NGINX_PORT": str(s.nginx_port),
-            "ALLOW_UNSAFE_COOKIE_MODE": str(s.allow_unsafe_cookie_mode).lower(),
-            "STACK": self.stack,
-        }
+        return {**mode_environment(self.settings), "REPLICAS": str(self.settings.replicas), "STACK": self.stack}
 
     def _stack_secrets(self) -> list[str]:
         out = run(
@@ -446,7 +424,7 @@ class Swarm:
         while streak < 5:
             if time.monotonic() > deadline:
                 raise ComposeError(f"nginx did not switch to {mode} within 15 s")
-            streak = streak + 1 if self._live_lb_mode(self.settings.nginx_port) == str(mode) else 0
+            streak = streak + 1 if live_lb_mode(self.settings.nginx_port) == str(mode) else 0
             time.sleep(0.05)
 
     def scale(self, replicas: int) -> None:
