@@ -19,12 +19,12 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # A swarm across three engines on this machine (two Docker engines in containers as workers), a worker node
 # killed under load in three modes: its own target, several minutes long; CI runs it after `make test`.
 test-swarm: setup
-	$(PY) -m pytest -q tests/swarm
+	$(PY) -m pytest -q --durations=10 tests/swarm
 
 # The inner loop: what needs no cluster, container engine or browser (tests/unit), in well under a minute.
 test-fast: setup

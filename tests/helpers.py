@@ -69,6 +69,26 @@ def new_user(c: httpx.Client, prefix: str = "u") -> tuple[str, httpx.Response]:
     return name, login(c, name)
 
 
+def new_session(c: httpx.Client, prefix: str = "s") -> dict:
+    """A fresh user logged in on `c`: the login's JSON (its cookie jar keeps the session)."""
+    return new_user(c, prefix)[1].json()
+
+
+def stack_client(url: str, local_address: str | None = None) -> httpx.Client:
+    """A client of a container stack's published nginx port; `local_address` shows it as another client."""
+    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+    return httpx.Client(base_url=url, timeout=10.0, transport=transport)
+
+
+def replicas_of(c: httpx.Client, n: int, path: str = "/api/whoami", **kw: object) -> list[tuple[str, int]]:
+    """(replica, status) of `n` GETs of `path`."""
+    out = []
+    for _ in range(n):
+        r = c.get(path, **kw)  # type: ignore[arg-type]
+        out.append((r.headers.get("x-replica", "-"), r.status_code))
+    return out
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -131,7 +151,7 @@ def valid_claims(cluster: Cluster, sub: str, **changes: object) -> dict:
     return {k: v for k, v in claims.items() if v is not ...}
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python -m scaleout …` as CI runs it: no terminal, CI=true, nothing on stdin; `env` added."""
     from scaleout.core.config import ROOT
 
@@ -141,7 +161,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         env={**os.environ, "CI": "true", **(env or {})},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 

@@ -4,6 +4,8 @@ container) and of knowing a node's addresses; the decisions are made here only."
 
 from __future__ import annotations
 
+import json
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -11,6 +13,25 @@ from dataclasses import dataclass
 from scaleout.lab.drivers.base import ClusterError
 
 Ask = Callable[..., object]  # ask(node, *command) -> the reply as hiredis parses it, or None
+
+
+def cli_line(password_file: str, port: int, user: str, command: tuple[str, ...], json_reply: bool = False) -> str:
+    """The shell line a container driver runs inside a Redis or Sentinel container: the password is read
+    from the container's own secret file there, never put on a command line."""
+    words = " ".join(shlex.quote(c) for c in command)
+    flags = "-2 --json " if json_reply else ""
+    return f'REDISCLI_AUTH="$(cat {password_file})" redis-cli {flags}-p {port} --user {user} --no-auth-warning {words}'
+
+
+def cli_reply(out: str) -> object:
+    """A `redis-cli -2 --json` reply in the shape the local driver's sockets give (RESP2); None for an error."""
+    out = out.strip()
+    if out.startswith(("(error)", "ERR", "NOAUTH", "WRONGPASS")):
+        return None
+    try:
+        return json.loads(out)
+    except ValueError:
+        return out  # a bulk string (INFO) is printed as it is, not as JSON
 
 
 def linked_redis_replicas(reply: object) -> int:

@@ -11,7 +11,7 @@ import secrets
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,16 +96,8 @@ def placement(swarm: Swarm) -> dict[str, str]:
     return {r.service.split("@")[0]: r.service.split("@")[1] for r in swarm.status() if r.service.startswith("api-")}
 
 
-def kill_a_worker_under_load(swarm: Swarm, people: list[User]) -> tuple[str, float, list[User]]:
-    """The worker node holding the most pinned users is killed while every user keeps asking; returns the
-    node, the seconds until every replica ran on the other nodes and nginx reached it, and the users whose
-    replica was there."""
-    where = placement(swarm)
-    workers = [n for n in swarm.node_states() if n.startswith(f"{swarm.stack}-node-")]
-    assert len(set(where.values())) >= 2, where  # replicas spread over at least two nodes
-    victim = max(workers, key=lambda n: sum(where.get(u.home) == n for u in people))
-    lost = [u for u in people if where.get(u.home) == victim]
-    assert lost, (where, [u.home for u in people])
+def asking(people: list[User]) -> Callable[[int, int], int]:
+    """A request loop's step: the next user asks, and what it saw is counted (599: no answer at all)."""
 
     def ask(worker: int, n: int) -> int:
         u = people[n % len(people)]
@@ -117,7 +109,21 @@ def kill_a_worker_under_load(swarm: Swarm, people: list[User]) -> tuple[str, flo
         u.seen[status] += 1
         return status
 
-    with RequestLoop(ask, workers=2) as loop:
+    return ask
+
+
+def kill_a_worker_under_load(swarm: Swarm, people: list[User]) -> tuple[str, float, list[User]]:
+    """The worker node holding the most pinned users is killed while every user keeps asking; returns the
+    node, the seconds until every replica ran on the other nodes and nginx reached it, and the users whose
+    replica was there."""
+    where = placement(swarm)
+    workers = [n for n in swarm.node_states() if n.startswith(f"{swarm.stack}-node-")]
+    assert len(set(where.values())) >= 2, where  # replicas spread over at least two nodes
+    victim = max(workers, key=lambda n: sum(where.get(u.home) == n for u in people))
+    lost = [u for u in people if where.get(u.home) == victim]
+    assert lost, (where, [u.home for u in people])
+
+    with RequestLoop(asking(people), workers=2) as loop:
         assert wait_until(lambda: len(loop.outcomes) >= 30, 20)
         killed = time.monotonic()
         swarm.kill_node(victim)
@@ -184,3 +190,44 @@ def test_jwt_users_see_nothing_of_a_lost_node(swarm: Swarm) -> None:
     assert took < RESCHEDULED_WITHIN, took
     for u in people:
         assert set(u.seen) == {200}, (u.home, u.seen, [t for t in u.trace if " 200 " not in t])
+
+
+def test_sentinel_on_three_nodes_elects_a_new_primary_when_the_primarys_node_is_lost(swarm: Swarm) -> None:
+    swarm.settings = swarm.settings.model_copy(
+        update={"auth_mode": "session", "session_store": "redis", "redis_topology": "sentinel"}
+    )
+    swarm.up()  # the lost node back; two more Redis and three Sentinels, and the topology settled
+    where = {r.service.split("@")[0]: r.service.split("@")[1] for r in swarm.status()}
+    assert len({where["redis"], where["redis-2"], where["redis-3"]}) == 3, where  # no two Redis share a node
+    assert [where[f"sentinel-{k}"] for k in (1, 2, 3)] == [where[n] for n in ("redis", "redis-2", "redis-3")]
+    people = users(swarm, 12)
+    # The primary starts on the manager, which is never lost here: its task crashes first, so that the
+    # Sentinels elect a Redis on a worker (and the crashed one comes back as its replica).
+    swarm.stop("redis", kill=True)
+    assert wait_until(lambda: swarm.primary() in ("redis-2", "redis-3"), 30), swarm.primary()
+    swarm.start("redis")
+    primary = swarm.primary()
+    assert primary in ("redis-2", "redis-3") and swarm.role("redis") == "slave"
+    victim = where[primary]
+    fresh_counts(people)
+
+    with RequestLoop(asking(people), workers=2) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 30, 20)
+        killed = time.monotonic()
+        swarm.kill_node(victim)
+        assert wait_until(lambda: swarm.primary() not in (None, primary), 30), swarm.primary()
+        elected = time.monotonic() - killed
+        back = time.monotonic()
+        assert wait_until(lambda: all(u.asked > back for u in people), 30)
+        assert wait_until(lambda: set(loop.values()[-20:]) == {200}, 30), loop.values()[-20:]
+    failures = [o for o in loop.outcomes if o.started >= killed and o.value != 200]
+    last = max((o.started for o in failures), default=killed) - killed
+    print(
+        f"sentinel: {victim} (the primary {primary}) lost; {swarm.primary()} elected in {elected:.1f} s, "
+        f"every request 200 again {last:.1f} s after; non-200 meanwhile: {Counter(o.value for o in failures)}"
+    )
+    for u in people:
+        # Sessions live on in the elected Redis: never a 401, never a 5xx other than 503 (the outage, said so).
+        assert set(u.seen) <= {200, 503}, (u.home, u.seen, [t for t in u.trace if " 200 " not in t])
+        assert u.get().status_code == 200
+    assert last < 15, last

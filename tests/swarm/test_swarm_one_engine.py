@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, new_username, run_cli
+from helpers import bearer, new_session, replicas_of, run_cli, stack_client
 
 from scaleout.core.config import Settings
 from scaleout.lab.drivers.swarm import Swarm
@@ -43,24 +43,7 @@ def swarm(engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sw
 
 
 def client(swarm: Swarm, local_address: str | None = None) -> httpx.Client:
-    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
-    return httpx.Client(base_url=swarm.public_url, timeout=10.0, transport=transport)
-
-
-def new_session(c: httpx.Client) -> dict:
-    name = new_username("w")
-    assert c.post("/api/register", json={"username": name, "password": PASSWORD}).status_code == 201
-    r = c.post("/api/login", json={"username": name, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def replicas_of(c: httpx.Client, n: int, path: str = "/api/whoami", **kw: object) -> list[tuple[str, int]]:
-    out = []
-    for _ in range(n):
-        r = c.get(path, **kw)  # type: ignore[arg-type]
-        out.append((r.headers.get("x-replica", "-"), r.status_code))
-    return out
+    return stack_client(swarm.public_url, local_address)
 
 
 def test_round_robin_over_three_tasks_and_redis_sessions_on_every_replica(swarm: Swarm) -> None:

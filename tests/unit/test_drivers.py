@@ -30,7 +30,8 @@ def test_a_scenario_a_driver_cannot_run_is_declared_with_the_reason(tmp_path: Pa
     why = Stack(Settings(cluster_dir=tmp_path)).cannot_run("replication_growth")
     assert why is not None and "REPLICAS" in why
     assert Stack(Settings(cluster_dir=tmp_path)).cannot_run("sticky") is None
-    assert Swarm(Settings(cluster_dir=tmp_path)).cannot_run("store_failover") is not None
+    assert Swarm(Settings(cluster_dir=tmp_path)).cannot_run("slow_store") is not None  # no fault proxies there
+    assert Swarm(Settings(cluster_dir=tmp_path)).cannot_run("store_failover") is None  # Sentinel on the swarm
     assert Swarm(Settings(cluster_dir=tmp_path)).cannot_run("sticky") is None
 
 

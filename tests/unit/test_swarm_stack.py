@@ -14,7 +14,16 @@ import yaml
 
 from scaleout.core.config import Settings
 from scaleout.core.secretfiles import ROLE_FILES
-from scaleout.lab.drivers.swarm import HS256_FILE, MODE_VARIABLES, STACK_FILE, Swarm
+from scaleout.lab.drivers.swarm import (
+    HS256_FILE,
+    MODE_VARIABLES,
+    REDIS_NODES,
+    SENTINEL_FILE,
+    SENTINELS,
+    STACK_FILE,
+    Swarm,
+    redis_nodes,
+)
 from scaleout.lab.nginx import render
 from scaleout.lab.processes import require_program
 
@@ -76,7 +85,6 @@ def test_the_mode_variables_have_the_settings_defaults(stack: dict) -> None:
     "settings",
     [
         Settings(session_store="replicated"),
-        Settings(redis_topology="sentinel"),
         Settings(auth_mode="cookie"),
     ],
 )
@@ -97,3 +105,32 @@ def test_nginx_config_for_the_tasks_found_passes_nginx_t(lb_mode: str, tmp_path:
     nginx = require_program("nginx")
     result = subprocess.run(shlex.split(f"{nginx} -t -q -p {tmp_path} -c {conf}"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_sentinel_puts_each_redis_with_its_sentinel_on_a_node_of_its_own() -> None:
+    sentinel = yaml.safe_load(SENTINEL_FILE.read_text())
+    services = sentinel["services"]
+    constraint = {n: services[n].get("deploy", {}).get("placement", {}).get("constraints") for n in services}
+    assert constraint["sentinel-1"] == ["node.role == manager"]  # with `redis`, which the base file pins there
+    for k in (2, 3):
+        pinned = [f"node.hostname == ${{REDIS_NODE_{k}:?the hostname of the {['second', 'third'][k - 2]} Redis node}}"]
+        assert constraint[f"redis-{k}"] == constraint[f"sentinel-{k}"] == pinned
+    assert redis_nodes("m", ["w2", "w3"]) == {"REDIS_NODE_2": "w2", "REDIS_NODE_3": "w3"}
+    assert redis_nodes("m", ["w2"]) == {"REDIS_NODE_2": "w2", "REDIS_NODE_3": "m"}
+    assert redis_nodes("m", []) == {"REDIS_NODE_2": "m", "REDIS_NODE_3": "m"}
+    for name in (*REDIS_NODES[1:], *SENTINELS):
+        s = services[name]
+        assert s["deploy"]["endpoint_mode"] == "dnsrr" and s["networks"] == ["scaleout"], name
+        assert s["volumes"] == [f"{name}-data:/tmp"], name  # its data, or its rewritten config, outlive a crash
+        assert s["environment"]["ASK_SENTINELS"] == "true", name  # a new task follows the primary of the moment
+    for name in (*REDIS_NODES, *SENTINELS):
+        s = services[name]
+        assert s["user"] == "10001:10001" if name != "redis" else "user" not in s  # (the base file's)
+        assert {m["target"] for m in s["secrets"]} <= set(ROLE_FILES["store"]), name
+        assert all((m["uid"], m["gid"], m["mode"]) == ("10001", "10001", 0o400) for m in s["secrets"]), name
+        assert s["configs"][0]["target"] == "/usr/local/lib/sentinel-node.sh", name
+        assert not any(k.endswith("PASSWORD") for k in s["environment"]), name
+    for name in ("auth", "api"):
+        assert services[name]["environment"]["REDIS_TOPOLOGY"] == "sentinel"
+    for item in [*sentinel["secrets"].values(), *sentinel["configs"].values()]:
+        assert item["name"].startswith("${STACK:-scaleout}_") and "${SECRETS_VERSION:?}" in item["name"]

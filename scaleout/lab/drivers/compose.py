@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 from typing import Any
 
@@ -32,7 +31,7 @@ from scaleout.lab.engine import (
 from scaleout.lab.faults import TARGETS, Fault, change
 from scaleout.lab.nginx import PROBE_PORT
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
-from scaleout.lab.topology import Topology
+from scaleout.lab.topology import Topology, cli_line, cli_reply
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SENTINEL_FILE = ROOT / "docker-compose.sentinel.yml"  # the override for REDIS_TOPOLOGY=sentinel
@@ -157,26 +156,16 @@ class Stack:
         The password comes from the container's own secret file, never a command line."""
         s = self.settings
         port, user = (SENTINEL_PORT, "default") if service in SENTINELS else (REDIS_PORT, s.redis_admin_username)
-        words = " ".join(shlex.quote(c) for c in command)
-        flags = "-2 --json " if json_reply else ""
-        line = (
-            f'REDISCLI_AUTH="$(cat /secrets/redis_admin_password)" redis-cli {flags}-p {port} --user {user} '
-            f"--no-auth-warning {words}"
-        )
+        line = cli_line("/secrets/redis_admin_password", port, user, command, json_reply)
         return self._compose("exec", "-T", service, "sh", "-c", line, timeout=20)
 
     def _ask(self, node: str, *command: str) -> object:
         """A reply of the same shape as the local driver's sockets give (`redis-cli --json`, RESP2)."""
         try:
-            out = self.redis_cli(node, *command, json_reply=True).strip()
+            out = self.redis_cli(node, *command, json_reply=True)
         except ComposeError:
             return None
-        if out.startswith(("(error)", "ERR", "NOAUTH", "WRONGPASS")):
-            return None
-        try:
-            return json.loads(out)
-        except ValueError:
-            return out  # a bulk string (INFO) is printed as it is, not as JSON
+        return cli_reply(out)
 
     def _addresses(self, service: str) -> list[str]:
         found = self._containers().get(service)

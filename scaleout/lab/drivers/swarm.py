@@ -34,19 +34,25 @@ from scaleout.lab.engine import (
 )
 from scaleout.lab.faults import Fault
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
+from scaleout.lab.topology import Topology, cli_line, cli_reply
 
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 HS256_FILE = ROOT / "deploy" / "swarm" / "stack.hs256.yml"  # JWT_ALG=HS256: the shared secret, to api and auth
+SENTINEL_FILE = ROOT / "deploy" / "swarm" / "stack.sentinel.yml"  # REDIS_TOPOLOGY=sentinel
+SENTINEL_SCRIPT = ROOT / "docker" / "sentinel-node.sh"  # a Swarm config of that file
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 IMAGES = {"service": "scaleout:service", "swarm-nginx": "scaleout:swarm-nginx"}  # Dockerfile target -> tag
 SERVICES = ("redis", "auth", "api", "nginx")
+REDIS_NODES = ("redis", "redis-2", "redis-3")  # REDIS_TOPOLOGY=sentinel (stack.sentinel.yml); `redis` alone otherwise
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the tasks
+STORE_SECRETS = ("redis-node.conf", "sentinel.conf", "sentinel-master.conf")  # the Sentinel topology's own
 IN_CONTAINER = Path("/run/secrets")  # where Swarm mounts a service's secrets
 CANNOT_RUN = {
     "replication_growth": "SESSION_STORE=replicated needs the replicas to know each other by name; a Swarm "
     "replica is a task of one service",
     "overload": "it caps the replicas' CPU as local processes (a cgroup per run)",
     "slow_store": "the Swarm stack has no fault proxies",
-    "store_failover": "the Swarm stack runs one Redis (REDIS_TOPOLOGY=sentinel is not offered there yet)",
 }
 
 
@@ -73,6 +79,8 @@ class Swarm:
         self.say = say
         self.nodes = nodes
         self.images: dict[str, str] = {}
+        # A Redis or Sentinel task's container and the docker command of its node, until it is gone.
+        self._cached: dict[str, tuple[list[str], str]] = {}
 
     # --- what runs --------------------------------------------------------------------------------
 
@@ -103,6 +111,11 @@ class Swarm:
     def _service(self, name: str) -> str:
         return f"{self.stack}_{name}"
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The stack's services: with Sentinel, two more Redis and three Sentinels."""
+        return (*SERVICES, *REDIS_NODES[1:], *SENTINELS) if self.settings.sentinel else SERVICES
+
     def _inspect(self, name: str) -> dict[str, Any] | None:
         out = run([docker(), "service", "inspect", self._service(name)], check=False)
         found = json.loads(out) if out.strip() else []
@@ -116,7 +129,7 @@ class Swarm:
             return None
         spec = api["Spec"]
         env = dict(e.split("=", 1) for e in spec["TaskTemplate"]["ContainerSpec"].get("Env", []) if "=" in e)
-        update: dict[str, object] = {k.lower(): env[k] for k in MODE_VARIABLES if k in env}
+        update: dict[str, object] = {k.lower(): env[k] for k in (*MODE_VARIABLES, "REDIS_TOPOLOGY") if k in env}
         update["replicas"] = spec["Mode"].get("Replicated", {}).get("Replicas", 3)
         nginx = self._inspect("nginx")
         if nginx is not None:
@@ -139,8 +152,8 @@ class Swarm:
             return refusal
         if s.session_store is SessionStore.replicated:
             return "SESSION_STORE=replicated is not offered on a swarm: " + CANNOT_RUN["replication_growth"]
-        if s.redis_topology is not RedisTopology.single:
-            return f"REDIS_TOPOLOGY={s.redis_topology} is not offered on a swarm yet: the stack runs one Redis"
+        if s.redis_topology not in (RedisTopology.single, RedisTopology.sentinel):
+            return f"REDIS_TOPOLOGY={s.redis_topology} is not offered on a swarm: single or sentinel"
         return None
 
     def up(self, progress: Say | None = None) -> None:
@@ -155,7 +168,9 @@ class Swarm:
         self._build()
         self._nodes(state)
         env = self._secrets_env()
-        files = ["-c", str(STACK_FILE)] + (["-c", str(HS256_FILE)] if self.settings.jwt_alg is JWTAlg.HS256 else [])
+        files = ["-c", str(STACK_FILE)]
+        files += ["-c", str(HS256_FILE)] if self.settings.jwt_alg is JWTAlg.HS256 else []
+        files += ["-c", str(SENTINEL_FILE)] if self.settings.sentinel else []
         self.say(f"deploying stack {self.stack!r}")
         run(
             [docker(), "stack", "deploy", "--resolve-image", "never", "--prune", *files, self.stack],
@@ -164,6 +179,8 @@ class Swarm:
         )
         self._drop_old_secrets(env["SECRETS_VERSION"])
         self.wait_ready()
+        if self.settings.sentinel:
+            self.topology().wait_settled(60.0)
 
     def _join_or_init(self, state: SwarmState) -> None:
         swarm = run([docker(), "info", "--format", "{{json .Swarm}}"])
@@ -199,7 +216,9 @@ class Swarm:
                 state.nodes = [*state.nodes, node] if node not in state.nodes else state.nodes
                 self._save(state)  # recorded before it exists, so that down removes even a half-made node
                 add_node(node, manager, token, self.say)
-            load_images(node, [IMAGES["service"]], self.say)  # only replicas run beyond the manager
+            # Replicas run beyond the manager, and with Sentinel a Redis and a Sentinel on each node.
+            redis = [self.images.get("REDIS_IMAGE", "redis:7.0-alpine")] if self.settings.sentinel else []
+            load_images(node, [IMAGES["service"], *redis], self.say)
         self._save(state)
 
     def _build(self) -> None:
@@ -222,6 +241,7 @@ class Swarm:
             jwt_revocation=s.jwt_revocation,
             jwt_secret=s.jwt_secret,
             redis_persistence=s.redis_persistence,
+            redis_topology=s.redis_topology,
             session_cache=s.session_cache,
             max_sessions_per_user=s.max_sessions_per_user,
             cluster_dir=self.state_dir,
@@ -237,15 +257,26 @@ class Swarm:
         names = ["redis_password", "redis_admin_password", "redis.acl", "redis.conf", "session_key"]
         if cs.jwt_alg is JWTAlg.HS256:
             names.append("jwt_secret")
+        files = [cs.secrets_path / name for name in names]
+        if cs.sentinel:
+            files += [cs.secrets_path / name for name in STORE_SECRETS] + [SENTINEL_SCRIPT]
         digest = hashlib.sha256()
-        for name in names:
-            digest.update(name.encode() + b"\0" + (cs.secrets_path / name).read_bytes() + b"\0")
+        for path in files:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         return {
             **self.images,
             **self.modes(),
+            **self.redis_placement(),
             "SECRETS_DIR": str(cs.secrets_path),
             "SECRETS_VERSION": digest.hexdigest()[:12],
         }
+
+    def redis_placement(self) -> dict[str, str]:
+        """REDIS_NODE_2 and REDIS_NODE_3: the nodes (by hostname) of the second and third Redis, each with its
+        Sentinel. The first stays on the manager; with three nodes no two Redis share one."""
+        if not self.settings.sentinel:
+            return {}
+        return redis_nodes(run([docker(), "info", "--format", "{{.Name}}"]).strip(), self._state().nodes)
 
     def modes(self) -> dict[str, str]:
         return {**mode_environment(self.settings), "REPLICAS": str(self.settings.replicas), "STACK": self.stack}
@@ -283,13 +314,13 @@ class Swarm:
         if not engine_answers():
             return []
         state = self._state()
-        removed = [s for s in SERVICES if self._inspect(s) is not None]
+        removed = [s for s in (*SERVICES, *REDIS_NODES[1:], *SENTINELS) if self._inspect(s) is not None]
         if removed:
             run([docker(), "stack", "rm", self.stack], timeout=120)
             self._wait_gone()
         for name in self._stack_secrets():
             run([docker(), "secret", "rm", name], check=False)
-        for volume in ("auth-data", "redis-data"):
+        for volume in ("auth-data", "redis-data", *(f"{n}-data" for n in (*REDIS_NODES[1:], *SENTINELS))):
             run([docker(), "volume", "rm", "-f", f"{self.stack}_{volume}"], check=False)
         if state.nodes:
             from scaleout.lab.swarmnodes import remove_nodes
@@ -325,7 +356,7 @@ class Swarm:
     def _converged(self) -> bool:
         out = run([docker(), "stack", "services", self.stack, "--format", "{{.Name}} {{.Replicas}}"], check=False)
         rows = [line.split() for line in out.splitlines() if line.strip()]
-        if {r[0] for r in rows} != {self._service(s) for s in SERVICES}:
+        if {r[0] for r in rows} != {self._service(s) for s in self.services}:
             return False
         for _, replicas in rows:
             running, _, wanted = replicas.partition("/")
@@ -337,7 +368,7 @@ class Swarm:
                 docker(),
                 "service",
                 "inspect",
-                *(self._service(s) for s in SERVICES),
+                *(self._service(s) for s in self.services),
                 "--format",
                 "{{json .UpdateStatus}}",
             ]
@@ -466,7 +497,9 @@ class Swarm:
     def stop(self, service: str, kill: bool = False) -> str:
         """A replica (`api-N`): its task's container is killed, and the Swarm starts another in its slot (a
         crash, as a Swarm sees one); with `kill`, on a worker node, the whole node crashes with it (the
-        machine lost, and every replica on it). `redis`, `auth`, `nginx`: scaled to 0 until `start`."""
+        machine lost, and every replica on it). `redis` (with Sentinel: the primary now, or `redis-2` and the
+        like, a Sentinel), `auth`, `nginx`: scaled to 0 until `start`, or with `kill` crashed (the Swarm starts
+        another task)."""
         if service.startswith("api-") and service[4:].isdigit():
             node = next((r.service.split("@")[1] for r in self.status() if r.service.startswith(f"{service}@")), "")
             if kill and node in self._state().nodes:
@@ -476,31 +509,118 @@ class Swarm:
             node_docker, cid = self._task_container("api", service[4:])
             run([*node_docker, "kill", cid])
             return service
-        if service not in ("redis", "auth", "nginx"):
-            raise ComposeError(f"no service {service!r}: api-N, redis, auth or nginx")
+        service = self._resolve(service)
+        if kill:
+            # A crash: the Swarm starts another task in its place (with Sentinel, a Redis comes back as a
+            # replica of whichever the Sentinels elected meanwhile).
+            node_docker, cid = self._task_container(service)
+            run([*node_docker, "kill", cid])
+            self._cached.pop(service, None)
+            return service
+        node = next((r.service.split("@")[1] for r in self.status() if r.service.startswith(f"{service}@")), "")
         run([docker(), "service", "scale", "--detach", f"{self._service(service)}=0"], timeout=60)
-        # Its task is marked to shut down at once, but its container stops later: returns once it has
-        # (redis, auth and nginx run on this engine, a manager).
+        self._cached.pop(service, None)
+        # Its task is marked to shut down at once, but its container stops later: returns once it has.
+        node_docker = self._node_docker(node)
         label = f"label=com.docker.swarm.service.name={self._service(service)}"
         deadline = time.monotonic() + 30
-        while run([docker(), "ps", "-q", "--filter", label], check=False).strip():
+        while run([*node_docker, "ps", "-q", "--filter", label], check=False).strip():
             if time.monotonic() > deadline:
                 raise ComposeError(f"{service} did not stop within 30 s")
             time.sleep(0.1)
         return service
 
+    def _resolve(self, service: str) -> str:
+        """The service a verb names: `redis` is the primary now with Sentinel (`redis-2` and the like, and the
+        Sentinels, stand for themselves)."""
+        if service not in self.services or service == "api":
+            raise ComposeError(f"no service {service!r}: api-N, {', '.join(s for s in self.services if s != 'api')}")
+        if self.settings.sentinel and service == "redis":
+            return self.topology().resolve(service, lambda n: True)
+        return service
+
+    def _scaled_to_zero(self) -> list[str]:
+        out = run(
+            [
+                docker(),
+                "service",
+                "ls",
+                "--filter",
+                f"label=com.docker.stack.namespace={self.stack}",
+                "--format",
+                "{{.Name}} {{.Replicas}}",
+            ],
+            check=False,
+        )
+        rows = [line.split() for line in out.splitlines() if line.strip()]
+        return [name.removeprefix(f"{self.stack}_") for name, replicas, *_ in rows if replicas.endswith("/0")]
+
     def start(self, service: str) -> str:
         if service.startswith("api-"):
             self.wait_ready()  # the Swarm brings a replica back by itself
             return service
-        if service not in ("redis", "auth", "nginx"):
-            raise ComposeError(f"no service {service!r}: api-N, redis, auth or nginx")
-        run([docker(), "service", "scale", "--detach", f"{self._service(service)}=1"], timeout=60)
+        if service not in self.services or service == "api":
+            raise ComposeError(f"no service {service!r}: api-N, {', '.join(s for s in self.services if s != 'api')}")
+        stopped = self._scaled_to_zero()
+        if self.settings.sentinel and service == "redis" and "redis" not in stopped:
+            # `redis` names the one that was stopped; a crashed one the Swarm brings back by itself.
+            service = next((n for n in REDIS_NODES if n in stopped), service)
+        if service in stopped:
+            run([docker(), "service", "scale", "--detach", f"{self._service(service)}=1"], timeout=60)
         self.wait_ready()
+        if self.settings.sentinel:
+            self.topology().wait_settled(60.0)
         return service
 
     def primary(self) -> str | None:
-        return "redis"
+        """The Redis service that is primary now, as the Sentinels say (sentinel topology), else `redis`."""
+        return self.topology().primary() if self.settings.sentinel else "redis"
+
+    # --- the Redis topology, asked inside the tasks -------------------------------------------------
+
+    def redis_cli(self, service: str, *command: str, json_reply: bool = False) -> str:
+        """One command, authenticated as the operator, inside a Redis or Sentinel task on whichever node it
+        runs (its raw output). The password comes from the task's own secret, never a command line."""
+        s = self.settings
+        port, user = (SENTINEL_PORT, "default") if service in SENTINELS else (REDIS_PORT, s.redis_admin_username)
+        line = cli_line(f"{IN_CONTAINER}/redis_admin_password", port, user, command, json_reply)
+        if service not in self._cached:
+            self._cached[service] = self._task_container(service)
+        node_docker, cid = self._cached[service]
+        try:
+            return run([*node_docker, "exec", cid, "sh", "-c", line], timeout=20)
+        except ComposeError:
+            self._cached.pop(service, None)  # the task is gone: another container next time
+            raise
+
+    def _ask(self, node: str, *command: str) -> object:
+        """A reply of the same shape as the local driver's sockets give (`redis-cli --json`, RESP2)."""
+        try:
+            out = self.redis_cli(node, *command, json_reply=True)
+        except ComposeError:
+            return None
+        return cli_reply(out)
+
+    def _addresses(self, service: str) -> list[str]:
+        """Where a Redis or Sentinel task is reached now, on the stack's overlay network."""
+        port = SENTINEL_PORT if service in SENTINELS else REDIS_PORT
+        try:
+            if service not in self._cached:
+                self._cached[service] = self._task_container(service)
+            node_docker, cid = self._cached[service]
+            out = run([*node_docker, "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", cid])
+        except ComposeError:
+            self._cached.pop(service, None)
+            return []
+        return [f"{a}:{port}" for a in out.split()]
+
+    def topology(self) -> Topology:
+        return Topology(list(REDIS_NODES), list(SENTINELS), self.settings.sentinel_master, self._ask, self._addresses)
+
+    def role(self, service: str) -> str | None:
+        """`master` or `slave` as the Redis in `service` says; None when it does not answer."""
+        reply = self._ask(service, "ROLE")
+        return str(reply[0]) if isinstance(reply, list) and reply else None
 
     def replica_cpu_seconds(self) -> float:
         """The CPU of the replicas on this engine (those on node containers are processes here too)."""
@@ -528,6 +648,13 @@ class Swarm:
 
     def cannot_run(self, scenario: str) -> str | None:
         return CANNOT_RUN.get(scenario)
+
+
+def redis_nodes(manager: str, workers: list[str]) -> dict[str, str]:
+    """The nodes of the second and third Redis: the workers in turn, then the manager again (the first Redis
+    is the manager's), so that no two share a node while there are nodes enough."""
+    hosts = [manager, *workers]
+    return {f"REDIS_NODE_{k}": hosts[(k - 1) % len(hosts)] for k in (2, 3)}
 
 
 def bridge_gateway() -> str:
