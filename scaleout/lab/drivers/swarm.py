@@ -530,11 +530,15 @@ class Swarm:
             time.sleep(0.1)
         return service
 
+    def _known(self, service: str) -> None:
+        """One line for a name that is no service of this stack (`api` alone is none: a replica is api-N)."""
+        if service not in self.services or service == "api":
+            raise ComposeError(f"no service {service!r}: api-N, {', '.join(s for s in self.services if s != 'api')}")
+
     def _resolve(self, service: str) -> str:
         """The service a verb names: `redis` is the primary now with Sentinel (`redis-2` and the like, and the
         Sentinels, stand for themselves)."""
-        if service not in self.services or service == "api":
-            raise ComposeError(f"no service {service!r}: api-N, {', '.join(s for s in self.services if s != 'api')}")
+        self._known(service)
         if self.settings.sentinel and service == "redis":
             return self.topology().resolve(service, lambda n: True)
         return service
@@ -559,8 +563,7 @@ class Swarm:
         if service.startswith("api-"):
             self.wait_ready()  # the Swarm brings a replica back by itself
             return service
-        if service not in self.services or service == "api":
-            raise ComposeError(f"no service {service!r}: api-N, {', '.join(s for s in self.services if s != 'api')}")
+        self._known(service)
         stopped = self._scaled_to_zero()
         if self.settings.sentinel and service == "redis" and "redis" not in stopped:
             # `redis` names the one that was stopped; a crashed one the Swarm brings back by itself.
