@@ -40,6 +40,7 @@ class JWTRevocation(StrEnum):
 class RedisTopology(StrEnum):
     single = "single"
     sentinel = "sentinel"
+    cluster = "cluster"
 
 
 class SessionCache(StrEnum):
@@ -97,7 +98,9 @@ class Settings(BaseSettings):
     api_port_base: int = 8000  # replica api-N listens on api_port_base + N
     # Every replica on this one port instead (Kubernetes: one pod template for all of them; 0: off).
     replica_port: int = Field(default=0, ge=0, le=65535)
-    redis_port: int = 6380  # sentinel topology: redis-1; redis-2 and redis-3 take the next two ports
+    # sentinel topology: redis-1; redis-2 and redis-3 take the next two ports. cluster topology: the three
+    # shards' first primaries, then their replicas, on this port and the five after it.
+    redis_port: int = 6380
     sentinel_port: int = 26380  # sentinel-1; sentinel-2 and sentinel-3 take the next two ports
     sentinel_master: str = "scaleout"
     sentinel_down_after_ms: int = Field(default=1000, ge=100)
@@ -115,6 +118,12 @@ class Settings(BaseSettings):
     auth_url: str = ""  # derived from host/auth_port when empty
     redis_url: str = ""  # derived from host/redis_port when empty
     sentinel_addresses: str = ""  # "host:port,host:port,..."; derived from host/sentinel_port when empty
+    # Redis Cluster: nodes the services first ask for the slot map ("host:port,..."); the local ports when empty.
+    cluster_addresses: str = ""
+    # How long a shard's primary may stay silent before its replica is promoted (cluster-node-timeout).
+    cluster_node_timeout_ms: int = Field(default=1000, ge=100)
+    # The nodes' cluster bus (node to node), one port each from here; 0: each node's port + 10000 (Redis's).
+    cluster_bus_port: int = Field(default=0, ge=0, le=65535)
 
     # Identity of one replica process.
     replica_id: str = "api-1"
@@ -201,6 +210,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.session_absolute_ttl < self.session_idle_ttl:
             raise ValueError("SESSION_ABSOLUTE_TTL must be at least SESSION_IDLE_TTL")
+        if self.cluster and self.session_cache == SessionCache.tracking:
+            raise ValueError("SESSION_CACHE=tracking is not offered with REDIS_TOPOLOGY=cluster: use SESSION_CACHE=off")
         return self
 
     # Derived values: computed, never stored twice.
@@ -217,9 +228,24 @@ class Settings(BaseSettings):
         return self.redis_topology == RedisTopology.sentinel  # also when set by model_copy, as a str
 
     @property
+    def cluster(self) -> bool:
+        return self.redis_topology == RedisTopology.cluster
+
+    @property
     def redis_ports(self) -> list[int]:
-        """redis-1 (the first primary), then its replicas."""
-        return [self.redis_port + i for i in range(3 if self.sentinel else 1)]
+        """redis-1 (the first primary), then the others (sentinel: its replicas; cluster: the other primaries,
+        then one replica each)."""
+        return [self.redis_port + i for i in range(6 if self.cluster else 3 if self.sentinel else 1)]
+
+    @property
+    def cluster_bus_ports(self) -> list[int]:
+        base = self.cluster_bus_port or self.redis_port + 10000
+        return [base + i for i in range(len(self.redis_ports))] if self.cluster else []
+
+    @property
+    def cluster_hosts(self) -> list[tuple[str, int]]:
+        """Where the services first ask for the slot map: CLUSTER_ADDRESSES, or the local ports."""
+        return _addresses(self.cluster_addresses) or [(self.host, p) for p in self.redis_ports]
 
     @property
     def sentinel_ports(self) -> list[int]:
@@ -228,10 +254,7 @@ class Settings(BaseSettings):
     @property
     def sentinel_hosts(self) -> list[tuple[str, int]]:
         """Where clients find the Sentinels: SENTINEL_HOSTS ("host:port,...") or the local ports."""
-        if self.sentinel_addresses:
-            pairs = [a.rsplit(":", 1) for a in self.sentinel_addresses.split(",") if a.strip()]
-            return [(h.strip(), int(p)) for h, p in pairs]
-        return [(self.host, p) for p in self.sentinel_ports]
+        return _addresses(self.sentinel_addresses) or [(self.host, p) for p in self.sentinel_ports]
 
     @property
     def users_db_path(self) -> Path:
@@ -330,3 +353,9 @@ def explain(exc: ValidationError) -> str:
         else:
             lines.append(str(error["msg"]))
     return "; ".join(lines)
+
+
+def _addresses(spec: str) -> list[tuple[str, int]]:
+    """ "host:port,host:port" as pairs."""
+    pairs = [a.strip().rsplit(":", 1) for a in spec.split(",") if a.strip()]
+    return [(h, int(p)) for h, p in pairs]

@@ -53,6 +53,9 @@ APP_COMMANDS = [
     "hello",  # SESSION_CACHE=tracking: RESP3 on the read connection, and tracking on it
     "client|tracking",
 ]
+# On a Redis Cluster the services also read the slot map and follow a slot being moved (ASK); never
+# CLUSTER NODES (the cluster's own addresses and IDs: the operator's), nor anything that changes the cluster.
+CLUSTER_APP_COMMANDS = ["cluster|slots", "asking"]
 # How many keys Redis tracks for the near-cache at most (its memory for the tracking table); beyond it Redis
 # stops tracking keys, and invalidates them first, so no client keeps a key nobody would invalidate.
 TRACKING_TABLE_MAX_KEYS = 1_000_000
@@ -78,13 +81,14 @@ def _hashed(password: str | None) -> str:
 def redis_acl(s: Settings) -> list[str]:
     """The users of every Redis server of the cluster: no anonymous login, the services' user with the
     commands they send, the administrative user (replication, the Sentinels, the operator) with all."""
+    commands = APP_COMMANDS + (CLUSTER_APP_COMMANDS if s.cluster else [])
     return [
         # Nobody can log in as `default` (off), but Redis replays the append-only file as `default`, and
         # re-checks a MULTI/EXEC's commands against that user's rules while loading it (redis/redis#14541):
         # without every permission, a restart would silently drop each transaction's writes.
         "user default off ~* &* +@all",
         f"user {s.redis_username} on {_hashed(s.redis_password())} ~* resetchannels -@all "
-        + " ".join(f"+{c}" for c in APP_COMMANDS),
+        + " ".join(f"+{c}" for c in commands),
         f"user {s.redis_admin_username} on {_hashed(s.redis_admin_password())} ~* &* +@all",
     ]
 
@@ -131,6 +135,27 @@ def redis_node(
         f"masteruser {s.redis_admin_username}",
         f"masterauth {s.redis_admin_password() or ''}",
         "repl-diskless-sync-delay 0",  # no data to wait for: replicas sync at once
+    ]
+
+
+def cluster_node(
+    s: Settings,
+    port: int,
+    bus_port: int,
+    data_dir: Path | str,
+    bind: str | None = None,
+    secrets_seen_at: Path | None = None,
+) -> list[str]:
+    """A node of the Redis Cluster topology: a Sentinel topology's Redis lines (replication authenticates as
+    the administrative user), and the cluster's own: its state file beside the data, a primary silent for
+    `cluster_node_timeout_ms` replaced by its replica, and the other shards served while one has none."""
+    return [
+        *redis_node(s, port, data_dir, bind, secrets_seen_at),
+        "cluster-enabled yes",
+        f"cluster-port {bus_port}",
+        "cluster-config-file nodes.conf",
+        f"cluster-node-timeout {s.cluster_node_timeout_ms}",
+        "cluster-require-full-coverage no",
     ]
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
+from scaleout.core.keyspace import Keyspace, denied_family, denied_token
 from scaleout.core.nearcache import MISS
-from scaleout.core.store import Coalescer, Durability, redis_call
+from scaleout.core.store import Reads, Store, redis_call
 
 
 class Denylist:
@@ -21,33 +22,34 @@ class Denylist:
     login at once, not only the one presented.
     """
 
-    def __init__(
-        self, redis: Redis, coalescer: Coalescer, access_ttl: int, durability: Durability | None = None
-    ) -> None:
-        self.redis = redis
+    def __init__(self, store: Store, coalescer: Reads, access_ttl: int) -> None:
+        self.store = store
         self.coalescer = coalescer
         self.access_ttl = access_ttl
-        self.durability = durability or Durability()
 
-    async def add(self, jti: str, exp: int) -> None:
+    async def add(self, jti: str, fam: str, exp: int) -> None:
         ttl = max(1, exp - int(time.time()) + 1)
-        await self.durability.run(self.redis, lambda pipe: pipe.set(f"deny:{jti}", b"1", ex=ttl), revokes=True)
+        key = denied_token(fam, jti)
+        await self.store.run(key, lambda pipe: pipe.set(key, b"1", ex=ttl), durable=True, revokes=True)
 
     async def add_family(self, fam: str) -> None:
         # Every access token of the family expires within access_ttl of now (lifetimes are capped).
         ttl = self.access_ttl + 1
-        await self.durability.run(self.redis, lambda pipe: pipe.set(f"denyfam:{fam}", b"1", ex=ttl), revokes=True)
+        key = denied_family(fam)
+        await self.store.run(key, lambda pipe: pipe.set(key, b"1", ex=ttl), durable=True, revokes=True)
 
     async def contains(self, jti: str, fam: str) -> bool:
         cache = self.coalescer.cache
         if cache is None:
-            return bool(await redis_call(lambda: self.coalescer.call("EXISTS", "deny:" + jti, "denyfam:" + fam)))
+            return bool(
+                await redis_call(lambda: self.coalescer.call("EXISTS", denied_token(fam, jti), denied_family(fam)))
+            )
         entry = (jti, fam)
         found = cache.get(entry)
         if found is not MISS:
             return bool(found)
         # "Not denied" is cached too: EXISTS tracks both keys, present or not, so adding either invalidates it.
-        keys = (f"deny:{jti}".encode(), f"denyfam:{fam}".encode())
+        keys = (denied_token(fam, jti).encode(), denied_family(fam).encode())
         token = cache.begin(keys)
         try:
             denied = bool(await redis_call(lambda: self.coalescer.call("EXISTS", *keys)))
@@ -94,7 +96,7 @@ local revoked = {}
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
 if extra > 0 then
   for _, fam in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
-    redis.call('SET', 'rf:' .. fam, '1', 'EX', ARGV[1])
+    redis.call('SET', ARGV[6] .. fam, '1', 'EX', ARGV[1])
     redis.call('ZREM', KEYS[2], fam)
     redis.call('HDEL', KEYS[3], fam)
     table.insert(revoked, fam)
@@ -105,12 +107,12 @@ redis.call('EXPIRE', KEYS[3], ARGV[1])
 return revoked
 """
 
-# Revoke families of one user (ARGV[1] is the TTL of the mark): ARGV[3..] names them; none named means
-# all of them but ARGV[2].
+# Revoke families of one user (ARGV[1] is the TTL of the mark, ARGV[3] the prefix of the user's marks):
+# ARGV[4..] names them; none named means all of them but ARGV[2].
 _REVOKE = """
 local fams = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do
+if #ARGV > 3 then
+  for i = 4, #ARGV do
     if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then table.insert(fams, ARGV[i]) end
   end
 else
@@ -119,17 +121,12 @@ else
   end
 end
 for _, fam in ipairs(fams) do
-  redis.call('SET', 'rf:' .. fam, '1', 'EX', ARGV[1])
+  redis.call('SET', ARGV[3] .. fam, '1', 'EX', ARGV[1])
   redis.call('ZREM', KEYS[1], fam)
   redis.call('HDEL', KEYS[2], fam)
 end
 return fams
 """
-
-
-def family_keys(uid: str) -> tuple[str, str]:
-    """A user's refresh families: a sorted set fam -> last use, and a hash fam -> what the user may see."""
-    return f"user:{{{uid}}}:fams", f"user:{{{uid}}}:faminfo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,68 +140,79 @@ class Family:
 
 
 class RefreshTokens:
-    """Single-use refresh tokens grouped in families (one family per login), indexed per user."""
+    """Single-use refresh tokens grouped in families (one family per login), indexed per user. Every key of
+    a user's families is in the user's slot (`keyspace`): each step below is one script on one shard."""
 
-    def __init__(self, redis: Redis, ttl: int, max_per_user: int = 10, durability: Durability | None = None) -> None:
-        self.redis = redis
+    def __init__(self, store: Store, keys: Keyspace, ttl: int, max_per_user: int = 10) -> None:
+        self.store = store
+        self.keys = keys
         self.ttl = ttl
         self.max_per_user = max_per_user
-        self.durability = durability or Durability()
-        self._spend = redis.register_script(_SPEND)
-        self._start = redis.register_script(_START)
-        self._revoke = redis.register_script(_REVOKE)
+        self._spend = store.script(_SPEND)
+        self._start = store.script(_START)
+        self._revoke = store.script(_REVOKE)
 
     async def start_family(self, uid: str, fam: str, jti: str, info: dict[str, object]) -> list[str]:
         """Remember a login's first refresh token; returns the families the per-user cap revoked."""
-        zset, meta = family_keys(uid)
-        args: list[str | int | float | bytes] = [self.ttl, time.time(), fam, orjson.dumps(info), self.max_per_user]
-        (revoked,) = await self.durability.run(
-            self.redis, lambda pipe: self._start(keys=[f"rt:{jti}", zset, meta], args=args, client=pipe)
+        zset, meta = self.keys.user_families(uid)
+        token = self.keys.refresh_token(uid, jti)
+        args: list[str | int | float | bytes] = [
+            self.ttl,
+            time.time(),
+            fam,
+            orjson.dumps(info),
+            self.max_per_user,
+            self.keys.family_marks(uid),
+        ]
+        (revoked,) = await self.store.run(
+            token, lambda pipe: self._start(keys=[token, zset, meta], args=args, client=pipe), durable=True
         )
         return [f.decode() if isinstance(f, bytes) else str(f) for f in revoked]
 
-    async def remember(self, jti: str) -> None:
-        await self.durability.run(self.redis, lambda pipe: pipe.set(f"rt:{jti}", b"live", ex=self.ttl))
+    async def remember(self, uid: str, jti: str) -> None:
+        token = self.keys.refresh_token(uid, jti)
+        await self.store.run(token, lambda pipe: pipe.set(token, b"live", ex=self.ttl), durable=True)
 
     async def spend(self, jti: str, fam: str, uid: str) -> RefreshOutcome:
-        zset, meta = family_keys(uid)
-        keys = [f"rt:{jti}", f"rf:{fam}", zset, meta]
+        zset, meta = self.keys.user_families(uid)
+        token = self.keys.refresh_token(uid, jti)
+        keys = [token, self.keys.family_marks(uid) + fam, zset, meta]
         args: list[str | int | float | bytes] = [self.ttl, time.time(), fam]
-        (result,) = await self.durability.run(self.redis, lambda pipe: self._spend(keys=keys, args=args, client=pipe))
+        (result,) = await self.store.run(
+            token, lambda pipe: self._spend(keys=keys, args=args, client=pipe), durable=True
+        )
         return RefreshOutcome(result.decode() if isinstance(result, bytes) else result)
 
-    async def revoke_family(self, fam: str) -> None:
+    async def revoke_family(self, uid: str, fam: str) -> None:
         """Mark a family revoked whether or not its user's index still names it."""
-        await self.durability.run(self.redis, lambda pipe: pipe.set(f"rf:{fam}", b"1", ex=self.ttl))
+        mark = self.keys.family_marks(uid) + fam
+        await self.store.run(mark, lambda pipe: pipe.set(mark, b"1", ex=self.ttl), durable=True)
 
     async def revoke(self, uid: str, fams: list[str], keep: str = "") -> list[str]:
         """Revoke the named families of `uid` (those that are its own), or all but `keep` when none named."""
-        zset, meta = family_keys(uid)
-        args: list[str | int | float | bytes] = [self.ttl, keep, *fams]
-        (done,) = await self.durability.run(
-            self.redis, lambda pipe: self._revoke(keys=[zset, meta], args=args, client=pipe)
+        zset, meta = self.keys.user_families(uid)
+        args: list[str | int | float | bytes] = [self.ttl, keep, self.keys.family_marks(uid), *fams]
+        (done,) = await self.store.run(
+            zset, lambda pipe: self._revoke(keys=[zset, meta], args=args, client=pipe), durable=True
         )
         return [f.decode() if isinstance(f, bytes) else str(f) for f in done]
 
     async def family_created(self, uid: str, fam: str) -> float | None:
         """When the login that started `fam` happened; None when the family is not (or no longer) indexed."""
-        _, meta = family_keys(uid)
-        raw = await redis_call(lambda: self.redis.hget(meta, fam))
+        _, meta = self.keys.user_families(uid)
+        (raw,) = await self.store.run(meta, lambda pipe: pipe.hget(meta, fam))
         if raw is None:
             return None
         return float(orjson.loads(raw).get("created", 0))
 
     async def families(self, uid: str) -> list[Family]:
-        zset, meta = family_keys(uid)
+        zset, meta = self.keys.user_families(uid)
 
-        async def read() -> tuple[list[tuple[bytes, float]], dict[bytes, bytes]]:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrange(zset, 0, -1, withscores=True)
-                pipe.hgetall(meta)
-                scores, infos = await pipe.execute()
-            return scores, infos
+        async def read(pipe: Any) -> None:
+            pipe.zrange(zset, 0, -1, withscores=True)
+            pipe.hgetall(meta)
 
-        scores, infos = await redis_call(read)
+        scores, infos = await self.store.run(zset, read, transaction=True)
         now = time.time()
         out = []
         for fam_raw, score in scores:

@@ -1,8 +1,9 @@
 """Server-side sessions: in one process's memory, or in the shared Redis (session clustering).
 
-A session ID is 256 bits from `secrets`; stores only ever see its SHA-256, so a leaked store holds no usable
-IDs. Both stores enforce an idle timeout and an absolute lifetime themselves, keep a per-user index (the
-sessions a user can list and end, by a public handle that is never the ID) and cap each user's sessions.
+A session ID is 256 bits from `secrets` after its user's slot tag (`keyspace`: where a Redis Cluster keeps
+it); stores only ever see its SHA-256, so a leaked store holds no usable IDs. Both stores enforce an idle
+timeout and an absolute lifetime themselves, keep a per-user index (the sessions a user can list and end,
+by a public handle that is never the ID) and cap each user's sessions.
 """
 
 from __future__ import annotations
@@ -18,22 +19,30 @@ from hashlib import sha256
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
-from redis.asyncio import Redis
 
+from scaleout.core import keyspace
 from scaleout.core.config import Settings
 from scaleout.core.credentials import Malformed, single_cookie_raw
+from scaleout.core.keyspace import TAG, Keyspace
 from scaleout.core.nearcache import MISS, NearCache
-from scaleout.core.store import Coalescer, Durability, redis_call
+from scaleout.core.store import Reads, Store, redis_call
 
 UNAVAILABLE = "session store unavailable"
 
-_SID = re.compile(r"[A-Za-z0-9_-]{43}")  # token_urlsafe(32): 32 bytes -> 43 characters
+# The slot tag, a dot, then token_urlsafe(32): 32 bytes -> 43 characters.
+_SID = re.compile(r"[0-9a-f]{4}\.[A-Za-z0-9_-]{43}")
 _SID_RAW = re.compile(_SID.pattern.encode())
 HANDLE = re.compile(r"[A-Za-z0-9_-]{16}")  # public session handles: token_urlsafe(12)
 
 
-def new_session_id() -> str:
-    return secrets.token_urlsafe(32)
+def new_session_id(tag: str | None = None) -> str:
+    """A new session ID for a user with this slot tag (`Keyspace.tag`); a random tag without one (a store
+    that needs no slot, or a test)."""
+    if tag is None:
+        tag = secrets.token_hex(2)
+    elif TAG.fullmatch(tag) is None:
+        raise ValueError("a slot tag is four lowercase hex digits")
+    return f"{tag}.{secrets.token_urlsafe(32)}"
 
 
 def new_csrf_token() -> str:
@@ -53,19 +62,11 @@ def session_key(sid: str) -> str:
 
 
 def redis_key(raw_sid: bytes) -> str:
-    return "sess:" + sha256(raw_sid).hexdigest()
+    return keyspace.session_key(raw_sid)
 
 
 def memory_key(raw_sid: bytes) -> bytes:
     return sha256(raw_sid).digest()
-
-
-def user_keys(uid: str) -> tuple[str, str]:
-    """The per-user index: a sorted set handle -> last use, and a hash handle -> session key.
-
-    Hash-tagged by user, so that in a Redis Cluster both land in one slot.
-    """
-    return f"user:{{{uid}}}:sessions", f"user:{{{uid}}}:handles"
 
 
 K = TypeVar("K")
@@ -437,17 +438,17 @@ class RedisSessions:
 
     def __init__(
         self,
-        redis: Redis,
-        coalescer: Coalescer,
+        store: Store,
+        coalescer: Reads,
         idle_ttl: int,
         absolute_ttl: int,
         mac: SessionMAC,
+        keys: Keyspace,
         max_per_user: int = 10,
         max_decoded: int = 4096,
-        durability: Durability | None = None,
     ) -> None:
-        self.durability = durability or Durability()
-        self.redis = redis
+        self.store = store
+        self.keys = keys
         self.coalescer = coalescer
         self.cache = coalescer.cache
         self.idle_ttl = idle_ttl
@@ -462,26 +463,27 @@ class RedisSessions:
         self._touched: dict[str, float] = {}
         self._renewed: dict[str, float] = {}
         self.renew_every = min(TOUCH_INTERVAL, idle_ttl / 4)
-        self._put = redis.register_script(_PUT)
-        self._end = redis.register_script(_END)
-        self._end_all = redis.register_script(_END_ALL)
-        self._list = redis.register_script(_LIST)
+        self._put = store.script(_PUT)
+        self._end = store.script(_END)
+        self._end_all = store.script(_END_ALL)
+        self._list = store.script(_LIST)
 
     @staticmethod
     def key(raw_sid: bytes) -> str:
         return redis_key(raw_sid)
 
     @classmethod
-    def for_settings(cls, settings: Settings, redis: Redis, reads: Coalescer) -> RedisSessions:
+    def for_settings(cls, settings: Settings, store: Store, reads: Reads) -> RedisSessions:
         """The cluster's Redis sessions, as the auth service writes them and every replica reads them."""
+        key = settings.secret("session_key").encode()
         return cls(
-            redis,
+            store,
             reads,
             settings.session_idle_ttl,
             settings.session_absolute_ttl,
-            SessionMAC(settings.secret("session_key").encode()),
+            SessionMAC(key),
+            Keyspace(key),
             settings.max_sessions_per_user,
-            durability=Durability.of(settings),
         )
 
     async def get(self, sid: str) -> Session | None:
@@ -529,7 +531,7 @@ class RedisSessions:
             return None
         if time.time() - session.created >= self.absolute_ttl:
             await self._end_handle(session.uid, session.handle)
-            await redis_call(lambda: self.redis.delete(key), UNAVAILABLE)
+            await self.store.run(key, lambda pipe: pipe.delete(key), UNAVAILABLE)
             return None
         return session
 
@@ -552,14 +554,19 @@ class RedisSessions:
         if len(self._touched) >= 100_000:
             self._touched.clear()
         self._touched[session.handle] = now
-        zset, _ = user_keys(session.uid)
+        zset, _ = self.keys.user_sessions(session.uid)
         # XX: only a member still there is updated, so this can never bring back an ended session.
         future = self.coalescer.call("ZADD", zset, "XX", now, session.handle)
         future.add_done_callback(lambda f: f.exception())  # fire and forget; a lost touch is harmless
 
+    def new_id(self, uid: str) -> str:
+        """A session ID for a login of `uid`: in the user's slot, with the user's index."""
+        return new_session_id(self.keys.tag(uid))
+
     async def put(self, sid: str, session: Session) -> None:
+        """Store a login's session; `sid` from `new_id` (its slot is the user's: one script writes both)."""
         key = session_key(sid)
-        zset, handles = user_keys(session.uid)
+        zset, handles = self.keys.user_sessions(session.uid)
         sealed = self.mac.seal(key, session.to_json())
         args: list[str | int | float | bytes] = [
             sealed,
@@ -569,23 +576,24 @@ class RedisSessions:
             self.max_per_user,
             self.absolute_ttl,
         ]
-        await self.durability.run(
-            self.redis, lambda pipe: self._put(keys=[key, zset, handles], args=args, client=pipe), UNAVAILABLE
+        await self.store.run(
+            key, lambda pipe: self._put(keys=[key, zset, handles], args=args, client=pipe), UNAVAILABLE, durable=True
         )
 
     async def delete(self, sid: str) -> None:
         key = session_key(sid)
-        (raw,) = await self.durability.run(self.redis, lambda pipe: pipe.getdel(key), UNAVAILABLE, revokes=True)
+        (raw,) = await self.store.run(key, lambda pipe: pipe.getdel(key), UNAVAILABLE, durable=True, revokes=True)
         session = self._decode(key, raw) if isinstance(raw, bytes) else None
         if session is not None:
             await self._end_handle(session.uid, session.handle)
 
     async def _end_handle(self, uid: str, handle: str) -> bool:
-        zset, handles = user_keys(uid)
-        (ended,) = await self.durability.run(
-            self.redis,
+        zset, handles = self.keys.user_sessions(uid)
+        (ended,) = await self.store.run(
+            zset,
             lambda pipe: self._end(keys=[zset, handles], args=[handle], client=pipe),
             UNAVAILABLE,
+            durable=True,
             revokes=True,
         )
         return bool(ended)
@@ -594,17 +602,18 @@ class RedisSessions:
         return await self._end_handle(uid, handle)
 
     async def end_all(self, uid: str, keep: str | None = None) -> None:
-        zset, handles = user_keys(uid)
-        await self.durability.run(
-            self.redis,
+        zset, handles = self.keys.user_sessions(uid)
+        await self.store.run(
+            zset,
             lambda pipe: self._end_all(keys=[zset, handles], args=[keep or ""], client=pipe),
             UNAVAILABLE,
+            durable=True,
             revokes=True,
         )
 
     async def list(self, uid: str) -> list[SessionInfo]:
-        zset, handles = user_keys(uid)
-        flat = await redis_call(lambda: self._list(keys=[zset, handles]), UNAVAILABLE)
+        zset, handles = self.keys.user_sessions(uid)
+        (flat,) = await self.store.run(zset, lambda pipe: self._list(keys=[zset, handles], client=pipe), UNAVAILABLE)
         out = []
         for i in range(0, len(flat), 4):
             handle, score, key, raw = flat[i].decode(), float(flat[i + 1]), flat[i + 2].decode(), flat[i + 3]

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from scaleout.core.config import SessionCache, Settings
 from scaleout.core.nearcache import NearCache
-from scaleout.core.pipelined import PipelinedConnection, is_primary
+from scaleout.core.pipelined import Arg, PipelinedConnection, is_primary
 
 
 class StoreUnavailable(Exception):
@@ -96,6 +97,17 @@ def make_redis(settings: Settings) -> Redis:
     return Redis.from_url(settings.redis_dsn, max_connections=256, connection_class=AppConnection, **common)
 
 
+def make_store(settings: Settings) -> Store:
+    """The store of the cluster's topology, chosen once at start-up: one Redis, the primary the Sentinels
+    name, or the shards of a Redis Cluster."""
+    durability = Durability.of(settings)
+    if settings.cluster:
+        from scaleout.core.cluster import ClusterStore  # it builds on this module
+
+        return ClusterStore(settings, durability)
+    return Store(make_redis(settings), durability)
+
+
 class NotReplicated(StoreUnavailable):
     """A write no replica acknowledged in time: it may not survive a failover, so it is not confirmed."""
 
@@ -115,37 +127,79 @@ class Durability:
     @classmethod
     def of(cls, settings: Settings) -> Durability:
         settle = settings.session_cache_staleness if settings.session_cache == SessionCache.tracking else 0.0
-        return cls(settings.redis_wait_replicas if settings.sentinel else 0, settings.redis_wait_ms, settle)
+        replicated = settings.sentinel or settings.cluster  # a single Redis has no replica to wait for
+        return cls(settings.redis_wait_replicas if replicated else 0, settings.redis_wait_ms, settle)
+
+
+Build = Callable[[Any], Awaitable[object]]
+# An operation on the client of a key's shard; `asking`: send ASKING first (the slot is being moved there).
+Op = Callable[[Redis, bool], Awaitable[T]]
+
+
+class Store:
+    """The shared Redis as the state classes use it: every operation names a key, and runs as one pipeline
+    on the Redis that holds the key's slot. One Redis (or the primary the Sentinels name) holds them all;
+    `ClusterStore` finds the shard.
+    """
+
+    def __init__(self, redis: Redis, durability: Durability | None = None) -> None:
+        self.redis = redis
+        self.durability = durability or Durability()
+
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script, always run through `run`'s pipeline (so on the key's shard)."""
+        return self.redis.register_script(source)
+
+    async def route(self, key: str, op: Op[T], what: str) -> T:
+        """Run `op` on the client for `key`; see `redis_call` for the failure rules."""
+        return await redis_call(lambda: op(self.redis, False), what)
 
     async def run(
         self,
-        redis: Redis,
-        build: Callable[[Any], Awaitable[object]],
+        key: str,
+        build: Build,
         what: str = "shared store unavailable",
+        durable: bool = False,
         revokes: bool = False,
+        transaction: bool = False,
     ) -> list[Any]:
-        """Queue commands on a pipeline (one connection), then WAIT; the commands' replies. `revokes`: it
-        ends a session or denies a token, so it also waits out the near-caches' staleness."""
-        results = await self._run(redis, build, what)
-        if revokes and self.settle:
-            await asyncio.sleep(self.settle)
-        return results
+        """Queue commands on one pipeline to `key`'s shard; their replies. `durable`: the write is confirmed
+        only once `Durability` says so (WAIT on the same connection). `revokes`: it ends a session or denies
+        a token, so it also waits out the near-caches' staleness. Every key the commands name must share
+        `key`'s slot (`keyspace`)."""
+        wait = self.durability.replicas if durable else 0
 
-    async def _run(self, redis: Redis, build: Callable[[Any], Awaitable[object]], what: str) -> list[Any]:
-
-        async def op() -> list[Any]:
-            async with redis.pipeline(transaction=False) as pipe:
+        async def op(client: Redis, asking: bool) -> list[Any]:
+            async with client.pipeline(transaction=transaction) as pipe:
+                if asking:
+                    pipe.execute_command("ASKING")
                 await build(pipe)
-                if self.replicas:
-                    pipe.wait(self.replicas, self.timeout_ms)
+                if wait:
+                    pipe.wait(wait, self.durability.timeout_ms)
                 results: list[Any] = await pipe.execute()
-            if self.replicas:
-                if int(results[-1]) < self.replicas:
+            if asking:
+                results = results[1:]
+            if wait:
+                if int(results[-1]) < wait:
                     raise NotReplicated(f"{what}: no replica confirmed the write")
-                return results[:-1]
+                results = results[:-1]
             return results
 
-        return await redis_call(op, what)
+        results = await self.route(key, op, what)
+        if revokes and self.durability.settle:
+            await asyncio.sleep(self.durability.settle)
+        return results
+
+    def reads(self, on_round_trip: Callable[[float], None] | None = None, cache: NearCache | None = None) -> Reads:
+        """The per-request reads of this process (see `Coalescer`)."""
+        return Coalescer(self.redis, on_round_trip, cache)
+
+    async def answers(self) -> bool:
+        """Whether the shared Redis answers now (a readiness probe's question; never raises)."""
+        return await answers(self.redis)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
 
 
 async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store unavailable") -> T:
@@ -161,6 +215,17 @@ async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store u
             return await op()
     except (RedisError, OSError) as exc:
         raise StoreUnavailable(what) from exc
+
+
+class Reads(Protocol):
+    """The per-request reads: each command's reply as a future; commands issued in one event-loop turn
+    share one write and one round trip per Redis. `cache`: the near-cache, when it is on."""
+
+    cache: NearCache | None
+
+    def call(self, *command: Arg) -> asyncio.Future[object]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Coalescer(PipelinedConnection):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
-from scaleout.core.store import redis_call
+from scaleout.core.keyspace import throttle_keys
+from scaleout.core.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,23 +49,20 @@ class Throttle:
     `take` counts an attempt before it is verified; `refund` gives it back when the password was right.
     """
 
-    def __init__(self, redis: Redis, window: int, account_max: int, ip_max: int) -> None:
-        self.redis = redis
+    def __init__(self, store: Store, window: int, account_max: int, ip_max: int) -> None:
+        self.store = store
         self.window = window
         self.account_max = account_max
         self.ip_max = ip_max
-        self._take = redis.register_script(_THROTTLE_TAKE)
-        self._refund = redis.register_script(_THROTTLE_REFUND)
-
-    @staticmethod
-    def _keys(username: str, client_ip: str) -> list[str]:
-        return [f"thr:acct:{username}", f"thr:ip:{client_ip}"]
+        self._take = store.script(_THROTTLE_TAKE)
+        self._refund = store.script(_THROTTLE_REFUND)
 
     async def take(self, username: str, client_ip: str) -> Verdict:
-        wait = await redis_call(
-            lambda: self._take(keys=self._keys(username, client_ip), args=[self.account_max, self.ip_max, self.window])
-        )
+        keys = throttle_keys(username, client_ip)
+        args = [self.account_max, self.ip_max, self.window]
+        (wait,) = await self.store.run(keys[0], lambda pipe: self._take(keys=keys, args=args, client=pipe))
         return Verdict(allowed=int(wait) == 0, retry_after=int(wait))
 
     async def refund(self, username: str, client_ip: str) -> None:
-        await redis_call(lambda: self._refund(keys=self._keys(username, client_ip)))
+        keys = throttle_keys(username, client_ip)
+        await self.store.run(keys[0], lambda pipe: self._refund(keys=keys, client=pipe))

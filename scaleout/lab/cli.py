@@ -144,6 +144,12 @@ def _show_status(cluster: ClusterDriver) -> None:
         console.print(f"fault between the services and {target}: {now.describe()}")
     if s.sentinel:
         console.print(f"Redis primary, as the Sentinels say: {cluster.primary() or 'none known (failover under way?)'}")
+    if s.cluster:
+        shards = cluster.shards()
+        for shard in shards:
+            console.print(shard.describe())
+        if not shards:
+            console.print("Redis Cluster: no node answers")
 
 
 @app.command()

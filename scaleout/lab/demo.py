@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -254,8 +255,9 @@ def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float, float]:
     import gc
     import tracemalloc
 
+    from scaleout.core.keyspace import Keyspace
     from scaleout.core.sessions import MemorySessions, RedisSessions, Session, SessionMAC, new_handle
-    from scaleout.core.store import Coalescer, make_redis
+    from scaleout.core.store import Store, make_redis
     from scaleout.lab.redisadmin import redis_command
 
     def session(i: int) -> Session:
@@ -285,8 +287,8 @@ def _kib_per_10k_sessions(ctx: Context) -> tuple[float, float, float]:
             line = next(x for x in str(info).splitlines() if x.startswith("used_memory:"))
             return int(line.split(":")[1])
 
-        client = make_redis(s)
-        store = RedisSessions(client, Coalescer(client), 3600, 7200, SessionMAC(b"k" * 32))
+        client = Store(make_redis(s))
+        store = RedisSessions(client, client.reads(), 3600, 7200, SessionMAC(b"k" * 32), Keyspace(b"k" * 32))
         before = used()
         for i in range(10_000):
             await store.put(new_session_id(), session(i))
@@ -635,20 +637,20 @@ def _invalidation_windows(c: Cluster, n: int) -> list[float]:
     import asyncio
 
     from scaleout.core.sessions import RedisSessions, Session, new_handle, session_key
-    from scaleout.core.store import Coalescer, make_redis
+    from scaleout.core.store import make_store
 
     s = c.settings
     replicas = [("127.0.0.1" if s.host == "0.0.0.0" else s.host, s.api_port(name)) for name in s.replica_names]
 
     async def run() -> list[float]:
-        redis = make_redis(s)
-        writer = RedisSessions.for_settings(s, redis, Coalescer(redis))
+        store = make_store(s)
+        writer = RedisSessions.for_settings(s, store, store.reads())
         # One keep-alive connection per replica and a bare HTTP/1.1 exchange: a poll costs the replica's
         # answer, not a client library's overhead, so the window measured is the invalidation's.
         pools = [Pool(host, port) for host, port in replicas]
         windows = []
         for _ in range(n):
-            sid = new_session_id()
+            sid = writer.new_id("uid-demo")
             await writer.put(sid, Session("demo", new_csrf_token(), time.time(), "uid-demo", new_handle()))
             request = f"GET /api/me HTTP/1.1\r\nHost: replica\r\nCookie: sid={sid}\r\n\r\n".encode()
 
@@ -660,7 +662,7 @@ def _invalidation_windows(c: Cluster, n: int) -> list[float]:
 
             for _ in range(3):  # each replica renews, reads into its cache, then answers from it
                 assert await asyncio.gather(*(ask(p) for p in pools)) == [200] * len(pools)
-            await redis.delete(session_key(sid))  # the end of the session, as Redis sees it
+            await store.run(session_key(sid), partial(_delete, session_key(sid)))  # the end, as Redis sees it
             acknowledged = time.perf_counter()
             pending = list(pools)
             while pending:
@@ -671,10 +673,14 @@ def _invalidation_windows(c: Cluster, n: int) -> list[float]:
             windows.append((time.perf_counter() - acknowledged) * 1000)
         for pool in pools:
             pool.close()
-        await redis.aclose()
+        await store.aclose()
         return windows
 
     return asyncio.run(run())
+
+
+async def _delete(key: str, pipe: Any) -> None:
+    pipe.delete(key)
 
 
 def revocation(ctx: Context) -> RevocationResult:

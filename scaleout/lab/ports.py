@@ -57,8 +57,9 @@ def isolated_settings(cluster_dir: Path, **overrides: object) -> Settings:
     """Settings for a cluster of its own: its own directory and free ports, so it never meets `make up`'s."""
     wanted = Settings.model_validate({"cluster_dir": cluster_dir, **overrides})  # validates the overrides first
     # api-N listens on base+N, so that block starts one below its first port.
-    api, nginx_port, auth_port, redis_port, sentinel_port, lab_port, proxies = free_blocks(
-        wanted.host, [wanted.replicas + 1, 1, 1, len(wanted.redis_ports), max(1, len(wanted.sentinel_ports)), 1, 2]
+    sizes = [wanted.replicas + 1, 1, 1, len(wanted.redis_ports), max(1, len(wanted.sentinel_ports)), 1, 2]
+    api, nginx_port, auth_port, redis_port, sentinel_port, lab_port, proxies, bus = free_blocks(
+        wanted.host, [*sizes, max(1, len(wanted.cluster_bus_ports))]
     )
     ports = {
         "redis_proxy_port": proxies,
@@ -68,6 +69,7 @@ def isolated_settings(cluster_dir: Path, **overrides: object) -> Settings:
         "auth_port": auth_port,
         "redis_port": redis_port,
         "sentinel_port": sentinel_port,
+        "cluster_bus_port": bus,
         "api_port_base": api,
     }
     return Settings.model_validate({"cluster_dir": cluster_dir, **ports, **overrides})

@@ -20,7 +20,7 @@ from scaleout.core.authn import NO_STORE, NotAuthenticated
 from scaleout.core.config import AuthMode, SessionCache, SessionStore, Settings, get_settings
 from scaleout.core.nearcache import NearCache
 from scaleout.core.schemas import Me, WhoAmI
-from scaleout.core.store import Coalescer, StoreUnavailable, make_redis
+from scaleout.core.store import StoreUnavailable, make_store
 from scaleout.core.web import (
     AUTH_FAILURES,
     Access,
@@ -85,18 +85,19 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             transport=auth_transport,
         )
-        redis = replica.redis = make_redis(settings)
+        store = replica.store = make_store(settings)
+        await store.answers()  # a Redis Cluster's slot map, learnt before the first request needs it
         # The per-request reads: one lean pipelined connection per process, timed once per round trip, and
         # with SESSION_CACHE=tracking the near-cache that connection keeps in step with Redis.
         cache = near_cache(settings)
-        reads = Coalescer(redis, on_round_trip=store_timer("redis", "read").observe, cache=cache)
-        replica.authn = await build_authenticator(settings, redis, reads, replica.http)
+        reads = store.reads(on_round_trip=store_timer("redis", "read").observe, cache=cache)
+        replica.authn = await build_authenticator(settings, store, reads, replica.http)
         settle_heap()
         yield
         await replica.authn.aclose()
         await replica.http.aclose()
         await reads.aclose()
-        await redis.aclose()
+        await store.aclose()
 
     app = create_app(name, lifespan=lifespan, ready=lambda: replica.ready())
     app.state.replica = replica  # for the routers' `ReplicaDep`

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Request
-from redis.asyncio import Redis
 from starlette.responses import Response
 
 from scaleout.core.authn import (
@@ -21,20 +20,16 @@ from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, 
 from scaleout.core.credentials import header_value
 from scaleout.core.jwks import JWKSClient
 from scaleout.core.keys import hs256_key
+from scaleout.core.keyspace import Keyspace
 from scaleout.core.revocation import Denylist, RefreshTokens
 from scaleout.core.sessions import MemorySessions, RedisSessions
-from scaleout.core.store import Coalescer, Durability, StoreUnavailable, answers
+from scaleout.core.store import Reads, Store, StoreUnavailable
 from scaleout.core.tokens import token_verifier
 from scaleout.core.web import JSONResponse, error
 
 
-async def build_authenticator(
-    settings: Settings, redis: object, reads: Coalescer, http: httpx.AsyncClient
-) -> Authenticator:
+async def build_authenticator(settings: Settings, store: Store, reads: Reads, http: httpx.AsyncClient) -> Authenticator:
     """The one place that looks at AUTH_MODE and SESSION_STORE."""
-    from redis.asyncio import Redis
-
-    assert isinstance(redis, Redis)
     if settings.auth_mode is AuthMode.jwt:
         verifier = token_verifier(settings)
         jwks = None
@@ -46,13 +41,13 @@ async def build_authenticator(
             # Fetched here first: afterwards this replica verifies tokens with the auth service down.
             await jwks.fetch_until_ready(timeout=20.0)
             jwks.start()
-        durable = Durability.of(settings)
         denylist = (
-            Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway, durable)
+            Denylist(store, reads, settings.access_ttl + settings.jwt_leeway)
             if settings.jwt_revocation is JWTRevocation.denylist
             else None
         )
-        refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user, durable)
+        keyspace = Keyspace(settings.secret("session_key").encode())
+        refresh = RefreshTokens(store, keyspace, settings.refresh_ttl, settings.max_sessions_per_user)
         return JWTAuthenticator(verifier, jwks, denylist, refresh)
     if settings.auth_mode is AuthMode.cookie:
         return CookieAuthenticator()
@@ -77,7 +72,7 @@ async def build_authenticator(
             settings.session_idle_ttl, settings.session_absolute_ttl, settings.max_sessions_per_user
         )
         return MemorySessionAuthenticator(settings, memory)
-    return RedisSessionAuthenticator(settings, RedisSessions.for_settings(settings, redis, reads))
+    return RedisSessionAuthenticator(settings, RedisSessions.for_settings(settings, store, reads))
 
 
 @dataclass(slots=True)
@@ -89,7 +84,7 @@ class Replica:
     name: str = field(init=False)
     authn: Authenticator = field(init=False)
     http: httpx.AsyncClient = field(init=False)
-    redis: Redis = field(init=False)
+    store: Store = field(init=False)
 
     def __post_init__(self) -> None:
         self.name = self.settings.replica_id
@@ -101,7 +96,7 @@ class Replica:
         reads_redis = (s.auth_mode is AuthMode.session and s.session_store is SessionStore.redis) or (
             s.auth_mode is AuthMode.jwt and s.jwt_revocation is JWTRevocation.denylist
         )
-        return await answers(self.redis) if reads_redis else True
+        return await self.store.answers() if reads_redis else True
 
     @property
     def mode_fields(self) -> dict[str, str]:

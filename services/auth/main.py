@@ -7,6 +7,7 @@ nginx saw, forwarded by the replica. What a good login is given is the `Issuer` 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -17,10 +18,10 @@ from fastapi import FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import Counter
-from redis.asyncio import Redis
 
 from scaleout.core.config import AuthMode, JWTAlg, JWTRevocation, SessionStore, Settings, get_settings
 from scaleout.core.keys import BoundKey, KeyRing, hs256_key
+from scaleout.core.keyspace import Keyspace
 from scaleout.core.passwords import Passwords
 from scaleout.core.revocation import Denylist, RefreshOutcome, RefreshTokens
 from scaleout.core.schemas import (
@@ -30,7 +31,7 @@ from scaleout.core.schemas import (
     RegisterRequest,
 )
 from scaleout.core.sessions import RedisSessions, Session, new_csrf_token, new_handle, new_session_id
-from scaleout.core.store import Coalescer, Durability, answers, make_redis
+from scaleout.core.store import Store, make_store
 from scaleout.core.throttle import Throttle
 from scaleout.core.tokens import TokenError, TokenIssuer, TokenKind, TokenVerifier, token_verifier
 from scaleout.core.users import User, UsernameTaken, Users
@@ -119,7 +120,7 @@ class SessionIssuer(Issuer):
         self.shared = shared
 
     async def issue(self, user: User, body: LoginRequest) -> dict[str, object]:
-        sid = new_session_id()
+        sid = self.shared.new_id(user.uid) if self.shared is not None else new_session_id()
         session = Session(
             user.username, new_csrf_token(), time.time(), user.uid, new_handle(), body.user_agent, body.client_ip
         )
@@ -171,7 +172,7 @@ class JWTIssuer(Issuer):
         return body, claims.jti
 
     async def issue(self, user: User, body: LoginRequest) -> dict[str, object]:
-        fam, now = new_session_id(), time.time()
+        fam, now = secrets.token_urlsafe(32), time.time()
         pair, jti = self.pair(user, fam, int(now) + self.settings.refresh_absolute_ttl)
         info = {"h": new_handle(), "created": now, "a": body.user_agent, "p": body.client_ip}
         for evicted in await self.refresh.start_family(user.uid, fam, jti, info):
@@ -192,23 +193,24 @@ def create_auth_app(settings: Settings) -> FastAPI:
         verifier: TokenVerifier
         issuer: Issuer
         jwt: JWTIssuer | None
-        redis: Redis
+        store: Store
 
     svc = Service()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = svc.redis = make_redis(settings)
+        store = svc.store = make_store(settings)
+        await store.answers()  # a Redis Cluster's slot map, learnt before the first request needs it
+        keyspace = Keyspace(settings.secret("session_key").encode())
         svc.users = Users(settings.users_db_path)
         svc.passwords = Passwords(settings)
         svc.hashing = HashPool(settings.argon2_concurrency, settings.argon2_queue_wait)
         svc.throttle = Throttle(
-            redis, settings.throttle_window, settings.throttle_account_max, settings.throttle_ip_max
+            store, settings.throttle_window, settings.throttle_account_max, settings.throttle_ip_max
         )
-        reads = Coalescer(redis)  # the stores' read path; the auth service only writes, so it never connects
-        durable = Durability.of(settings)
-        svc.refresh = RefreshTokens(redis, settings.refresh_ttl, settings.max_sessions_per_user, durable)
-        svc.denylist = Denylist(redis, reads, settings.access_ttl + settings.jwt_leeway, durable)
+        reads = store.reads()  # the stores' read path; the auth service only writes, so it never connects
+        svc.refresh = RefreshTokens(store, keyspace, settings.refresh_ttl, settings.max_sessions_per_user)
+        svc.denylist = Denylist(store, reads, settings.access_ttl + settings.jwt_leeway)
         svc.keys = Keys(settings)
         svc.verifier = token_verifier(settings, svc.keys.verifiers)
         svc.jwt = None
@@ -221,16 +223,16 @@ def create_auth_app(settings: Settings) -> FastAPI:
         else:
             shared = None
             if settings.session_store is SessionStore.redis:
-                shared = RedisSessions.for_settings(settings, redis, reads)
+                shared = RedisSessions.for_settings(settings, store, reads)
             svc.issuer = SessionIssuer(settings, shared)
         settle_heap()
         yield
         await reads.aclose()
-        await redis.aclose()
+        await store.aclose()
         svc.users.close()
 
     # Ready while Redis answers: every login is counted there (the throttle) before its password is checked.
-    app = create_app("auth", lifespan=lifespan, ready=lambda: answers(svc.redis))
+    app = create_app("auth", lifespan=lifespan, ready=lambda: svc.store.answers())
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy) -> JSONResponse:
@@ -282,7 +284,7 @@ def create_auth_app(settings: Settings) -> FastAPI:
         started = await svc.refresh.family_created(claims.sub, claims.fam)
         user = await run_in_threadpool(svc.users.by_uid, claims.sub)
         if started is None or user is None or user.disabled:
-            await svc.refresh.revoke_family(claims.fam)
+            await svc.refresh.revoke_family(claims.sub, claims.fam)
             AUTH_FAILURES.labels("refresh_no_account" if started is not None else "refresh_unknown").inc()
             return error(401, "invalid refresh token")
         not_after = int(started) + settings.refresh_absolute_ttl
@@ -296,7 +298,7 @@ def create_auth_app(settings: Settings) -> FastAPI:
             AUTH_FAILURES.labels(f"refresh_{outcome}").inc()
             return error(401, "invalid refresh token")
         pair, jti = svc.jwt.pair(user, claims.fam, not_after)
-        await svc.refresh.remember(jti)
+        await svc.refresh.remember(user.uid, jti)
         return JSONResponse({**pair, "uid": user.uid, "username": user.username}, headers=NO_STORE)
 
     @app.post("/logout", status_code=204)
@@ -311,10 +313,10 @@ def create_auth_app(settings: Settings) -> FastAPI:
         except TokenError:
             return error(401, "not authenticated", {"WWW-Authenticate": 'Bearer realm="scaleout"'})
         await svc.refresh.revoke(claims.sub, [claims.fam])
-        await svc.refresh.revoke_family(claims.fam)  # also when the family left the index (the cap)
+        await svc.refresh.revoke_family(claims.sub, claims.fam)  # also when the family left the index (the cap)
         if settings.jwt_revocation is JWTRevocation.denylist:
             # Every access token of this login, not only the one presented (a refresh makes more).
-            await svc.denylist.add(claims.jti, claims.exp)
+            await svc.denylist.add(claims.jti, claims.fam, claims.exp)
             await svc.denylist.add_family(claims.fam)
         return Response(status_code=204, headers=NO_STORE)
 

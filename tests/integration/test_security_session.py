@@ -61,7 +61,8 @@ def test_login_sets_hardened_cookies_and_a_fresh_256_bit_id(cluster: Cluster) ->
         assert attr in sid
     assert "HttpOnly" not in csrf and "SameSite=Lax" in csrf  # scripts must read it to send it back
     value = sid.split(";")[0].removeprefix("sid=")
-    assert len(value) == 43  # 32 random bytes, base64url
+    tag, dot, secret = value.partition(".")
+    assert len(tag) == 4 and dot and len(secret) == 43  # the user's slot tag, then 32 random bytes, base64url
     assert r.headers["cache-control"] == "no-store"
 
 

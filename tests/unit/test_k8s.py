@@ -34,7 +34,7 @@ def by(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 def test_every_combination_renders_validates_and_keeps_the_pod_rules(checked) -> None:
     _, found = checked
-    assert len(found) == len(k8s.AUTH_VARIANTS) * len(LBMode) * len(RedisTopology) == 24
+    assert len(found) == len(k8s.AUTH_VARIANTS) * len(LBMode) * len(k8s.TOPOLOGIES) == 24
     assert {name: problems for name, problems in found.items() if problems} == {}
 
 

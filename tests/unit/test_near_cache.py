@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from scaleout.core.keyspace import Keyspace
 from scaleout.core.nearcache import MISS, NearCache
 from scaleout.core.revocation import Denylist
 from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_handle, new_session_id, session_key
-from scaleout.core.store import Coalescer, Durability, StoreUnavailable
+from scaleout.core.store import Coalescer, Durability, Store, StoreUnavailable
 from scaleout.lab.faults import FaultProxy, set_fault
 from scaleout.lab.ports import free_ports
 
+KEYS = Keyspace(b"k" * 32)
 MAC = SessionMAC(b"k" * 32)
 STALENESS = 0.05
 
@@ -40,8 +42,9 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 def stores(redis: Redis, reader_redis: Redis | None = None) -> tuple[RedisSessions, RedisSessions, NearCache]:
     """The auth service's store (writes, no cache; revocations wait out the staleness) and a replica's."""
     cache = NearCache(1000, STALENESS)
-    writer = RedisSessions(redis, Coalescer(redis), 30, 60, MAC, durability=Durability(settle=STALENESS))
-    reader = RedisSessions(reader_redis or redis, Coalescer(reader_redis or redis, cache=cache), 30, 60, MAC)
+    writer = RedisSessions(Store(redis, Durability(settle=STALENESS)), Coalescer(redis), 30, 60, MAC, KEYS)
+    reader_client = reader_redis or redis
+    reader = RedisSessions(Store(reader_client), Coalescer(reader_client, cache=cache), 30, 60, MAC, KEYS)
     return writer, reader, cache
 
 
@@ -103,8 +106,8 @@ async def test_hits_cost_redis_nothing_and_a_logout_elsewhere_is_seen_within_5_m
 async def test_not_denied_is_cached_until_the_denial_is_added(redis: Redis) -> None:
     cache = NearCache(1000, STALENESS)
     reads = Coalescer(redis, cache=cache)
-    deny = Denylist(redis, reads, access_ttl=60)
-    writer = Denylist(redis, Coalescer(redis), access_ttl=60, durability=Durability(settle=STALENESS))
+    deny = Denylist(Store(redis), reads, access_ttl=60)
+    writer = Denylist(Store(redis, Durability(settle=STALENESS)), Coalescer(redis), access_ttl=60)
     jti, fam = new_handle(), new_handle()
     assert not await deny.contains(jti, fam)
     assert not await deny.contains(jti, fam) and cache.stats.hits == 1  # "not denied", from the cache

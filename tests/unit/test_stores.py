@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from scaleout.core.config import Settings
 from scaleout.core.credentials import Ambiguous, Malformed, bearer_token, single_cookie
+from scaleout.core.keyspace import Keyspace, denied_family, denied_token, throttle_keys
 from scaleout.core.revocation import Denylist, RefreshOutcome, RefreshTokens
 from scaleout.core.sessions import (
     MemorySessions,
@@ -25,10 +27,11 @@ from scaleout.core.sessions import (
     redis_key,
     session_key,
 )
-from scaleout.core.store import Coalescer, StoreUnavailable, make_redis
+from scaleout.core.store import Coalescer, Store, StoreUnavailable, make_redis
 from scaleout.core.throttle import Throttle
 
 MAC = SessionMAC(b"k" * 32)
+KEYS = Keyspace(b"k" * 32)
 
 
 @pytest.fixture
@@ -46,26 +49,59 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 def redis_sessions(redis: Redis, idle_ttl: int = 30, absolute_ttl: int = 60, max_per_user: int = 10) -> RedisSessions:
-    return RedisSessions(redis, Coalescer(redis), idle_ttl, absolute_ttl, MAC, max_per_user)
+    return RedisSessions(Store(redis), Coalescer(redis), idle_ttl, absolute_ttl, MAC, KEYS, max_per_user)
 
 
 def session(username: str = "alice", created: float | None = None, uid: str = "uid-alice") -> Session:
     return Session(username, "c", time.time() if created is None else created, uid, new_handle())
 
 
-def test_session_ids_are_256_bit_urlsafe_and_unique() -> None:
+def test_session_ids_are_a_slot_tag_then_256_random_bits_and_unique() -> None:
     ids = {new_session_id() for _ in range(1000)}
     assert len(ids) == 1000
-    assert all(len(i) == 43 and is_well_formed(i) for i in ids)
-    assert not is_well_formed("x" * 42)
-    assert not is_well_formed("x" * 42 + "=")
-    assert not is_well_formed("../" + "x" * 40)
+    assert all(len(i) == 4 + 1 + 43 and is_well_formed(i) for i in ids)
+    tag = KEYS.tag("uid-alice")
+    assert new_session_id(tag).startswith(tag + ".") and new_session_id(tag) != new_session_id(tag)
+    body = "x" * 43
+    for bad in ("x" * 43, f"abcd{body}", f"ABCD.{body}", f"abc.{body}x", f"abcd.{body[:-1]}=", "../" + "x" * 45):
+        assert not is_well_formed(bad), bad
+    with pytest.raises(ValueError):
+        new_session_id("{}{}")
 
 
 def test_stores_see_only_a_hash_of_the_id() -> None:
     sid = new_session_id()
-    assert sid not in session_key(sid)
-    assert len(session_key(sid)) == len("sess:") + 64
+    assert sid not in session_key(sid) and sid[5:] not in session_key(sid)
+    assert len(session_key(sid)) == len("sess:{abcd}:") + 64
+
+
+def test_every_multi_key_operation_names_keys_of_one_slot() -> None:
+    """What a Redis Cluster requires of a script or a multi-key command (else CROSSSLOT): a login (session,
+    index, cap), logout-all and listing (the index and the sessions it names), a refresh spend (token, the
+    family's mark, the family index), the denylist check (token and family), the throttle's two counters."""
+    for i in range(200):
+        uid = f"uid-{i}"
+        sid = new_session_id(KEYS.tag(uid))
+        keys = [
+            session_key(sid),
+            *KEYS.user_sessions(uid),
+            *KEYS.user_families(uid),
+            KEYS.refresh_token(uid, f"jti{i}"),
+            KEYS.family_marks(uid) + f"fam{i}",
+        ]
+        assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+        fam = new_handle()
+        assert key_slot(denied_token(fam, new_handle()).encode()) == key_slot(denied_family(fam).encode())
+        assert len({key_slot(k.encode()) for k in throttle_keys(f"user{i}", f"10.0.{i}.1")}) == 1
+
+
+def test_user_tags_spread_evenly_over_three_shards_and_depend_on_the_server_key() -> None:
+    shard = [0, 0, 0]
+    for i in range(3000):
+        shard[key_slot(KEYS.user_sessions(f"uid-{i}")[0].encode()) * 3 // 16384] += 1
+    assert all(850 < n < 1150 for n in shard), shard
+    other = Keyspace(b"o" * 32)
+    assert sum(KEYS.tag(f"uid-{i}") == other.tag(f"uid-{i}") for i in range(1000)) < 10
 
 
 @pytest.mark.anyio
@@ -116,28 +152,28 @@ async def test_unreachable_redis_is_store_unavailable_quickly() -> None:
     with pytest.raises(StoreUnavailable):
         await store.get(new_session_id())
     with pytest.raises(StoreUnavailable):
-        await Denylist(redis, Coalescer(redis), 60).contains("x" * 22, "f" * 22)
+        await Denylist(Store(redis), Coalescer(redis), 60).contains("x" * 22, "f" * 22)
     result = time.monotonic() - start
     assert result < 3
 
 
 @pytest.mark.anyio
 async def test_refresh_tokens_are_single_use_and_reuse_revokes_the_family(redis: Redis) -> None:
-    tokens = RefreshTokens(redis, ttl=60)
-    await tokens.remember("jti-1" * 4)
+    tokens = RefreshTokens(Store(redis), KEYS, ttl=60)
+    await tokens.remember("u", "jti-1" * 4)
     assert await tokens.spend("jti-1" * 4, "famA", "u") is RefreshOutcome.ok
     assert await tokens.spend("jti-1" * 4, "famA", "u") is RefreshOutcome.reused
-    await tokens.remember("jti-2" * 4)
+    await tokens.remember("u", "jti-2" * 4)
     assert await tokens.spend("jti-2" * 4, "famA", "u") is RefreshOutcome.revoked
     assert await tokens.spend("never-issued", "famB", "u") is RefreshOutcome.unknown
-    await tokens.remember("jti-3" * 4)
+    await tokens.remember("u", "jti-3" * 4)
     results = await asyncio.gather(*(tokens.spend("jti-3" * 4, "famC", "u") for _ in range(10)))
     assert results.count(RefreshOutcome.ok) == 1
 
 
 @pytest.mark.anyio
 async def test_throttle_counts_attempts_per_account_and_address(redis: Redis) -> None:
-    throttle = Throttle(redis, window=30, account_max=3, ip_max=5)
+    throttle = Throttle(Store(redis), window=30, account_max=3, ip_max=5)
     user = f"user{time.time_ns()}"
     for _ in range(3):
         assert (await throttle.take(user, "10.0.0.1")).allowed
@@ -156,7 +192,7 @@ async def test_throttle_counts_attempts_per_account_and_address(redis: Redis) ->
 
 @pytest.mark.anyio
 async def test_throttle_holds_for_attempts_that_arrive_at_the_same_moment(redis: Redis) -> None:
-    throttle = Throttle(redis, window=30, account_max=5, ip_max=1000)
+    throttle = Throttle(Store(redis), window=30, account_max=5, ip_max=1000)
     user = f"race{time.time_ns()}"
     verdicts = await asyncio.gather(*(throttle.take(user, f"10.1.0.{i}") for i in range(40)))
     result = [v.allowed for v in verdicts]
@@ -165,14 +201,14 @@ async def test_throttle_holds_for_attempts_that_arrive_at_the_same_moment(redis:
 
 @pytest.mark.anyio
 async def test_denylist_entries_expire_with_the_token(redis: Redis) -> None:
-    deny = Denylist(redis, Coalescer(redis), access_ttl=5)
-    await deny.add("j" * 22, int(time.time()) + 5)
+    deny = Denylist(Store(redis), Coalescer(redis), access_ttl=5)
+    await deny.add("j" * 22, "f" * 22, int(time.time()) + 5)
     assert await deny.contains("j" * 22, "f" * 22)
-    assert 0 < await redis.ttl("deny:" + "j" * 22) <= 6
+    assert 0 < await redis.ttl(denied_token("f" * 22, "j" * 22)) <= 6
     assert not await deny.contains("k" * 22, "f" * 22)
     await deny.add_family("g" * 22)  # every token of that login, whatever its jti
     assert await deny.contains("k" * 22, "g" * 22)
-    assert 0 < await redis.ttl("denyfam:" + "g" * 22) <= 6
+    assert 0 < await redis.ttl(denied_family("g" * 22)) <= 6
 
 
 def test_credentials_are_read_strictly() -> None:
@@ -337,7 +373,7 @@ async def test_a_session_written_to_redis_without_the_server_key_is_refused(redi
 
 @pytest.mark.anyio
 async def test_refresh_families_are_listed_capped_and_revoked(redis: Redis) -> None:
-    tokens = RefreshTokens(redis, ttl=60, max_per_user=2)
+    tokens = RefreshTokens(Store(redis), KEYS, ttl=60, max_per_user=2)
     uid = f"fam{time.time_ns()}"
     evicted = []
     for i in range(3):

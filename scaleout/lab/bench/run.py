@@ -29,7 +29,7 @@ from scaleout.lab.bench.results import (
     PersistenceCost,
     WaitCost,
 )
-from scaleout.lab.bench.tracking import tracking_costs
+from scaleout.lab.bench.tracking import bench_sessions, tracking_costs
 from scaleout.lab.bench.wrk import Target, summarise, wrk_run
 from scaleout.lab.drivers.base import ClusterError
 from scaleout.lab.drivers.local import Cluster
@@ -73,15 +73,15 @@ def wait_cost(cluster: Cluster, n: int = 200) -> WaitCost:
     """A login's session write to the primary, without and with `WAIT 1` (in process, same Redis)."""
     import asyncio
 
-    from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_handle, new_session_id
-    from scaleout.core.store import Coalescer, Durability, make_redis
+    from scaleout.core.sessions import Session, new_handle, new_session_id
+    from scaleout.core.store import Durability, Store, make_redis
 
     s = cluster.settings
 
     async def measure(durability: Durability) -> float:
-        redis = make_redis(s)
-        reads = Coalescer(redis)
-        store = RedisSessions(redis, reads, 60, 120, SessionMAC(secrets.token_bytes(32)), durability=durability)
+        redis = Store(make_redis(s), durability)
+        reads = redis.reads()
+        store = bench_sessions(redis, reads)
         times = []
         for _ in range(n):
             start = time.perf_counter()
@@ -99,8 +99,8 @@ def persistence_cost(cluster: Cluster, n: int = 400) -> PersistenceCost:
     Redis, switched at run time (`CONFIG SET appendonly`), then put back as the cluster had it."""
     import asyncio
 
-    from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_handle, new_session_id
-    from scaleout.core.store import Coalescer, Durability, make_redis
+    from scaleout.core.sessions import Session, new_handle, new_session_id
+    from scaleout.core.store import Store, make_redis
     from scaleout.lab.load import wait_until
 
     s = cluster.settings
@@ -127,9 +127,9 @@ def persistence_cost(cluster: Cluster, n: int = 400) -> PersistenceCost:
             raise ClusterError("the bench Redis's append-only file did not settle")
 
     async def measure() -> tuple[float, float]:
-        redis = make_redis(s)
-        reads = Coalescer(redis)
-        store = RedisSessions(redis, reads, 60, 120, SessionMAC(secrets.token_bytes(32)), durability=Durability())
+        redis = Store(make_redis(s))
+        reads = redis.reads()
+        store = bench_sessions(redis, reads)
         times = []
         before = cpu_s()
         for _ in range(n):

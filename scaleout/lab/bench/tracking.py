@@ -14,6 +14,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import hiredis
 
@@ -22,6 +23,20 @@ from scaleout.core.pipelined import pack
 from scaleout.lab.bench.results import TrackingCost
 from scaleout.lab.drivers.base import ClusterError
 from scaleout.lab.redisadmin import redis_command
+
+if TYPE_CHECKING:
+    from scaleout.core.sessions import RedisSessions
+    from scaleout.core.store import Reads, Store
+
+
+def bench_sessions(store: Store, reads: Reads, idle_ttl: int = 60) -> RedisSessions:
+    """The product's Redis session store under a key of its own (the bench writes, then reads, sessions)."""
+    from scaleout.core.keyspace import Keyspace
+    from scaleout.core.sessions import RedisSessions, SessionMAC
+
+    key = secrets.token_bytes(32)
+    return RedisSessions(store, reads, idle_ttl, 2 * idle_ttl, SessionMAC(key), Keyspace(key))
+
 
 PREFIX = "sess:bench-tracking:"
 BATCH = 500
@@ -165,16 +180,16 @@ def _session_writes(
     """Redis CPU per login (the session write), per renewal (`GETEX`) and per revocation (a logout: the
     session and its index entry), each through the product's own store, with `replicas` tracking
     connections holding every session (so each renewal and revocation also invalidates them)."""
-    from scaleout.core.sessions import RedisSessions, Session, SessionMAC, new_handle, new_session_id, session_key
-    from scaleout.core.store import Coalescer, Durability, make_redis
+    from scaleout.core.sessions import Session, new_handle, new_session_id, session_key
+    from scaleout.core.store import Store, make_redis
 
     sids = [new_session_id() for _ in range(n)]
     clients = [_Client(host, port, *admin, tracking=("NOLOOP",)) for _ in range(replicas)]
 
     async def measure() -> tuple[float, float, float, float]:
-        redis = make_redis(settings)
-        reads = Coalescer(redis)
-        store = RedisSessions(redis, reads, 600, 1200, SessionMAC(secrets.token_bytes(32)), durability=Durability())
+        redis = Store(make_redis(settings))
+        reads = redis.reads()
+        store = bench_sessions(redis, reads, 600)
         try:
             before = cpu_us()
             for i, sid in enumerate(sids):

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from scaleout.core.config import LBMode, Settings
 from scaleout.lab.faults import Fault
+
+if TYPE_CHECKING:
+    from scaleout.lab.topology import Shard  # it reports its errors as ClusterError, from here
 
 Say = Callable[[str], None]
 
@@ -67,6 +70,10 @@ class ClusterDriver(Protocol):
 
     def primary(self) -> str | None:
         """The Redis that is primary now (Sentinel topology: as the Sentinels say)."""
+        ...
+
+    def shards(self) -> list[Shard]:
+        """Redis Cluster topology: each shard's slots, primary and replica now; empty otherwise."""
         ...
 
     def replica_cpu_seconds(self) -> float:

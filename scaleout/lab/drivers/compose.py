@@ -31,7 +31,7 @@ from scaleout.lab.engine import (
 from scaleout.lab.faults import TARGETS, Fault, change
 from scaleout.lab.nginx import PROBE_PORT
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
-from scaleout.lab.topology import Topology, cli_line, cli_reply
+from scaleout.lab.topology import Shard, Topology, cli_line, cli_reply
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SENTINEL_FILE = ROOT / "docker-compose.sentinel.yml"  # the override for REDIS_TOPOLOGY=sentinel
@@ -179,6 +179,9 @@ class Stack:
         return Topology(
             list(REDIS_SERVICES), list(SENTINELS), self.settings.sentinel_master, self._ask, self._addresses
         )
+
+    def shards(self) -> list[Shard]:
+        return []
 
     def primary(self) -> str | None:
         """The Redis service that is primary now, as the Sentinels say (sentinel topology), else `redis`."""

@@ -30,7 +30,7 @@ from scaleout.lab.faults import TARGETS, Fault, applied_file, fault_file, read_f
 from scaleout.lab.ports import port_is_free, settings_env
 from scaleout.lab.processes import CLK_TCK, cmdline, cpu_ticks, nginx_workers, pid_alive, require_program, tail
 from scaleout.lab.redisadmin import redis_command, redis_ping
-from scaleout.lab.topology import Topology
+from scaleout.lab.topology import ClusterTopology, Shard, Topology
 
 HEALTH_TIMEOUT = 30.0
 COOKIE_WARNING = COOKIE_MODE_WARNING  # said by `up`, and by each service in its log
@@ -106,7 +106,7 @@ class Cluster:
 
         services = (
             self._plan_store(log)
-            if s.sentinel
+            if s.sentinel or s.cluster
             else {
                 "redis": Process(
                     "redis",
@@ -125,7 +125,7 @@ class Cluster:
         )
         replica_env = env
         if s.fault_proxy:  # `make fault`: the services' Redis (single topology) and the auth service, proxied
-            if not s.sentinel:
+            if not s.sentinel and not s.cluster:
                 services["redis-proxy"] = self._proxy("redis", s.redis_proxy_port, s.redis_port, log)
                 env = {**env, "REDIS_URL": f"redis://{host}:{s.redis_proxy_port}/0"}
             services["auth-proxy"] = self._proxy("auth", s.auth_proxy_port, s.auth_port, log)
@@ -182,8 +182,9 @@ class Cluster:
         name = f"{target}-proxy"
         if name not in self._services:
             why = (
-                "with REDIS_TOPOLOGY=sentinel the services reach Redis at the addresses the Sentinels name"
-                if target == "redis" and self.settings.sentinel
+                f"with REDIS_TOPOLOGY={self.settings.redis_topology} the services reach Redis at the addresses "
+                + ("the Sentinels name" if self.settings.sentinel else "the cluster's nodes announce")
+                if target == "redis" and (self.settings.sentinel or self.settings.cluster)
                 else "it runs without its fault proxies (FAULT_PROXY=false, or an older `make up`): `make up` again"
             )
             raise ClusterError(f"no fault proxy to {target}: {why}")
@@ -197,7 +198,8 @@ class Cluster:
 
     def _plan_store(self, log: Callable[[str], str]) -> dict[str, Process]:
         """Sentinel topology: redis-1 (the first primary), redis-2 and redis-3 replicating it, and three
-        Sentinels watching them (quorum 2). Their configs hold the password, so they live among the secrets."""
+        Sentinels watching them (quorum 2). Cluster topology: redis-1 to redis-6, three shards of a primary and
+        a replica once formed. Their configs hold the password, so they live among the secrets."""
         s = self.settings
         services: dict[str, Process] = {}
         for n, port in enumerate(s.redis_ports, start=1):
@@ -221,6 +223,14 @@ class Cluster:
 
         `only` limits the Redis configs written: a running Redis's config is left as the Sentinels rewrote it."""
         s = self.settings
+        if s.cluster:
+            for name, bus in zip(self._redis_names(), s.cluster_bus_ports, strict=True):
+                # Apart from the Sentinel topology's data: a node that holds keys cannot join a new cluster.
+                data = self.dir / "cluster" / name
+                data.mkdir(parents=True, exist_ok=True)
+                lines = redisconf.cluster_node(s, self._services[name].port, bus, data, bind=s.host)
+                write_secret(s.secrets_path / f"{name}.conf", "\n".join(lines) + "\n", replace=True)
+            return
         for name in only if only is not None else self._redis_names():
             svc = self._services[name]
             (self.dir / name).mkdir(parents=True, exist_ok=True)
@@ -256,13 +266,56 @@ class Cluster:
 
         return Topology(self._redis_names(), sentinels, s.sentinel_master, ask, lambda n: [self._services[n].address])
 
+    def cluster_topology(self) -> ClusterTopology:
+        """The Redis Cluster topology, asked over sockets as the operator."""
+        s = self.settings
+
+        def ask(node: str, *command: str) -> object:
+            svc = self._services[node]
+            return redis_command(svc.host, svc.port, s.redis_admin_username, s.redis_admin_password(), *command)
+
+        return ClusterTopology(self._redis_names(), ask, lambda n: [self._services[n].address])
+
+    def shards(self) -> list[Shard]:
+        return self.cluster_topology().shards() if self.settings.cluster else []
+
     def primary(self) -> str | None:
-        """The name of the Redis that is primary now (sentinel topology: as the Sentinels say)."""
+        """The name of the Redis that is primary now (sentinel topology: as the Sentinels say; cluster: the
+        first shard's)."""
+        if self.settings.cluster:
+            return next((shard.primary for shard in self.shards()), None)
         return self.topology().primary() if self.settings.sentinel else "redis"
 
     def wait_topology(self, timeout: float = 30.0) -> None:
-        """Until the primary has both replicas in sync and every Sentinel knows the others and the replicas."""
-        self.topology().wait_settled(timeout)
+        """Until the primary has both replicas in sync and every Sentinel knows the others and the replicas
+        (cluster: until every slot is served and every shard has its replica)."""
+        if self.settings.cluster:
+            self.cluster_topology().wait_settled(timeout)
+        else:
+            self.topology().wait_settled(timeout)
+
+    def _form_cluster(self, progress: Say) -> None:
+        """Six fresh nodes become three shards of a primary and a replica (`redis-cli --cluster create`, as the
+        operator; the password in its environment, never on the command line); nodes that met before (their
+        state file kept) form again by themselves."""
+        s = self.settings
+        topology = self.cluster_topology()
+        if topology.fresh():
+            nodes = [self._services[n].address for n in self._redis_names()]
+            argv = [require_program("redis-cli"), "--user", s.redis_admin_username, "--no-auth-warning"]
+            argv += ["--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"]
+            env = {**os.environ, "REDISCLI_AUTH": s.redis_admin_password() or ""}
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+            if done.returncode != 0:
+                raise ClusterError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-500:]}")
+        try:
+            topology.wait_settled(30)
+        except ClusterError as exc:
+            raise ClusterError(
+                f"{exc}: its nodes' state may be from another cluster; `make clean` starts afresh"
+            ) from None
+        for shard in topology.shards():
+            progress(shard.describe())
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -298,7 +351,7 @@ class Cluster:
             fault_file(self.dir, target).unlink(missing_ok=True)
             applied_file(fault_file(self.dir, target)).unlink(missing_ok=True)
         self._services = self._plan()
-        if self.settings.sentinel:
+        if self.settings.sentinel or self.settings.cluster:
             first = (self.settings.host, self.settings.redis_port)
             self._write_store_configs({n: first for n in self._redis_names()[1:]})
         if self._panel is not None:
@@ -324,6 +377,8 @@ class Cluster:
                 if group is store and self.settings.sentinel:
                     self.wait_topology()
                     progress(f"Sentinels agree: {self.primary()} is the primary, two replicas in sync")
+                if group is store and self.settings.cluster:
+                    self._form_cluster(progress)
         except BaseException:
             self.down()
             raise
@@ -359,13 +414,16 @@ class Cluster:
         self._wait_healthy(panel)
 
     def _resolve(self, name: str, starting: bool = False) -> str:
-        """`redis` in the sentinel topology: the primary now (to stop), or a stopped Redis (to start)."""
-        if not self.settings.sentinel:
-            return name
+        """`redis` in the sentinel topology: the primary now (to stop), or a stopped Redis (to start); in the
+        cluster topology `redis-shard-N` (and `redis`: shard 1) likewise."""
 
         def running(node: str) -> bool:
             return bool(self._services[node].pid and pid_alive(self._services[node].pid or 0))
 
+        if self.settings.cluster:
+            return self.cluster_topology().resolve(name, running, starting)
+        if not self.settings.sentinel:
+            return name
         return self.topology().resolve(name, running, starting)
 
     def stop(self, name: str, kill: bool = False) -> str:

@@ -34,7 +34,7 @@ from scaleout.lab.engine import (
 )
 from scaleout.lab.faults import Fault
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
-from scaleout.lab.topology import Topology, cli_line, cli_reply
+from scaleout.lab.topology import Shard, Topology, cli_line, cli_reply
 
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 HS256_FILE = ROOT / "deploy" / "swarm" / "stack.hs256.yml"  # JWT_ALG=HS256: the shared secret, to api and auth
@@ -574,6 +574,9 @@ class Swarm:
         if self.settings.sentinel:
             self.topology().wait_settled(60.0)
         return service
+
+    def shards(self) -> list[Shard]:
+        return []  # no Redis Cluster on a swarm (refused at `up`)
 
     def primary(self) -> str | None:
         """The Redis service that is primary now, as the Sentinels say (sentinel topology), else `redis`."""

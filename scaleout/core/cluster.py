@@ -1,0 +1,258 @@
+"""The shared store on a Redis Cluster: each key's slot is held by one of several primaries (shards).
+
+The services find a key's shard themselves, from the slot map (`CLUSTER SLOTS`, asked of any node), and
+follow the cluster's redirections: `MOVED` (the slot lives elsewhere now: a reshard finished, or a failover
+promoted a replica) re-points the slot at once and re-reads the map soon; `ASK` (the slot is being moved,
+and this key already went) sends `ASKING` and the command to the node named, once. Writes go through a
+redis-py client per primary, so that a write and its `WAIT` share a connection (redis-py's `RedisCluster`
+would send the `WAIT`, which names no key, to any node). Reads go through one lean pipelined connection per
+primary (`scaleout.core.pipelined`): still one round trip per request, since every key a request reads is in
+one slot (`keyspace`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from scaleout.core.config import Settings
+from scaleout.core.nearcache import NearCache
+from scaleout.core.pipelined import Arg, PipelinedConnection
+from scaleout.core.store import AppConnection, Durability, Op, Reads, Store, StoreUnavailable, T
+
+Address = tuple[str, int]
+# How often the slot map may be re-read on failures: while a shard's primary is down, every request to it
+# fails, and one re-read per interval is enough to see the replica promoted.
+REFRESH_INTERVAL = 0.2
+MAX_REDIRECTIONS = 3
+
+
+def slot_of(key: str | bytes) -> int:
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+class ClusterStore(Store):
+    """The cluster's primaries, one redis-py client each, and the slot map that says which holds a key."""
+
+    def __init__(self, settings: Settings, durability: Durability | None = None) -> None:
+        self.startup = settings.cluster_hosts
+        password = settings.redis_password()
+        self.username = settings.redis_username if password else None
+        self.password = password
+        self.timeout = settings.redis_timeout
+        self._clients: dict[Address, Redis] = {}
+        self._slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        self._refreshing: asyncio.Task[bool] | None = None
+        self._refreshed_at = 0.0
+        super().__init__(self.client(self.startup[0]), durability)
+
+    def client(self, address: Address) -> Redis:
+        found = self._clients.get(address)
+        if found is None:
+            # As `make_redis`: short timeouts, no retries of its own, the services' ACL user.
+            options: dict[str, Any] = {
+                "host": address[0],
+                "port": address[1],
+                "username": self.username,
+                "password": self.password,
+                "socket_timeout": self.timeout,
+                "socket_connect_timeout": self.timeout,
+                "retry": Retry(NoBackoff(), 0),
+                "health_check_interval": 0,
+            }
+            pool = ConnectionPool(connection_class=AppConnection, max_connections=256, **options)
+            found = self._clients[address] = Redis(connection_pool=pool)
+        return found
+
+    # --- the slot map ---------------------------------------------------------------------------
+
+    def address(self, slot: int) -> Address | None:
+        return self._slots[slot]
+
+    def moved(self, slot: int, address: Address) -> None:
+        """A node said `MOVED`: the slot is served there now; the rest of the map may have changed too."""
+        self._slots[slot] = address
+        self.refresh_soon()
+
+    def primaries(self) -> list[Address]:
+        return sorted({a for a in self._slots if a is not None})
+
+    async def refresh(self) -> bool:
+        """Read the slot map again (one reading at a time, shared by whoever asks meanwhile)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshed_at = time.monotonic()
+            self._refreshing = asyncio.get_running_loop().create_task(self._read_map())
+        return await asyncio.shield(self._refreshing)
+
+    async def _read_map(self) -> bool:
+        """The slot map from the first node that answers: the primaries known, then the start-up list."""
+        for address in dict.fromkeys([*self.primaries(), *self.startup]):
+            try:
+                reply = await self.client(address).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except (RedisError, OSError):
+                continue
+            slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+            for start, end, primary, *_ in reply:
+                host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+                # A node that does not know its own address says "" or "?": it is the one that answered.
+                owner = (host if host not in ("", "?") else address[0], int(primary[1]))
+                for slot in range(int(start), int(end) + 1):
+                    slots[slot] = owner
+            self._slots = slots
+            return True
+        return False
+
+    def refresh_soon(self) -> None:
+        """Re-read the map in the background, at most once per REFRESH_INTERVAL (failures call this often)."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        if time.monotonic() - self._refreshed_at < REFRESH_INTERVAL:
+            return
+        self._refreshed_at = time.monotonic()
+        self._refreshing = asyncio.get_running_loop().create_task(self._read_map())
+
+    # --- operations -----------------------------------------------------------------------------
+
+    async def route(self, key: str, op: Op[T], what: str) -> T:
+        """Run `op` on the primary of `key`'s slot, following `MOVED` and `ASK`; a dead connection is tried
+        once more (after a restart every pooled connection is dead), any other failure is StoreUnavailable."""
+        slot = slot_of(key)
+        ask: Address | None = None
+        retried = False
+        try:
+            for _ in range(MAX_REDIRECTIONS + 1):
+                address = ask or self._slots[slot]
+                if address is None:
+                    await self.refresh()
+                    address = self._slots[slot]
+                    if address is None:
+                        raise StoreUnavailable(f"{what}: no shard serves slot {slot}")
+                try:
+                    return await op(self.client(address), ask is not None)
+                except MovedError as e:
+                    self.moved(e.slot_id, (e.host, e.port))
+                    ask = None
+                except AskError as e:
+                    ask = (e.host, e.port)
+                except TryAgainError:
+                    # A multi-key command met a slot whose keys are half moved: the move takes milliseconds.
+                    await asyncio.sleep(0.05)
+                    ask = None
+                except RedisConnectionError:
+                    self.refresh_soon()
+                    if retried:
+                        raise
+                    retried = True
+            raise StoreUnavailable(f"{what}: redirected more than {MAX_REDIRECTIONS} times")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(what) from exc
+
+    def reads(self, on_round_trip: Callable[[float], None] | None = None, cache: NearCache | None = None) -> Reads:
+        if cache is not None:
+            raise ValueError("the near-cache is not offered on a Redis Cluster")
+        return ClusterReads(self, on_round_trip)
+
+    async def answers(self) -> bool:
+        """Whether the cluster answers now: the slot map could be read. A shard that is down does not make
+        the whole cluster unready: the other shards' keys are served."""
+        return await self.refresh()
+
+    async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for client in self._clients.values():
+            await client.aclose()
+
+
+def _ignore(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class ClusterReads:
+    """The per-request reads on a Redis Cluster: one lean pipelined connection per primary, each command
+    sent to its key's shard (the key is the command's first argument), redirections followed."""
+
+    cache: NearCache | None = None  # not offered here (see `Settings`)
+
+    def __init__(self, store: ClusterStore, on_round_trip: Callable[[float], None] | None = None) -> None:
+        self.store = store
+        self.on_round_trip = on_round_trip
+        self._connections: dict[Address, PipelinedConnection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _connection(self, address: Address) -> PipelinedConnection:
+        found = self._connections.get(address)
+        if found is None:
+            s = self.store
+            found = self._connections[address] = PipelinedConnection(
+                address[0], address[1], 0, s.timeout, self.on_round_trip, s.username, s.password
+            )
+        return found
+
+    def call(self, *command: Arg) -> asyncio.Future[object]:
+        reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._send(reply, command, None, 0)
+        return reply
+
+    def _send(self, reply: asyncio.Future[object], command: tuple[Arg, ...], ask: Address | None, hops: int) -> None:
+        key = command[1]
+        address = ask or self.store.address(slot_of(key if isinstance(key, str | bytes) else str(key)))
+        if address is None:
+            if hops < MAX_REDIRECTIONS:  # not known yet (the first request), or a shard lost: ask, then send
+                task = asyncio.get_running_loop().create_task(self._after_refresh(reply, command, hops + 1))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                reply.set_exception(RedisConnectionError("no shard serves this key's slot"))
+            return
+        connection = self._connection(address)
+        if ask is not None:
+            connection.call("ASKING").add_done_callback(_ignore)  # same connection, same write: just before
+        connection.call(*command).add_done_callback(lambda f: self._answered(reply, f, command, hops))
+
+    async def _after_refresh(self, reply: asyncio.Future[object], command: tuple[Arg, ...], hops: int) -> None:
+        await self.store.refresh()
+        if not reply.done():
+            self._send(reply, command, None, hops)
+
+    def _answered(
+        self, reply: asyncio.Future[object], answer: asyncio.Future[object], command: tuple[Arg, ...], hops: int
+    ) -> None:
+        if reply.done():
+            return
+        if answer.cancelled():
+            reply.cancel()
+            return
+        exc = answer.exception()
+        if exc is None:
+            reply.set_result(answer.result())
+            return
+        if isinstance(exc, ResponseError) and hops < MAX_REDIRECTIONS:
+            kind, _, rest = str(exc).partition(" ")
+            if kind in ("MOVED", "ASK"):
+                slot, _, node = rest.partition(" ")
+                host, _, port = node.rpartition(":")
+                if kind == "MOVED":
+                    self.store.moved(int(slot), (host, int(port)))
+                    self._send(reply, command, None, hops + 1)
+                else:
+                    self._send(reply, command, (host, int(port)), hops + 1)
+                return
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            self.store.refresh_soon()
+        reply.set_exception(exc)
+
+    async def aclose(self) -> None:
+        for connection in self._connections.values():
+            await connection.aclose()
