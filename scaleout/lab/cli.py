@@ -170,16 +170,17 @@ def stop(
     service: str,
     kill: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM (a crash, not a shutdown)")] = False,
 ) -> None:
-    """Fault injection: stop one service (api-N, auth, redis, nginx) of the running cluster."""
-    _attempt(lambda: _cluster().stop(service, kill=kill))
-    console.print(f"stopped {service}")
+    """Fault injection: stop one service (api-N, auth, redis, nginx; with Sentinels `redis` is the primary,
+    on a Redis Cluster `redis-shard-N` is that shard's primary) of the running cluster."""
+    stopped = _attempt(lambda: _cluster().stop(service, kill=kill))
+    console.print(f"stopped {stopped}" if stopped == service else f"stopped {stopped} ({service})")
 
 
 @app.command()
 def start(service: str) -> None:
     """Start a service stopped with `stop` again, with the same command and settings."""
-    _attempt(lambda: _cluster().start(service))
-    console.print(f"started {service}")
+    started = _attempt(lambda: _cluster().start(service))
+    console.print(f"started {started}" if started == service else f"started {started} ({service})")
 
 
 FaultTarget = Annotated[str, typer.Argument(help="redis | auth")]

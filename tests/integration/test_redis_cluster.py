@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, client, new_user, new_username, spread
+from helpers import PASSWORD, bearer, client, new_user, new_username, run_cli, spread
 from redis.crc import key_slot
 
 from scaleout.core.keyspace import session_key
@@ -77,6 +77,14 @@ def test_three_shards_each_a_primary_and_a_replica_that_refuse_strangers(cluster
     assert isinstance(redis_command(svc.host, svc.port, s.redis_username, s.redis_password(), "CLUSTER", "SLOTS"), list)
     for refused in (("CLUSTER", "NODES"), ("CLUSTER", "FAILOVER"), ("CONFIG", "GET", "*"), ("KEYS", "*")):
         assert redis_command(svc.host, svc.port, s.redis_username, s.redis_password(), *refused) is None, refused
+    status = run_cli("status", env={"CLUSTER_DIR": str(cluster.dir)})
+    assert status.returncode == 0, status.stderr
+    for shard in shards:
+        assert shard.describe() in status.stdout  # "redis-shard-1: slots 0-5460, primary redis-1, replica ..."
+    assert "redis-shard-1: slots 0-5460, primary redis-" in status.stdout
+    # The fault proxy sits in front of one Redis only: the cluster's nodes announce their own addresses.
+    refused = run_cli("fault", "redis", "latency", "10ms", env={"CLUSTER_DIR": str(cluster.dir)})
+    assert refused.returncode == 1 and "REDIS_TOPOLOGY=cluster" in refused.stderr
 
 
 def test_sessions_spread_over_every_shard_and_every_endpoint_works(cluster: Cluster) -> None:
