@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from scaleout.core.config import Settings
 from scaleout.lab.drivers.local import Cluster
+from scaleout.lab.load import RequestLoop
 from scaleout.lab.ports import free_ports as runner_free_ports
 from scaleout.lab.ports import isolated_settings
+from scaleout.lab.topology import Shard
 
 HOST = "127.0.0.1"
 PASSWORD = "correct horse battery"
@@ -197,3 +200,40 @@ def leftover_processes(run_id: str) -> dict[int, str]:
             continue
         found[int(entry.name)] = cmdline.strip()
     return found
+
+
+def shard_of(shards: list[Shard], sid: str) -> Shard:
+    """The Redis Cluster shard that holds the session with this ID (from its slot tag)."""
+    from redis.crc import key_slot
+
+    from scaleout.core.keyspace import session_key
+
+    slot = key_slot(session_key(sid.encode()).encode())
+    return next(s for s in shards if any(a <= slot <= b for a, b in s.slots))
+
+
+def shard_loss(loop: RequestLoop[tuple[int, int]], killed_at: float, shard: int) -> tuple[Counter[int], list[float]]:
+    """After a shard's primary was killed under a loop of (shard, status): the statuses the other shards'
+    users got, and when its own users' requests failed."""
+    after = [o for o in loop.outcomes if o.started >= killed_at]
+    others = Counter(status for number, status in (o.value for o in after) if number != shard)
+    hit = [o for o in after if o.value[0] == shard]
+    assert {status for _, status in (o.value for o in hit)} <= {200, 503}, Counter(o.value[1] for o in hit)
+    return others, [o.started for o in hit if o.value[1] != 200]
+
+
+def per_shard(
+    people: list[httpx.Client], loopers: list[httpx.Client], shard: dict[int, int]
+) -> Callable[[int, int], tuple[int, int]]:
+    """A RequestLoop step: worker `w`'s client GETs /api/me with each person's session in turn; (the number of
+    the shard that holds the session, the status)."""
+
+    def me(worker: int, n: int) -> tuple[int, int]:
+        c = people[n % len(people)]
+        try:
+            status = loopers[worker].get("/api/me", headers={"Cookie": f"sid={c.cookies['sid']}"}).status_code
+        except httpx.HTTPError:
+            status = 599
+        return shard[id(c)], status
+
+    return me

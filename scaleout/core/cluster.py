@@ -54,6 +54,7 @@ class ClusterStore(Store):
         self._slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._refreshing: asyncio.Task[bool] | None = None
         self._refreshed_at = 0.0
+        self._listeners: list[Callable[[], None]] = []  # told when a slot moved to another node
         super().__init__(self.client(self.startup[0]), durability)
 
     def client(self, address: Address) -> Redis:
@@ -81,8 +82,14 @@ class ClusterStore(Store):
 
     def moved(self, slot: int, address: Address) -> None:
         """A node said `MOVED`: the slot is served there now; the rest of the map may have changed too."""
-        self._slots[slot] = address
+        if self._slots[slot] != address:
+            self._slots[slot] = address
+            self._changed()
         self.refresh_soon()
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def primaries(self) -> list[Address]:
         return sorted({a for a in self._slots if a is not None})
@@ -108,7 +115,9 @@ class ClusterStore(Store):
                 owner = (host if host not in ("", "?") else address[0], int(primary[1]))
                 for slot in range(int(start), int(end) + 1):
                     slots[slot] = owner
-            self._slots = slots
+            if slots != self._slots:
+                self._slots = slots
+                self._changed()
             return True
         return False
 
@@ -157,10 +166,12 @@ class ClusterStore(Store):
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(what) from exc
 
-    def reads(self, on_round_trip: Callable[[float], None] | None = None, cache: NearCache | None = None) -> Reads:
-        if cache is not None:
-            raise ValueError("the near-cache is not offered on a Redis Cluster")
-        return ClusterReads(self, on_round_trip)
+    def reads(
+        self, on_round_trip: Callable[[float], None] | None = None, caches: Callable[[], NearCache] | None = None
+    ) -> Reads:
+        reads = ClusterReads(self, on_round_trip, caches)
+        self._listeners.append(reads.forget)
+        return reads
 
     async def answers(self) -> bool:
         """Whether the cluster answers now: the slot map could be read. A shard that is down does not make
@@ -181,13 +192,23 @@ def _ignore(future: asyncio.Future[object]) -> None:
 
 class ClusterReads:
     """The per-request reads on a Redis Cluster: one lean pipelined connection per primary, each command
-    sent to its key's shard (the key is the command's first argument), redirections followed."""
+    sent to its key's shard (the key is the command's first argument), redirections followed.
 
-    cache: NearCache | None = None  # not offered here (see `Settings`)
+    With the near-cache on, each connection keeps its own (`caches` makes them): Redis invalidates a key on the
+    connection that read it, so an answer is served only by the cache of the stream its invalidation would
+    come on. When a slot moves (a reshard, a failover), a key may be read on another connection than before
+    and its old shard stops telling of it: every cache forgets what it holds, and a read in flight across
+    a redirection is not kept."""
 
-    def __init__(self, store: ClusterStore, on_round_trip: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: ClusterStore,
+        on_round_trip: Callable[[float], None] | None = None,
+        caches: Callable[[], NearCache] | None = None,
+    ) -> None:
         self.store = store
         self.on_round_trip = on_round_trip
+        self.caches = caches
         self._connections: dict[Address, PipelinedConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -195,10 +216,23 @@ class ClusterReads:
         found = self._connections.get(address)
         if found is None:
             s = self.store
+            cache = self.caches() if self.caches else None
             found = self._connections[address] = PipelinedConnection(
-                address[0], address[1], 0, s.timeout, self.on_round_trip, s.username, s.password
+                address[0], address[1], 0, s.timeout, self.on_round_trip, s.username, s.password, cache=cache
             )
         return found
+
+    def cache_for(self, key: str) -> NearCache | None:
+        if self.caches is None:
+            return None
+        address = self.store.address(slot_of(key))
+        return None if address is None else self._connection(address).cache
+
+    def forget(self) -> None:
+        """A slot moved: no cache may answer for what it read before (the connection stays tracking)."""
+        for connection in self._connections.values():
+            if connection.cache is not None:
+                connection.cache.invalidate(None)
 
     def call(self, *command: Arg) -> asyncio.Future[object]:
         reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -241,6 +275,7 @@ class ClusterReads:
         if isinstance(exc, ResponseError) and hops < MAX_REDIRECTIONS:
             kind, _, rest = str(exc).partition(" ")
             if kind in ("MOVED", "ASK"):
+                self.forget()  # before the answer comes: a read-through begun before the move is not kept
                 slot, _, node = rest.partition(" ")
                 host, _, port = node.rpartition(":")
                 if kind == "MOVED":

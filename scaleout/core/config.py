@@ -210,8 +210,6 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.session_absolute_ttl < self.session_idle_ttl:
             raise ValueError("SESSION_ABSOLUTE_TTL must be at least SESSION_IDLE_TTL")
-        if self.cluster and self.session_cache == SessionCache.tracking:
-            raise ValueError("SESSION_CACHE=tracking is not offered with REDIS_TOPOLOGY=cluster: use SESSION_CACHE=off")
         return self
 
     # Derived values: computed, never stored twice.

@@ -39,7 +39,7 @@ class Denylist:
         await self.store.run(key, lambda pipe: pipe.set(key, b"1", ex=ttl), durable=True, revokes=True)
 
     async def contains(self, jti: str, fam: str) -> bool:
-        cache = self.coalescer.cache
+        cache = self.coalescer.cache_for(denied_family(fam))
         if cache is None:
             return bool(
                 await redis_call(lambda: self.coalescer.call("EXISTS", denied_token(fam, jti), denied_family(fam)))

@@ -50,6 +50,9 @@ def write_compose_store_configs(s: Settings, secrets_seen_at: Path | None = None
     directory = s.secrets_path
     single = redisconf.redis_server(s, s.redis_port, "/tmp", secrets_seen_at=secrets_seen_at)
     write_secret(directory / "redis.conf", _lines(single), replace=True)
+    if s.cluster:  # docker-compose.cluster.yml: every node the same, its bus on the port + 10000
+        node = redisconf.cluster_node(s, s.redis_port, s.redis_port + 10000, "/tmp", secrets_seen_at=secrets_seen_at)
+        write_secret(directory / "cluster-node.conf", _lines(node), replace=True)
     if not s.sentinel:
         return
     node = redisconf.redis_node(s, s.redis_port, "/tmp", secrets_seen_at=secrets_seen_at)
@@ -86,6 +89,7 @@ ROLE_FILES = {
         "redis-node.conf",
         "sentinel.conf",
         "sentinel-master.conf",
+        "cluster-node.conf",
     ),
     "api": ("redis_password", "session_key", "jwt_secret"),
     "auth": ("redis_password", "session_key", "jwt_secret"),

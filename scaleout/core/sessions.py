@@ -450,7 +450,6 @@ class RedisSessions:
         self.store = store
         self.keys = keys
         self.coalescer = coalescer
-        self.cache = coalescer.cache
         self.idle_ttl = idle_ttl
         self.absolute_ttl = absolute_ttl
         self.mac = mac
@@ -511,7 +510,7 @@ class RedisSessions:
         # answers for it (it cannot have expired since this replica renewed it: renew_every < idle TTL).
         now = time.monotonic()
         if now - self._renewed.get(key, -1e9) < self.renew_every:
-            cache = self.cache
+            cache = self.coalescer.cache_for(key)
             if cache is None:
                 raw = await redis_call(lambda: self.coalescer.call("GET", key), UNAVAILABLE)
             else:

@@ -190,9 +190,12 @@ class Store:
             await asyncio.sleep(self.durability.settle)
         return results
 
-    def reads(self, on_round_trip: Callable[[float], None] | None = None, cache: NearCache | None = None) -> Reads:
-        """The per-request reads of this process (see `Coalescer`)."""
-        return Coalescer(self.redis, on_round_trip, cache)
+    def reads(
+        self, on_round_trip: Callable[[float], None] | None = None, caches: Callable[[], NearCache] | None = None
+    ) -> Reads:
+        """The per-request reads of this process (see `Coalescer`); `caches` makes the near-cache of each
+        read connection, when it is on."""
+        return Coalescer(self.redis, on_round_trip, caches() if caches else None)
 
     async def answers(self) -> bool:
         """Whether the shared Redis answers now (a readiness probe's question; never raises)."""
@@ -219,9 +222,12 @@ async def redis_call(op: Callable[[], Awaitable[T]], what: str = "shared store u
 
 class Reads(Protocol):
     """The per-request reads: each command's reply as a future; commands issued in one event-loop turn
-    share one write and one round trip per Redis. `cache`: the near-cache, when it is on."""
+    share one write and one round trip per Redis."""
 
-    cache: NearCache | None
+    def cache_for(self, key: str) -> NearCache | None:
+        """The near-cache that may answer for `key` (None when it is off): the one kept in step by the
+        connection `key` is read on."""
+        ...
 
     def call(self, *command: Arg) -> asyncio.Future[object]: ...
 
@@ -252,6 +258,9 @@ class Coalescer(PipelinedConnection):
             locate=pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None,
             cache=cache,
         )
+
+    def cache_for(self, key: str) -> NearCache | None:
+        return self.cache
 
 
 async def answers(redis: Redis) -> bool:

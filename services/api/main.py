@@ -8,7 +8,7 @@ see the balancer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from scaleout.core.authn import NO_STORE, NotAuthenticated
 from scaleout.core.config import AuthMode, SessionCache, SessionStore, Settings, get_settings
-from scaleout.core.nearcache import NearCache
+from scaleout.core.nearcache import NearCache, NearCacheStats
 from scaleout.core.schemas import Me, WhoAmI
 from scaleout.core.store import StoreUnavailable, make_store
 from scaleout.core.web import (
@@ -64,12 +64,22 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def near_cache(settings: Settings) -> NearCache | None:
+def near_caches(settings: Settings) -> Callable[[], NearCache] | None:
+    """SESSION_CACHE=tracking: what makes the near-cache of each read connection (one per Redis the replica
+    reads: one, or one per shard of a Redis Cluster), counted together in the metrics."""
     if settings.session_cache is not SessionCache.tracking:
         return None
-    cache = NearCache(settings.session_cache_max_entries, settings.session_cache_staleness)
-    register_near_cache_metrics(cache.stats, lambda: len(cache))
-    return cache
+    stats = NearCacheStats()
+    made: list[NearCache] = []
+
+    def make() -> NearCache:
+        cache = NearCache(settings.session_cache_max_entries, settings.session_cache_staleness)
+        cache.stats = stats
+        made.append(cache)
+        return cache
+
+    register_near_cache_metrics(stats, lambda: sum(len(c) for c in made))
+    return make
 
 
 def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -89,8 +99,7 @@ def create_api_app(settings: Settings, auth_transport: httpx.AsyncBaseTransport 
         await store.answers()  # a Redis Cluster's slot map, learnt before the first request needs it
         # The per-request reads: one lean pipelined connection per process, timed once per round trip, and
         # with SESSION_CACHE=tracking the near-cache that connection keeps in step with Redis.
-        cache = near_cache(settings)
-        reads = store.reads(on_round_trip=store_timer("redis", "read").observe, cache=cache)
+        reads = store.reads(on_round_trip=store_timer("redis", "read").observe, caches=near_caches(settings))
         replica.authn = await build_authenticator(settings, store, reads, replica.http)
         settle_heap()
         yield

@@ -18,7 +18,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, new_session, new_username, replicas_of, run_cli, stack_client
+from helpers import (
+    PASSWORD,
+    bearer,
+    new_session,
+    new_username,
+    per_shard,
+    replicas_of,
+    run_cli,
+    shard_loss,
+    shard_of,
+    stack_client,
+)
 
 from scaleout.core.config import ROOT, Settings
 from scaleout.lab.drivers.compose import Stack
@@ -394,7 +405,7 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
     """docker-compose.sentinel.yml on the running stack: the primary's container is killed under a GET loop;
     the Sentinels promote a replica, every replica follows it, sessions and a logout acknowledged before
     the kill hold after it, and the killed Redis comes back as a replica. The module's last test: its stack
-    goes down after it, in the Sentinel topology (no restart back to one Redis)."""
+    goes down after it, in the Sentinel topology or the next (no restart back to one Redis)."""
     restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", redis_topology="sentinel")
     passwords = [stack._compose("exec", "-T", "redis", "cat", f"/secrets/{f}").strip() for f in SECRET_FILES]
     assert all(len(p) >= 32 for p in passwords)
@@ -455,3 +466,43 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
         mode = stack._compose("exec", "-T", sentinel, "stat", "-c", "%a", "/tmp/sentinel.conf").strip()
         rewritten = stack._compose("exec", "-T", sentinel, "grep", "-c", "known-sentinel", "/tmp/sentinel.conf")
         assert (mode, int(rewritten) > 0) == ("600", True), sentinel
+
+
+def test_the_cluster_override_shards_sessions_and_a_killed_primary_costs_only_its_shard(stack: Stack) -> None:
+    """docker-compose.cluster.yml: six nodes formed into three shards by the stack itself; sessions on every
+    shard; one shard's primary container killed under a GET loop costs only that shard's users a 503, for
+    less than 5 s, and loses nothing acknowledged; the killed node comes back as its shard's replica. The
+    module's last test: its stack goes down after it, in this topology."""
+    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", redis_topology="cluster")
+    later = Stack.attach(Settings(cluster_dir=stack.settings.cluster_dir), project=stack.project)
+    assert later.settings.redis_topology == "cluster"  # a later verb acts on the stack as it runs
+    shards = stack.shards()
+    assert [s.number for s in shards] == [1, 2, 3] and all(len(s.replicas) == 1 for s in shards), shards
+    people = []
+    for _ in range(12):
+        c = client(stack)
+        new_session(c)
+        people.append(c)
+    shard = {id(c): shard_of(shards, c.cookies["sid"]).number for c in people}
+    assert set(shard.values()) == {1, 2, 3}
+    assert {s for c in people[:3] for _, s in replicas_of(c, 3, "/api/me")} == {200}
+    victim = shards[1].primary
+    loopers = [client(stack) for _ in range(2)]
+
+    with RequestLoop(per_shard(people, loopers, shard), workers=2) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 40, 10)
+        killed_at = time.monotonic()
+        assert stack.stop("redis-shard-2") == victim  # the shard's primary: its container is killed
+        assert wait_until(lambda: any(s.number == 2 and s.primary != victim for s in stack.shards()), 30)
+        assert wait_until(lambda: [v for _, v in loop.values()[-20:]] == [200] * 20, 20)
+    others, failed = shard_loss(loop, killed_at, 2)
+    assert others == {200: sum(others.values())} and others[200] > 20, others
+    window = (max(failed) - killed_at) if failed else 0.0
+    print(f"compose cluster: shard 2's primary killed, {len(failed)} of its users' GETs 503 for {window:.2f} s")
+    assert failed and window < 5.0, window
+    for c in people:
+        assert {s for _, s in replicas_of(c, 3, "/api/me")} == {200}  # nothing acknowledged was lost
+    assert stack.start("redis-shard-2") == victim  # the stopped node
+    assert wait_until(lambda: victim in next(s for s in stack.shards() if s.number == 2).replicas, 30)
+    for c in [*people, *loopers]:
+        c.close()

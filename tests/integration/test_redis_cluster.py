@@ -15,10 +15,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, client, new_user, new_username, run_cli, spread
-from redis.crc import key_slot
+from helpers import PASSWORD, bearer, client, new_user, new_username, per_shard, run_cli, shard_loss, shard_of, spread
 
-from scaleout.core.keyspace import session_key
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop, wait_until
 from scaleout.lab.processes import require_program
@@ -38,11 +36,6 @@ def admin(cluster: Cluster, node: str, *command: str) -> object:
     svc = cluster.services[node]
     s = cluster.settings
     return redis_command(svc.host, svc.port, s.redis_admin_username, s.redis_admin_password(), *command)
-
-
-def shard_of(cluster: Cluster, key: str) -> int:
-    slot = key_slot(key.encode())
-    return next(s.number for s in cluster.shards() if any(a <= slot <= b for a, b in s.slots))
 
 
 def users(cluster: Cluster, n: int) -> list[httpx.Client]:
@@ -89,7 +82,8 @@ def test_three_shards_each_a_primary_and_a_replica_that_refuse_strangers(cluster
 
 def test_sessions_spread_over_every_shard_and_every_endpoint_works(cluster: Cluster) -> None:
     people = users(cluster, 24)
-    by_shard = Counter(shard_of(cluster, session_key(c.cookies["sid"].encode())) for c in people)
+    shards = cluster.shards()
+    by_shard = Counter(shard_of(shards, c.cookies["sid"]).number for c in people)
     assert set(by_shard) == {1, 2, 3}, by_shard
     assert all(n > 0 for n in keys_per_primary(cluster, "sess:*").values())
     for c in people[:6]:
@@ -143,7 +137,8 @@ def reshard(cluster: Cluster, source: str, target: str, slots: int) -> None:
 
 def test_a_live_reshard_under_authenticated_reads_answers_only_200(cluster: Cluster) -> None:
     people = users(cluster, 30)
-    before = {id(c): shard_of(cluster, session_key(c.cookies["sid"].encode())) for c in people}
+    shards = cluster.shards()
+    before = {id(c): shard_of(shards, c.cookies["sid"]).primary for c in people}
     source = cluster.shards()[0].primary
     target = cluster.shards()[1].primary
     loopers = [client(cluster) for _ in range(4)]
@@ -162,7 +157,8 @@ def test_a_live_reshard_under_authenticated_reads_answers_only_200(cluster: Clus
         moved_in = time.monotonic() - started
         after = len(loop.outcomes)
         assert wait_until(lambda: len(loop.outcomes) >= after + 100, 10)
-    moved = [c for c in people if before[id(c)] == 1 and shard_of(cluster, session_key(c.cookies["sid"].encode())) == 2]
+    shards = cluster.shards()
+    moved = [c for c in people if before[id(c)] == source and shard_of(shards, c.cookies["sid"]).primary == target]
     during = loop.between(started, started + moved_in)
     print(f"reshard: 3000 slots in {moved_in:.2f} s, {len(during)} GETs meanwhile, {len(moved)} users' sessions moved")
     assert moved, "no session was on the slots moved"
@@ -176,7 +172,8 @@ def test_a_live_reshard_under_authenticated_reads_answers_only_200(cluster: Clus
 
 def test_a_shards_primary_killed_under_load_costs_only_its_users_a_short_503(cluster: Cluster) -> None:
     people = users(cluster, 30)
-    shard = {id(c): shard_of(cluster, session_key(c.cookies["sid"].encode())) for c in people}
+    shards = cluster.shards()
+    shard = {id(c): shard_of(shards, c.cookies["sid"]).number for c in people}
     assert set(shard.values()) == {1, 2, 3}
     gone = client(cluster)
     new_user(gone)
@@ -185,26 +182,14 @@ def test_a_shards_primary_killed_under_load_costs_only_its_users_a_short_503(clu
     victim = next(s for s in cluster.shards() if s.number == 2)
     loopers = [client(cluster) for _ in range(4)]
 
-    def me(worker: int, n: int) -> tuple[int, int]:
-        c = people[n % len(people)]
-        try:
-            status = loopers[worker].get("/api/me", headers={"Cookie": f"sid={c.cookies['sid']}"}).status_code
-        except httpx.HTTPError:
-            status = 599
-        return shard[id(c)], status
-
-    with RequestLoop(me) as loop:
+    with RequestLoop(per_shard(people, loopers, shard)) as loop:
         assert wait_until(lambda: len(loop.outcomes) >= 100, 10)
         killed_at = time.monotonic()
         cluster.stop(victim.primary, kill=True)
         assert wait_until(lambda: any(s.number == 2 and s.primary != victim.primary for s in cluster.shards()), 15)
         assert wait_until(lambda: [v for _, v in loop.values()[-40:]] == [200] * 40, 15)
-    after = [o for o in loop.outcomes if o.started >= killed_at]
-    others = Counter(status for number, status in (o.value for o in after) if number != 2)
+    others, failed = shard_loss(loop, killed_at, 2)
     assert others == {200: sum(others.values())} and others[200] > 50, others  # other shards: 200 throughout
-    hit = [o for o in after if o.value[0] == 2]
-    assert {status for _, status in (o.value for o in hit)} <= {200, 503}
-    failed = [o.started for o in hit if o.value[1] != 200]
     window = (max(failed) - killed_at) if failed else 0.0
     print(f"shard 2's primary killed: {len(failed)} of its users' GETs 503 for {window:.2f} s, others all 200")
     assert failed and window < 5.0, window
@@ -274,3 +259,34 @@ def test_jwt_with_the_denylist_on_the_cluster(start_cluster: Callable[..., Clust
         assert {c.get("/api/me", headers=bearer(second["access_token"])).status_code for _ in range(6)} == {401}
         assert c.post("/api/refresh", json={"refresh_token": second["refresh_token"]}).status_code == 401
         assert {c.get("/api/me", headers=bearer(tokens[2]["access_token"])).status_code for _ in range(3)} == {200}
+
+
+def near_cache_hits(cluster: Cluster) -> float:
+    total = 0.0
+    for name in cluster.settings.replica_names:
+        for line in httpx.get(f"http://{cluster.services[name].address}/metrics").text.splitlines():
+            if line.startswith("scaleout_near_cache_hits_total"):
+                total += float(line.split()[1])
+    return total
+
+
+def test_the_near_cache_hears_every_shards_invalidations(start_cluster: Callable[..., Cluster]) -> None:
+    """SESSION_CACHE=tracking on the cluster: each replica's read connection to each shard keeps its own cache,
+    so reads are served from memory and a logout of a session on any shard is refused at once everywhere."""
+    cached = start_cluster(**MODES, auth_mode="session", session_store="redis", session_cache="tracking")
+    people = users(cached, 12)
+    shards = cached.shards()
+    assert {shard_of(shards, c.cookies["sid"]).number for c in people} == {1, 2, 3}
+    for c in people:
+        for _ in range(9):  # every replica renews, then reads into the cache of that shard's connection
+            assert c.get("/api/me").status_code == 200
+    before = near_cache_hits(cached)
+    for c in people:
+        assert {status for _, status in spread([c.get("/api/me") for _ in range(3)])} == {200}
+    assert near_cache_hits(cached) - before == 3 * len(people)  # every one from memory
+    for c in people:
+        sid = c.cookies["sid"]
+        assert c.post("/api/logout", headers={"X-CSRF-Token": c.cookies["csrf_token"]}).status_code == 204
+        with httpx.Client(base_url=cached.settings.public_url, headers={"Cookie": f"sid={sid}"}) as replay:
+            assert {status for _, status in spread([replay.get("/api/me") for _ in range(6)])} == {401}
+        c.close()

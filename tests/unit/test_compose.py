@@ -209,3 +209,44 @@ def test_the_hs256_secret_reaches_the_secrets_generator_alone(compose: dict) -> 
     the secrets volume; no running service carries it where `docker inspect` shows it."""
     holders = {name for name, svc in compose["services"].items() if "JWT_SECRET" in (svc.get("environment") or {})}
     assert holders == {"secrets"}
+
+
+def test_the_cluster_override_runs_six_nodes_of_the_local_runners_config(tmp_path: Path) -> None:
+    """docker-compose.cluster.yml, merged by Compose v2 itself: six nodes on the config the `secrets` service
+    writes from the local runner's lines, formed by the script it mounts, and named to the services."""
+    import json
+    import subprocess
+
+    from scaleout.lab.drivers.compose import CLUSTER_FILE, CLUSTER_NODES
+
+    binary = Path(sys.executable).parent / "docker-compose"
+    merged = subprocess.run(
+        [str(binary), "-f", str(COMPOSE), "-f", str(CLUSTER_FILE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert merged.returncode == 0, merged.stderr
+    services = json.loads(merged.stdout)["services"]
+    for node in CLUSTER_NODES:
+        assert services[node]["command"] == ["redis-server", "/secrets/cluster-node.conf"]
+        assert "ports" not in services[node]
+    create = services["cluster-create"]
+    assert set(create["depends_on"]) == set(CLUSTER_NODES)
+    assert any(v["source"].endswith("docker/cluster-create.sh") for v in create["volumes"])
+    assert (ROOT / "docker" / "cluster-create.sh").exists()
+    for name in ("secrets", "auth", "api-1", "api-2", "api-3"):
+        env = services[name]["environment"]
+        assert env["REDIS_TOPOLOGY"] == "cluster"
+    named = services["auth"]["environment"]["CLUSTER_ADDRESSES"]
+    assert [h for h, _ in Settings(cluster_addresses=named).cluster_hosts] == list(CLUSTER_NODES)
+    s = Settings(secrets_dir=tmp_path, peers_by_name=True, redis_port=6380, redis_topology="cluster")
+    write_cluster_secrets(s)
+    conf = (tmp_path / "cluster-node.conf").read_text().splitlines()
+    assert conf == redisconf.cluster_node(s, 6380, 16380, "/tmp")
+    assert "cluster-enabled yes" in conf and (tmp_path / "cluster-node.conf").stat().st_mode & 0o077 == 0
+    # The services' user may read the slot map and follow a moving slot, in this topology only.
+    acl = (tmp_path / "redis.acl").read_text()
+    assert "+cluster|slots" in acl and "+asking" in acl and "+cluster|nodes" not in acl
+    single = tmp_path / "single"
+    write_cluster_secrets(Settings(secrets_dir=single, peers_by_name=True))
+    assert "+asking" not in (single / "redis.acl").read_text()

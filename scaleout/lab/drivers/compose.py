@@ -31,11 +31,13 @@ from scaleout.lab.engine import (
 from scaleout.lab.faults import TARGETS, Fault, change
 from scaleout.lab.nginx import PROBE_PORT
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
-from scaleout.lab.topology import Shard, Topology, cli_line, cli_reply
+from scaleout.lab.topology import ClusterTopology, Shard, Topology, cli_line, cli_reply
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SENTINEL_FILE = ROOT / "docker-compose.sentinel.yml"  # the override for REDIS_TOPOLOGY=sentinel
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"  # the override for REDIS_TOPOLOGY=cluster
 REDIS_SERVICES = ("redis", "redis-2", "redis-3")  # docker-compose.sentinel.yml; `redis` alone otherwise
+CLUSTER_NODES = ("redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6")  # docker-compose.cluster.yml
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
 REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the containers (docker-compose*.yml), whatever the host uses
 PROJECT = "scaleout"  # the compose file's `name:`: plain `docker compose` and these verbs act on one stack
@@ -87,7 +89,9 @@ class Stack:
         if not by_service:
             return None
         update: dict[str, object] = {
-            "redis_topology": "sentinel" if "sentinel-1" in by_service else "single",
+            "redis_topology": (
+                "sentinel" if "sentinel-1" in by_service else "cluster" if "redis-6" in by_service else "single"
+            ),
             "fault_proxy": "auth-proxy" in by_service,
         }
         api = next((by_service[n] for n in sorted(by_service) if n.startswith("api-")), None)
@@ -110,7 +114,9 @@ class Stack:
         return engine
 
     def _compose(self, *args: str, timeout: float = 600, extra: dict[str, str] | None = None) -> str:
-        files = ["-f", str(COMPOSE_FILE)] + (["-f", str(SENTINEL_FILE)] if self.settings.sentinel else [])
+        files = ["-f", str(COMPOSE_FILE)]
+        files += ["-f", str(SENTINEL_FILE)] if self.settings.sentinel else []
+        files += ["-f", str(CLUSTER_FILE)] if self.settings.cluster else []
         argv = [*compose_command(), *files, "-p", self.project, *args]
         return run(argv, timeout=timeout, env={**self.env, **self.modes(), **(extra or {})})
 
@@ -125,10 +131,11 @@ class Stack:
 
     def _proxied(self) -> list[str]:
         """What the services reach through a fault proxy: none without FAULT_PROXY, and Redis only as one
-        server (with Sentinels, the services go to whatever address the Sentinels name)."""
+        server (with Sentinels, the services go to whatever address the Sentinels name; on a Redis Cluster, to
+        the addresses its nodes announce)."""
         if not self.settings.fault_proxy:
             return []
-        return ["auth"] if self.settings.sentinel else ["redis", "auth"]
+        return ["auth"] if self.settings.sentinel or self.settings.cluster else ["redis", "auth"]
 
     @property
     def public_url(self) -> str:
@@ -148,6 +155,8 @@ class Stack:
         self._wait_through_nginx()
         if self.settings.sentinel:
             self.topology().wait_settled(60.0)
+        if self.settings.cluster:
+            self.cluster_topology().wait_settled(60.0)
 
     # --- the Redis topology, asked inside the containers ----------------------------------------
 
@@ -180,11 +189,17 @@ class Stack:
             list(REDIS_SERVICES), list(SENTINELS), self.settings.sentinel_master, self._ask, self._addresses
         )
 
+    def cluster_topology(self) -> ClusterTopology:
+        return ClusterTopology(list(CLUSTER_NODES), self._ask, self._addresses)
+
     def shards(self) -> list[Shard]:
-        return []
+        return self.cluster_topology().shards() if self.settings.cluster else []
 
     def primary(self) -> str | None:
-        """The Redis service that is primary now, as the Sentinels say (sentinel topology), else `redis`."""
+        """The Redis service that is primary now, as the Sentinels say (sentinel topology; a Redis Cluster's
+        first shard's), else `redis`."""
+        if self.settings.cluster:
+            return next((shard.primary for shard in self.shards()), None)
         return self.topology().primary() if self.settings.sentinel else "redis"
 
     def role(self, service: str) -> str | None:
@@ -196,9 +211,11 @@ class Stack:
         return set(self._compose("ps", "--services", "--status", "running").split())
 
     def _resolve(self, service: str, starting: bool = False) -> str:
-        if not self.settings.sentinel:
+        if not self.settings.sentinel and not self.settings.cluster:
             return service
         running = self._running()
+        if self.settings.cluster:
+            return self.cluster_topology().resolve(service, lambda n: n in running, starting)
         return self.topology().resolve(service, lambda n: n in running, starting)
 
     # --- nginx --------------------------------------------------------------------------------------
@@ -331,8 +348,9 @@ class Stack:
             raise ComposeError(
                 f"no fault proxy to {target}: "
                 + (
-                    "with REDIS_TOPOLOGY=sentinel the services reach Redis at the addresses the Sentinels name"
-                    if target == "redis" and self.settings.sentinel
+                    f"with REDIS_TOPOLOGY={self.settings.redis_topology} the services reach Redis at the addresses "
+                    + ("the Sentinels name" if self.settings.sentinel else "the cluster's nodes announce")
+                    if target == "redis" and (self.settings.sentinel or self.settings.cluster)
                     else "the stack runs without its fault proxies (FAULT_PROXY=false): `make compose-up` again"
                 )
             )
