@@ -102,24 +102,37 @@ class ClusterStore(Store):
         return await asyncio.shield(self._refreshing)
 
     async def _read_map(self) -> bool:
-        """The slot map from the first node that answers: the primaries known, then the start-up list."""
-        for address in dict.fromkeys([*self.primaries(), *self.startup]):
-            try:
-                reply = await self.client(address).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            except (RedisError, OSError):
-                continue
-            slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-            for start, end, primary, *_ in reply:
-                host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
-                # A node that does not know its own address says "" or "?": it is the one that answered.
-                owner = (host if host not in ("", "?") else address[0], int(primary[1]))
-                for slot in range(int(start), int(end) + 1):
-                    slots[slot] = owner
-            if slots != self._slots:
-                self._slots = slots
-                self._changed()
-            return True
-        return False
+        """The slot map from whichever node answers first, all asked at once (the primaries known and the
+        start-up list): a node that just died may not answer at all until a timeout (a container's address
+        gone), and its name may take Docker's DNS seconds; asking in turn would wait for each."""
+        asks = [asyncio.ensure_future(self._slots_of(a)) for a in dict.fromkeys([*self.primaries(), *self.startup])]
+        try:
+            for answered in asyncio.as_completed(asks):
+                slots = await answered
+                if slots is None:
+                    continue
+                if slots != self._slots:
+                    self._slots = slots
+                    self._changed()
+                return True
+            return False
+        finally:
+            for ask in asks:
+                ask.cancel()
+
+    async def _slots_of(self, address: Address) -> list[Address | None] | None:
+        try:
+            reply = await self.client(address).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        except (RedisError, OSError):
+            return None
+        slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        for start, end, primary, *_ in reply:
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+            # A node that does not know its own address says "" or "?": it is the one that answered.
+            owner = (host if host not in ("", "?") else address[0], int(primary[1]))
+            for slot in range(int(start), int(end) + 1):
+                slots[slot] = owner
+        return slots
 
     def refresh_soon(self) -> None:
         """Re-read the map in the background, at most once per REFRESH_INTERVAL (failures call this often)."""

@@ -49,10 +49,10 @@ def _auth_bytes(username: str, password: str | None) -> bytes:
     return pack(("AUTH", username, password)) if password else b""
 
 
-def _worker(host: str, port: int, auth: bytes, batch: int, seconds: float, out: Connection) -> None:
+def _worker(host: str, port: int, auth: bytes, batch: int, seconds: float, prefix: str, out: Connection) -> None:
     import hiredis
 
-    payload = b"".join(pack(("GETEX", f"sess:bench:{i % KEYS}", "EX", "1800")) for i in range(batch))
+    payload = b"".join(pack(("GETEX", f"{prefix}{i % KEYS}", "EX", "1800")) for i in range(batch))
     done = 0
     with socket.create_connection((host, port)) as s:
         reader = hiredis.Reader()
@@ -74,18 +74,26 @@ def _worker(host: str, port: int, auth: bytes, batch: int, seconds: float, out: 
 
 
 def drive_redis(
-    settings: Settings, host: str, port: int, redis_pid: int, seconds: float = 3.0, processes: int = 3, batch: int = 256
+    settings: Settings,
+    host: str,
+    port: int,
+    redis_pid: int,
+    seconds: float = 3.0,
+    processes: int = 3,
+    batch: int = 256,
+    prefix: str = "sess:bench:",
 ) -> RedisDrive:
-    """The replicas' read pattern alone, as fast as `processes` clients can send it; Redis's CPU meanwhile."""
+    """The replicas' read pattern alone, as fast as `processes` clients can send it; Redis's CPU meanwhile.
+    On a Redis Cluster `prefix` carries a hash tag of a slot the Redis at host:port serves."""
     password = settings.redis_password()
-    values = [w for i in range(KEYS) for w in (f"sess:bench:{i}", "x" * 200)]  # session-sized values
+    values = [w for i in range(KEYS) for w in (f"{prefix}{i}", "x" * 200)]  # session-sized values
     admin = settings.redis_admin_username, settings.redis_admin_password()
     if redis_command(host, port, *admin, "MSET", *values, timeout=10.0) != "OK":
         raise ClusterError(f"could not seed the Redis at {host}:{port} for the drive")
     auth = _auth_bytes(settings.redis_username, password)
     ctx = multiprocessing.get_context("fork")
     pipes = [ctx.Pipe(duplex=False) for _ in range(processes)]
-    workers = [ctx.Process(target=_worker, args=(host, port, auth, batch, seconds, send)) for _, send in pipes]
+    workers = [ctx.Process(target=_worker, args=(host, port, auth, batch, seconds, prefix, send)) for _, send in pipes]
     before = cpu_ticks([redis_pid])[redis_pid]
     started = time.monotonic()
     for w in workers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scaleout.lab.bench.results import BenchResults, Capacity, ModeResult, PeerResult
+from scaleout.lab.bench.results import BenchResults, Capacity, ModeResult, PeerResult, ShardCost, ShardProjection
 from scaleout.lab.bench.wrk import CLIENT
 from scaleout.lab.table import Column, render
 
@@ -58,6 +58,24 @@ CAPACITY_COLUMNS = (
         "replicas per Redis core",
         lambda c: str(c.replicas_per_redis_core) if c.replicas_per_redis_core else "no limit from Redis",
     ),
+)
+
+SHARD_COLUMNS = (
+    Column[ShardCost]("shard", lambda c: f"redis-shard-{c.shard} ({c.primary})"),
+    Column[ShardCost]("sessions", lambda c: f"{c.sessions:,}"),
+    Column[ShardCost]("KiB per 10k sessions", lambda c: f"{c.kib_per_10k_sessions:,}"),
+    Column[ShardCost]("CPU µs per login", lambda c: str(c.login_cpu_us)),
+    Column[ShardCost]("CPU µs per read", lambda c: str(c.read_cpu_us)),
+    Column[ShardCost]("driven reads/s", lambda c: f"{c.drive_ops_per_s:,.0f}"),
+    Column[ShardCost]("of a core", lambda c: f"{c.drive_cpu_share:.0%}"),
+    Column[ShardCost]("reads per core-s", lambda c: f"{c.drive_ops_per_core_s:,.0f}"),
+)
+PROJECTION_COLUMNS = (
+    Column[ShardProjection]("sessions", lambda p: f"{p.sessions:,}"),
+    Column[ShardProjection]("API replicas", lambda p: f"{p.replicas:,}"),
+    Column[ShardProjection]("shards for memory", lambda p: str(p.shards_for_memory)),
+    Column[ShardProjection]("shards for CPU", lambda p: str(p.shards_for_cpu)),
+    Column[ShardProjection]("shards (each + 1 replica)", lambda p: str(p.shards)),
 )
 
 
@@ -139,6 +157,36 @@ def lines(results: BenchResults) -> list[str]:
             f"Check: the cluster's Redis driven with the replicas' read pattern alone (pipelined `GETEX`, "
             f"{d.processes} client processes, batches of {d.batch}): {d.ops_per_s:,.0f} reads/s using "
             f"{d.redis_cpu_share:.0%} of a core, that is {d.ops_per_redis_core_s:,.0f} reads per Redis core-second.",
+        ]
+    if sized := results.cluster:
+        logins = sum(x.sessions for x in sized.shards)
+        per_request = round(sized.read_us + sized.login_us / sized.reads_per_login, 2)
+        driven = sum(x.drive_ops_per_s for x in sized.shards)
+        projected = [round(1e6 / x.read_cpu_us) for x in sized.shards if x.read_cpu_us]
+        out += [
+            "",
+            f"Redis Cluster, each shard measured through the product's store: {logins:,} "
+            "logins spread by their users' slot tags (each a session, its index entry and a `WAIT` for the "
+            "shard's replica), every session read once as the replicas read; then the replicas' read pattern "
+            "alone driven at all the shards at once:",
+            "",
+            *render(SHARD_COLUMNS, sized.shards),
+            "",
+            f"Check: {driven:,.0f} reads/s from the {len(sized.shards)} shards together; the reads per core-second "
+            f"each shard's store reads project (1e6 / its CPU µs per read: {', '.join(f'{p:,}' for p in projected)})"
+            " "
+            "against those driven above.",
+            "",
+            f"Sizing rule, for {sized.reads_per_login} authenticated requests per login: a request costs "
+            f"{per_request} µs of Redis CPU ({sized.read_us} µs per read as the wrk runs measured it, plus a login's "
+            f"{sized.login_us} µs over {sized.reads_per_login} requests); one API replica serves "
+            f"{sized.replica_rps:,.0f} requests/s on a core; a session takes {sized.bytes_per_session:,.0f} bytes. "
+            f"A primary runs commands on one core (budget {sized.shard_core_share:.0%} of it) and holds "
+            f"{sized.shard_memory_gib:g} GiB: shards = "
+            "max(ceil(S x bytes per session / memory), ceil(R x requests/s x µs per request / (budget x 1e6))), "
+            "each with a replica of its own (as much memory again, on another machine).",
+            "",
+            *render(PROJECTION_COLUMNS, sized.projections),
         ]
     return [*out, "", "![bench](bench.png)", ""]
 

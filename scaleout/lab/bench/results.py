@@ -118,6 +118,45 @@ class TrackingCost:
     revocation_cpu_us: float  # a logout: the session and its index entry
 
 
+@dataclass(frozen=True, slots=True)
+class ShardCost:
+    """One shard of the Redis Cluster topology, measured through the product's own store."""
+
+    shard: int
+    primary: str
+    sessions: int  # of the sessions written, those in this shard's slots
+    kib_per_10k_sessions: float  # its primary's memory per 10,000 of them
+    login_cpu_us: float  # its primary's CPU per login stored there (session, index, WAIT)
+    read_cpu_us: float  # per session read (`GET`, pipelined as the replicas send it)
+    drive_ops_per_s: float  # the replicas' read pattern alone, all shards driven at once
+    drive_cpu_share: float  # of one core, meanwhile
+    drive_ops_per_core_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardProjection:
+    sessions: int
+    replicas: int
+    shards_for_memory: int
+    shards_for_cpu: int
+    shards: int  # the larger: each also needs its Redis replica (as much memory again, on another machine)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSizing:
+    """The sizing rule of the cluster topology: shards needed for S sessions and R API replicas."""
+
+    shards: list[ShardCost]
+    reads_per_login: int  # the request mix the rule is stated for
+    read_us: float  # Redis CPU per authenticated request, from the wrk runs (summed over the primaries)
+    login_us: float  # Redis CPU per login (mean over the shards)
+    replica_rps: float  # one API replica's authenticated requests per second on one core
+    bytes_per_session: float  # mean over the shards
+    shard_memory_gib: float  # the memory budget of one primary
+    shard_core_share: float  # the CPU budget of one primary (of its one core)
+    projections: list[ShardProjection]
+
+
 @dataclass
 class BenchResults:
     settings: BenchSettings
@@ -134,6 +173,7 @@ class BenchResults:
     wait_cost: WaitCost | None = None
     persistence: PersistenceCost | None = None
     tracking: TrackingCost | None = None
+    cluster: ClusterSizing | None = None
 
     def mode(self, name: str) -> ModeResult:
         return next(m for m in self.modes if m.mode == name)

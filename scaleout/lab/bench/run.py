@@ -29,6 +29,7 @@ from scaleout.lab.bench.results import (
     PersistenceCost,
     WaitCost,
 )
+from scaleout.lab.bench.shards import measure_shards, sizing
 from scaleout.lab.bench.tracking import bench_sessions, tracking_costs
 from scaleout.lab.bench.wrk import Target, summarise, wrk_run
 from scaleout.lab.drivers.base import ClusterError
@@ -63,10 +64,16 @@ PEERS_OF = {
 
 
 def processes(cluster: Cluster) -> dict[str, list[int]]:
+    """What the bench times per request: nginx, the one replica, and every Redis primary (one, or a Redis
+    Cluster's shards': a request reads one of them, so their CPU together is what it costs)."""
     s = cluster.services
     nginx = s["nginx"].pid or 0
-    primary = cluster.primary() or "redis"
-    return {"nginx": [nginx, *nginx_workers(nginx)], "api": [s["api-1"].pid or 0], "redis": [s[primary].pid or 0]}
+    primaries = [shard.primary for shard in cluster.shards()] or [cluster.primary() or "redis"]
+    return {
+        "nginx": [nginx, *nginx_workers(nginx)],
+        "api": [s["api-1"].pid or 0],
+        "redis": [s[p].pid or 0 for p in primaries],
+    }
 
 
 def wait_cost(cluster: Cluster, n: int = 200) -> WaitCost:
@@ -305,7 +312,10 @@ def run(
     # a mode come from 3 processes.
     seconds, n_pairs, clusters, users = (1.0, 1, 1, 8) if quick else (1.0, 7, 3, 32)
     sentinel = topology == "sentinel"
-    default = SENTINEL_MODES if sentinel else QUICK_MODES if quick else tuple(MODES)
+    sharded = topology == "cluster"
+    single = not sentinel and not sharded
+    default = QUICK_MODES if quick and single else tuple(MODES) if single else SENTINEL_MODES
+    shard_costs = []
     modes = tuple(only) if only else default
     results = BenchResults(BenchSettings(seconds, n_pairs * clusters, clusters, users), topology=topology)
     control = Pairs()
@@ -342,6 +352,9 @@ def run(
                         if sentinel:
                             say("bench: the cost of WAIT on a login's session write")
                             results.wait_cost = wait_cost(cluster, 50 if quick else 400)
+                        elif sharded:
+                            say("bench: each shard's memory and CPU per session, login and read; all driven at once")
+                            shard_costs = measure_shards(cluster, 2_000 if quick else 10_000, 1.0 if quick else 3.0)
                         else:
                             say("bench: a session write with and without the append-only file")
                             results.persistence = persistence_cost(cluster, 100 if quick else 400)
@@ -350,13 +363,13 @@ def run(
                             results.redis_drive = drive_redis(
                                 cluster.settings, primary.host, primary.port, primary.pid or 0, 1.0 if quick else 3.0
                             )
-                    if k == 0 and mode == "session/redis + cache" and not sentinel:
+                    if k == 0 and mode == "session/redis + cache" and single:
                         say("bench: what tracking costs Redis (memory, invalidations, CPU per write)")
                         primary = cluster.services[cluster.primary() or "redis"]
                         results.tracking = tracking_costs(
                             cluster.settings, primary.host, primary.port, keys=2_000 if quick else 20_000
                         )
-                    if k == 0 and not sentinel:
+                    if k == 0 and single:
                         if mode == "jwt RS256" and results.login is None:
                             results.login = login_cost(cluster, 5 if quick else 20)
                         say(f"bench {mode}: peers")
@@ -371,6 +384,9 @@ def run(
         if control.ratios:
             results.control = Ratio.of(control.ratios)
         results.capacity = project(results.modes)
+        reading = next((c for c in results.capacity if c.mode == "session/redis"), None)
+        if shard_costs and reading is not None:
+            results.cluster = sizing(shard_costs, reading.redis_us, reading.replica_rps)
         results.signing_ms = signing_cost(workdir)
         results.micro = micro_costs()
     return results

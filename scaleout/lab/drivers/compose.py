@@ -331,6 +331,8 @@ class Stack:
 
     def start(self, service: str) -> str:
         service = self._resolve(service, starting=True)
+        if not self.env:  # a later command (attach): the images the stack was started with, not the defaults
+            self.env = ensure_images(self.say)
         self._compose("start", service)
         self._compose("up", "-d", "--wait", "--no-recreate", service, timeout=300)
         if service == "auth" or service.startswith("api-"):
