@@ -20,14 +20,14 @@ from typing import Any
 from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from scaleout.core.config import Settings
 from scaleout.core.nearcache import NearCache
-from scaleout.core.pipelined import Arg, PipelinedConnection
+from scaleout.core.pipelined import Arg, PipelinedConnection, Redirected
 from scaleout.core.store import AppConnection, Durability, Op, Reads, Store, StoreUnavailable, T
 
 Address = tuple[str, int]
@@ -35,6 +35,9 @@ Address = tuple[str, int]
 # fails, and one re-read per interval is enough to see the replica promoted.
 REFRESH_INTERVAL = 0.2
 MAX_REDIRECTIONS = 3
+# How long a slot a node said ASK for takes the careful read path (a reshard moves a slot in milliseconds to
+# seconds; after it, MOVED re-points the slot for good).
+MIGRATION_MEMORY = 10.0
 
 
 def slot_of(key: str | bytes) -> int:
@@ -205,13 +208,19 @@ def _ignore(future: asyncio.Future[object]) -> None:
 
 class ClusterReads:
     """The per-request reads on a Redis Cluster: one lean pipelined connection per primary, each command
-    sent to its key's shard (the key is the command's first argument), redirections followed.
+    sent to its key's shard (the key is the command's first argument).
+
+    The common case costs what one Redis costs: the caller awaits the connection's own future. A `MOVED`
+    reply re-points the slot before its caller hears of it (as `Redirected`, a connection error its one
+    retry answers, now to the right shard). An `ASK` reply marks the slot as being moved: for a while its
+    keys take the careful path, which sends a key that already went (`ASK` again) to the node named, after
+    `ASKING`, and only that key (a key not moved yet would be missing there).
 
     With the near-cache on, each connection keeps its own (`caches` makes them): Redis invalidates a key on the
     connection that read it, so an answer is served only by the cache of the stream its invalidation would
     come on. When a slot moves (a reshard, a failover), a key may be read on another connection than before
-    and its old shard stops telling of it: every cache forgets what it holds, and a read in flight across
-    a redirection is not kept."""
+    and its old shard stops telling of it: every cache forgets what it holds, before the reply that said so
+    reaches anybody, so a read in flight across the move is not kept either."""
 
     def __init__(
         self,
@@ -223,6 +232,7 @@ class ClusterReads:
         self.on_round_trip = on_round_trip
         self.caches = caches
         self._connections: dict[Address, PipelinedConnection] = {}
+        self._migrating: dict[int, float] = {}  # slot -> when a node last said ASK for it
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _connection(self, address: Address) -> PipelinedConnection:
@@ -231,7 +241,15 @@ class ClusterReads:
             s = self.store
             cache = self.caches() if self.caches else None
             found = self._connections[address] = PipelinedConnection(
-                address[0], address[1], 0, s.timeout, self.on_round_trip, s.username, s.password, cache=cache
+                address[0],
+                address[1],
+                0,
+                s.timeout,
+                self.on_round_trip,
+                s.username,
+                s.password,
+                cache=cache,
+                redirect=self._redirected,
             )
         return found
 
@@ -247,17 +265,45 @@ class ClusterReads:
             if connection.cache is not None:
                 connection.cache.invalidate(None)
 
+    def _redirected(self, message: str) -> None:
+        """A connection read `MOVED <slot> <host:port>` or `ASK ...`, and is about to fail its caller."""
+        kind, slot_text, node = message.split(" ", 2)
+        host, _, port = node.rpartition(":")
+        self.forget()
+        if kind == "MOVED":
+            self.store.moved(int(slot_text), (host, int(port)))
+        else:
+            self._migrating[int(slot_text)] = time.monotonic()
+
     def call(self, *command: Arg) -> asyncio.Future[object]:
+        key = command[1]
+        slot = slot_of(key if isinstance(key, str | bytes) else str(key))
+        address = self.store.address(slot)
+        if address is not None and not (self._migrating and self._moving(slot)):
+            connection = self._connection(address)
+            if not connection.connected:  # never yet, or it failed: the shard's primary may have changed
+                self.store.refresh_soon()
+            return connection.call(*command)
         reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._send(reply, command, None, 0)
+        self._send(reply, command, slot, None, 0)
         return reply
 
-    def _send(self, reply: asyncio.Future[object], command: tuple[Arg, ...], ask: Address | None, hops: int) -> None:
-        key = command[1]
-        address = ask or self.store.address(slot_of(key if isinstance(key, str | bytes) else str(key)))
+    def _moving(self, slot: int) -> bool:
+        said = self._migrating.get(slot)
+        if said is None:
+            return False
+        if time.monotonic() - said < MIGRATION_MEMORY:
+            return True
+        del self._migrating[slot]
+        return False
+
+    def _send(
+        self, reply: asyncio.Future[object], command: tuple[Arg, ...], slot: int, ask: Address | None, hops: int
+    ) -> None:
+        address = ask or self.store.address(slot)
         if address is None:
             if hops < MAX_REDIRECTIONS:  # not known yet (the first request), or a shard lost: ask, then send
-                task = asyncio.get_running_loop().create_task(self._after_refresh(reply, command, hops + 1))
+                task = asyncio.get_running_loop().create_task(self._after_refresh(reply, command, slot, hops + 1))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
@@ -266,15 +312,22 @@ class ClusterReads:
         connection = self._connection(address)
         if ask is not None:
             connection.call("ASKING").add_done_callback(_ignore)  # same connection, same write: just before
-        connection.call(*command).add_done_callback(lambda f: self._answered(reply, f, command, hops))
+        connection.call(*command).add_done_callback(lambda f: self._answered(reply, f, command, slot, hops))
 
-    async def _after_refresh(self, reply: asyncio.Future[object], command: tuple[Arg, ...], hops: int) -> None:
+    async def _after_refresh(
+        self, reply: asyncio.Future[object], command: tuple[Arg, ...], slot: int, hops: int
+    ) -> None:
         await self.store.refresh()
         if not reply.done():
-            self._send(reply, command, None, hops)
+            self._send(reply, command, slot, None, hops)
 
     def _answered(
-        self, reply: asyncio.Future[object], answer: asyncio.Future[object], command: tuple[Arg, ...], hops: int
+        self,
+        reply: asyncio.Future[object],
+        answer: asyncio.Future[object],
+        command: tuple[Arg, ...],
+        slot: int,
+        hops: int,
     ) -> None:
         if reply.done():
             return
@@ -285,18 +338,14 @@ class ClusterReads:
         if exc is None:
             reply.set_result(answer.result())
             return
-        if isinstance(exc, ResponseError) and hops < MAX_REDIRECTIONS:
+        if isinstance(exc, Redirected) and hops < MAX_REDIRECTIONS:
             kind, _, rest = str(exc).partition(" ")
-            if kind in ("MOVED", "ASK"):
-                self.forget()  # before the answer comes: a read-through begun before the move is not kept
-                slot, _, node = rest.partition(" ")
-                host, _, port = node.rpartition(":")
-                if kind == "MOVED":
-                    self.store.moved(int(slot), (host, int(port)))
-                    self._send(reply, command, None, hops + 1)
-                else:
-                    self._send(reply, command, (host, int(port)), hops + 1)
-                return
+            if kind == "MOVED":  # the map says where now (`_redirected` re-pointed it)
+                self._send(reply, command, slot, None, hops + 1)
+            else:
+                host, _, port = rest.partition(" ")[2].rpartition(":")
+                self._send(reply, command, slot, (host, int(port)), hops + 1)
+            return
         if isinstance(exc, RedisConnectionError | RedisTimeoutError):
             self.store.refresh_soon()
         reply.set_exception(exc)

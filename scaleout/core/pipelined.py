@@ -8,7 +8,9 @@ futures in order straight from `data_received` (parsed by hiredis). Failure rule
 - connect, write or read errors, and a reply later than `timeout`, fail every caller waiting on the
   connection with redis-py's `ConnectionError`/`TimeoutError` and drop the connection (replies are matched
   to callers by order, so after a timeout the stream cannot be trusted); the next call reconnects;
-- a Redis error reply fails only its own caller (as `ResponseError`);
+- a Redis error reply fails only its own caller (as `ResponseError`); on a Redis Cluster a `MOVED` or `ASK`
+  reply is told to `redirect` first (which re-points the routing) and fails its caller as `Redirected`, a
+  connection error: the caller's one retry goes where the key is now;
 - a `READONLY` reply (a primary demoted by a failover) fails every caller on the connection and drops it;
   with `locate` (behind Sentinels) the next connection goes to the primary of the moment;
 - a connection authenticates (`AUTH user password`) and selects its database before any caller's command
@@ -38,13 +40,18 @@ Arg = str | int | float | bytes
 Command = tuple[Arg, ...]
 
 
+class Redirected(RedisConnectionError):
+    """A Redis Cluster node said the key's slot is served elsewhere (`MOVED`) or is being moved (`ASK`)."""
+
+
 def pack(command: Command) -> bytes:
     packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says a 1-tuple; any length
     return packed
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, cache: NearCache | None = None) -> None:
+    def __init__(self, cache: NearCache | None = None, redirect: Callable[[str], None] | None = None) -> None:
+        self.redirect = redirect
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[object]] = deque()
         self.transport: asyncio.Transport | None = None
@@ -84,7 +91,12 @@ class _Protocol(asyncio.Protocol):
                     future.set_exception(RedisConnectionError(f"the primary was demoted: {reply}"))
                     self.fail(RedisConnectionError(f"the primary was demoted: {reply}"))
                     return
-                future.set_exception(ResponseError(str(reply)))
+                message = str(reply)
+                if self.redirect is not None and message.startswith(("MOVED ", "ASK ")):
+                    self.redirect(message)
+                    future.set_exception(Redirected(message))
+                    continue
+                future.set_exception(ResponseError(message))
             else:
                 future.set_result(reply)
 
@@ -135,6 +147,7 @@ class PipelinedConnection:
         password: str | None = None,
         locate: Callable[[], Awaitable[tuple[str, int]]] | None = None,
         cache: NearCache | None = None,
+        redirect: Callable[[str], None] | None = None,
     ) -> None:
         self.host, self.port, self.db, self.timeout = host, port, db, timeout
         self.username, self.password = username, password
@@ -143,6 +156,7 @@ class PipelinedConnection:
         # Told each answered batch's round-trip time in seconds: one observation per write, not per caller.
         self.on_round_trip = on_round_trip
         self.cache = cache
+        self.redirect = redirect  # told of each MOVED or ASK reply before its caller is (a Redis Cluster's reads)
         self._last_sent = 0.0
         self._heartbeat: asyncio.Task[None] | None = None
         self._protocol: _Protocol | None = None
@@ -150,6 +164,11 @@ class PipelinedConnection:
         self._pending: list[tuple[Command, asyncio.Future[object]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now (else the next call connects, or connects again after a failure)."""
+        return self._protocol is not None and not self._protocol.closed
 
     def call(self, *command: Arg) -> asyncio.Future[object]:
         loop = asyncio.get_running_loop()
@@ -198,9 +217,9 @@ class PipelinedConnection:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         host, port = (self.host, self.port) if self.locate is None else await self.locate()
-        cache = self.cache
+        cache, redirect = self.cache, self.redirect
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(cache), host, port), timeout=self.timeout
+            loop.create_connection(lambda: _Protocol(cache, redirect), host, port), timeout=self.timeout
         )
         setup: list[Command] = []
         if cache is not None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from helpers import PASSWORD, bearer, client, new_user, new_username, per_shard, run_cli, shard_loss, shard_of, spread
 
+from scaleout.lab.bench.shards import measure_shards, sizing
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop, wait_until
 from scaleout.lab.processes import require_program
@@ -120,6 +121,19 @@ def test_sessions_spread_over_every_shard_and_every_endpoint_works(cluster: Clus
     assert d.get("/api/me").status_code == 401
     for x in [*people, second]:
         x.close()
+
+
+def test_the_bench_measures_every_shard_and_sizes_the_cluster(cluster: Cluster) -> None:
+    """`make bench --topology cluster`'s shard measurement on this cluster, small: every shard holds some of
+    the sessions, and each cost the bench reports was measured (not zero), then fed to the sizing rule. Before
+    the reshard below: the shards still hold a third of the slots each."""
+    shards = measure_shards(cluster, 900, 0.5)
+    assert [s.shard for s in shards] == [1, 2, 3] and sum(s.sessions for s in shards) == 900
+    for s in shards:
+        assert s.sessions > 200 and s.kib_per_10k_sessions > 1_000 and s.login_cpu_us > 0 and s.read_cpu_us > 0, s
+        assert s.drive_ops_per_s > 1_000 and 0 < s.drive_cpu_share <= 1.5, s
+    sized = sizing(shards, read_us=2.0, replica_rps=20_000.0)
+    assert all(p.shards >= 1 for p in sized.projections)
 
 
 def reshard(cluster: Cluster, source: str, target: str, slots: int) -> None:

@@ -12,7 +12,7 @@ from scaleout.lab.drivers.base import ClusterDriver, ClusterError
 from scaleout.lab.drivers.compose import Stack
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.drivers.swarm import Swarm
-from scaleout.lab.topology import Topology
+from scaleout.lab.topology import ClusterTopology, Topology
 
 VERBS = ["up", "down", "status", "lb", "stop", "start", "primary", "replica_cpu_seconds", "logs", "cannot_run"]
 
@@ -96,3 +96,48 @@ def test_redis_names_the_primary_to_stop_and_a_stopped_one_to_start() -> None:
         t.resolve("redis", lambda n: True, starting=True)
     with pytest.raises(ClusterError, match="no Redis is primary"):
         topology(Replies(None)).resolve("redis", lambda n: True)
+
+
+# `CLUSTER NODES` as a Redis 7.0 node prints it: shard 2's primary (redis-2) failed and its replica (redis-5)
+# took its slots; redis-2 is back as redis-5's replica; shard 3's slot 16383 is being moved to redis-1.
+NODES = """\
+a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460 [16383-<-c3]
+a2 127.0.0.1:7002@17002 slave b5 0 1 7 connected
+c3 127.0.0.1:7003@17003 master - 0 1 3 connected 10923-16383
+d4 127.0.0.1:7004@17004 slave a1 0 1 1 connected
+b5 127.0.0.1:7005@17005 master - 0 1 7 connected 5461-10922
+f6 127.0.0.1:7006@17006 slave c3 0 1 3 connected
+"""
+
+
+def cluster_of(nodes: str, info: str = "cluster_state:ok\r\ncluster_known_nodes:6\r\n") -> ClusterTopology:
+    names = [f"redis-{n}" for n in range(1, 7)]
+
+    def ask(node: str, *command: str) -> object:
+        return nodes if command == ("CLUSTER", "NODES") else info
+
+    return ClusterTopology(names, ask, lambda n: [f"127.0.0.1:700{n[-1]}"])
+
+
+def test_a_redis_clusters_shards_are_read_by_their_first_slot_whoever_is_primary_now() -> None:
+    topology = cluster_of(NODES)
+    shards = topology.shards()
+    assert [(s.number, s.slots, s.primary, s.replicas) for s in shards] == [
+        (1, [(0, 5460)], "redis-1", ["redis-4"]),
+        (2, [(5461, 10922)], "redis-5", ["redis-2"]),
+        (3, [(10923, 16383)], "redis-3", ["redis-6"]),
+    ]
+    assert shards[1].describe() == "redis-shard-2: slots 5461-10922, primary redis-5, replica redis-2"
+    assert topology.settled()
+    running = {f"redis-{n}" for n in (1, 2, 3, 4, 6)}
+    assert topology.resolve("redis-shard-2", running.__contains__) == "redis-5"  # the primary now
+    assert topology.resolve("redis", running.__contains__) == "redis-1"
+    assert topology.resolve("redis-shard-2", running.__contains__, starting=True) == "redis-5"  # the stopped one
+    assert topology.resolve("api-2", running.__contains__) == "api-2"
+    with pytest.raises(ClusterError, match="no shard 4"):
+        topology.resolve("redis-shard-4", running.__contains__)
+    # A shard without a replica, or a node that says the cluster is not ok, is not settled.
+    assert not cluster_of(NODES.replace("slave b5", "slave a1")).settled()
+    assert not cluster_of(NODES, "cluster_state:fail\r\n").settled()
+    assert not cluster_of(NODES, "cluster_state:ok\r\ncluster_known_nodes:6\r\n").fresh()
+    assert cluster_of("", "cluster_state:fail\r\ncluster_known_nodes:1\r\n").fresh()
