@@ -233,6 +233,7 @@ class ClusterReads:
         self.caches = caches
         self._connections: dict[Address, PipelinedConnection] = {}
         self._migrating: dict[int, float] = {}  # slot -> when a node last said ASK for it
+        self._slots: dict[Arg, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _connection(self, address: Address) -> PipelinedConnection:
@@ -276,11 +277,17 @@ class ClusterReads:
             self._migrating[int(slot_text)] = time.monotonic()
 
     def call(self, *command: Arg) -> asyncio.Future[object]:
+        # The per-request path: a key's slot is remembered (a replica reads the same sessions over and over).
         key = command[1]
-        slot = slot_of(key if isinstance(key, str | bytes) else str(key))
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = slot_of(key if isinstance(key, str | bytes) else str(key))
+            if len(self._slots) >= 100_000:
+                self._slots.clear()
+            self._slots[key] = slot
         address = self.store.address(slot)
         if address is not None and not (self._migrating and self._moving(slot)):
-            connection = self._connection(address)
+            connection = self._connections.get(address) or self._connection(address)
             if not connection.connected:  # never yet, or it failed: the shard's primary may have changed
                 self.store.refresh_soon()
             return connection.call(*command)
