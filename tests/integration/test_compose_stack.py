@@ -90,6 +90,16 @@ def docker_lines(*args: str) -> list[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60).stdout.split()
 
 
+def started_directly_in(stack: Stack, mode: str) -> None:
+    """Readiness asks nginx itself whether it reaches every replica: through the published port ip_hash
+    and sticky show one replica, and `compose-up LB_MODE=ip_hash` once timed out waiting for the others.
+    (The topology tests below start the stack directly in these modes.)"""
+    assert stack.upstreams_reached() == {"api-1", "api-2", "api-3"}, mode
+    with client(stack) as c:
+        r = c.get("/api/whoami")
+        assert r.status_code == 200 and r.headers["x-lb-mode"] == mode
+
+
 def restart_in(stack: Stack, **modes: object) -> None:
     stack.settings = stack.settings.model_copy(update=modes)
     stack.up()  # compose recreates the containers whose environment changed
@@ -175,20 +185,6 @@ def test_the_readmes_plain_docker_compose_up_acts_on_the_same_stack(stack: Stack
     in_use = docker_lines("ps", "-a", "-q", "--no-trunc")
     used = set(docker_lines("inspect", "-f", "{{.Image}}", *in_use)) if in_use else set()
     assert set(dangling) <= used  # an old image stays only while a container still runs it
-
-
-def test_the_stack_starts_directly_in_every_balancer_mode(stack: Stack) -> None:
-    """Readiness asks nginx itself whether it reaches every replica: through the published port ip_hash
-    and sticky show one replica, and `compose-up LB_MODE=ip_hash` once timed out waiting for the others."""
-    try:
-        for mode in ("sticky", "ip_hash"):
-            restart_in(stack, lb_mode=mode)
-            assert stack.upstreams_reached() == {"api-1", "api-2", "api-3"}, mode
-            with client(stack) as c:
-                r = c.get("/api/whoami")
-                assert r.status_code == 200 and r.headers["x-lb-mode"] == mode
-    finally:
-        restart_in(stack, lb_mode="round_robin")
 
 
 def test_redis_stopped_gives_503_only_and_back_it_heals(stack: Stack) -> None:
@@ -406,7 +402,8 @@ def test_the_sentinel_override_fails_over_and_what_was_acknowledged_survives(sta
     the Sentinels promote a replica, every replica follows it, sessions and a logout acknowledged before
     the kill hold after it, and the killed Redis comes back as a replica. The module's last test: its stack
     goes down after it, in the Sentinel topology or the next (no restart back to one Redis)."""
-    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", redis_topology="sentinel")
+    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="sticky", redis_topology="sentinel")
+    started_directly_in(stack, "sticky")
     passwords = [stack._compose("exec", "-T", "redis", "cat", f"/secrets/{f}").strip() for f in SECRET_FILES]
     assert all(len(p) >= 32 for p in passwords)
     # Six containers run a health check every 2 s: none may show a password to `ps` (argv), ever.
@@ -473,7 +470,8 @@ def test_the_cluster_override_shards_sessions_and_a_killed_primary_costs_only_it
     shard; one shard's primary container killed under a GET loop costs only that shard's users a 503, for
     less than 5 s, and loses nothing acknowledged; the killed node comes back as its shard's replica. The
     module's last test: its stack goes down after it, in this topology."""
-    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="round_robin", redis_topology="cluster")
+    restart_in(stack, auth_mode="session", session_store="redis", lb_mode="ip_hash", redis_topology="cluster")
+    started_directly_in(stack, "ip_hash")
     later = Stack.attach(Settings(cluster_dir=stack.settings.cluster_dir), project=stack.project)
     assert later.settings.redis_topology == "cluster"  # a later verb acts on the stack as it runs
     shards = stack.shards()
