@@ -173,9 +173,10 @@ class ClusterStore(Store):
                     # A multi-key command met a slot whose keys are half moved: the move takes milliseconds.
                     await asyncio.sleep(0.05)
                     ask = None
-                except RedisConnectionError:
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    # The shard's primary may have changed (a failover): look again, for the next request.
                     self.refresh_soon()
-                    if retried:
+                    if retried or isinstance(exc, RedisTimeoutError):  # a timeout spent the budget already
                         raise
                     retried = True
             raise StoreUnavailable(f"{what}: redirected more than {MAX_REDIRECTIONS} times")

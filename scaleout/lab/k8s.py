@@ -80,6 +80,8 @@ def components(s: Settings) -> list[str]:
         chosen.append("memory")
     elif s.session_store is SessionStore.replicated:
         raise ClusterError("SESSION_STORE=replicated has no Kubernetes manifests (memory or redis)")
+    if s.cluster:
+        raise ClusterError("REDIS_TOPOLOGY=cluster has no Kubernetes manifests (single or sentinel)")
     if s.lb_mode is LBMode.sticky:
         chosen.append("sticky")
     elif s.lb_mode is LBMode.ip_hash:

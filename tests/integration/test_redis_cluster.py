@@ -213,9 +213,24 @@ def test_a_shards_primary_killed_under_load_costs_only_its_users_a_short_503(clu
         assert {c.get("/api/me").status_code for _ in range(3)} == {200}
     with httpx.Client(base_url=cluster.settings.public_url) as thief:
         assert thief.get("/api/me", headers={"Cookie": f"sid={gone_sid}"}).status_code == 401  # the logout holds too
-    # The killed node comes back as the replica of its shard's new primary.
-    cluster.start(victim.primary)
-    assert wait_until(lambda: victim.primary in next(s for s in cluster.shards() if s.number == 2).replicas, 15)
+    # Until the node is back its shard has no replica: a login there cannot be confirmed (`WAIT`), so it is
+    # refused with 503, never acknowledged without a copy; the other shards' logins go on.
+    on_two = next(c for c in people if shard[id(c)] == 2)
+    name = on_two.get("/api/me").json()["username"]
+    with client(cluster) as again:
+        refused = again.post("/api/login", json={"username": name, "password": PASSWORD})
+        assert refused.status_code == 503 and "retry-after" in refused.headers, refused.text
+        # The killed node comes back as the replica of its shard's new primary, and logins there work again.
+        cluster.start(victim.primary)
+        assert wait_until(lambda: victim.primary in next(s for s in cluster.shards() if s.number == 2).replicas, 15)
+        logins: list[int] = []
+
+        def logs_in() -> bool:
+            logins.append(again.post("/api/login", json={"username": name, "password": PASSWORD}).status_code)
+            return logins[-1] == 200
+
+        assert wait_until(logs_in, 15, interval=0.2), logins
+        assert set(logins) <= {200, 503}, logins
     for c in [*people, *loopers, gone]:
         c.close()
 

@@ -162,3 +162,10 @@ def test_hs256_hands_the_shared_secret_to_the_auth_service_and_the_replicas_only
     }
     assert holders == {"api", "auth"}
     assert by(docs, "ConfigMap", "scaleout-settings")["data"]["JWT_ALG"] == "HS256"
+
+
+def test_a_redis_cluster_is_refused_with_the_topologies_offered() -> None:
+    from scaleout.lab.drivers.base import ClusterError
+
+    with pytest.raises(ClusterError, match="REDIS_TOPOLOGY=cluster has no Kubernetes manifests"):
+        k8s.components(Settings(redis_topology="cluster"))
