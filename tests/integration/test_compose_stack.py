@@ -477,7 +477,7 @@ def test_the_cluster_override_shards_sessions_and_a_killed_primary_costs_only_it
     shards = stack.shards()
     assert [s.number for s in shards] == [1, 2, 3] and all(len(s.replicas) == 1 for s in shards), shards
     people = []
-    for _ in range(12):
+    for _ in range(30):  # (2/3)^30 x 3: the chance that one shard gets no session at all
         c = client(stack)
         new_session(c)
         people.append(c)

@@ -267,7 +267,7 @@ def test_jwt_with_the_denylist_on_the_cluster(start_cluster: Callable[..., Clust
     jwt = start_cluster(**MODES, auth_mode="jwt", jwt_revocation="denylist")
     tokens = []
     with client(jwt) as c:
-        for _ in range(12):
+        for _ in range(36):  # (2/3)^36 x 3: the chance that one shard gets no family at all
             name = new_username("j")
             assert c.post("/api/register", json={"username": name, "password": PASSWORD}).status_code == 201
             r = c.post("/api/login", json={"username": name, "password": PASSWORD})
@@ -305,7 +305,7 @@ def test_the_near_cache_hears_every_shards_invalidations(start_cluster: Callable
     """SESSION_CACHE=tracking on the cluster: each replica's read connection to each shard keeps its own cache,
     so reads are served from memory and a logout of a session on any shard is refused at once everywhere."""
     cached = start_cluster(**MODES, auth_mode="session", session_store="redis", session_cache="tracking")
-    people = users(cached, 12)
+    people = users(cached, 30)  # (2/3)^30 x 3: the chance that one shard gets no session at all
     shards = cached.shards()
     assert {shard_of(shards, c.cookies["sid"]).number for c in people} == {1, 2, 3}
     for c in people:
