@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -664,9 +665,26 @@ def redis_nodes(manager: str, workers: list[str]) -> dict[str, str]:
 
 
 def bridge_gateway() -> str:
-    """The engine's bridge address (docker0): what a swarm advertises, so node containers can join it."""
+    """The engine's bridge address (docker0): what a swarm advertises, so node containers can join it. The
+    bridge network's IPAM config names it, except on an engine whose bridge existed before it first started
+    (seen on Debian's docker.io right after its installation): then the bridge interface's own address."""
     out = run([docker(), "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"])
     found = [a for a in out.split() if "." in a]
+    if not found:
+        name = run(
+            [
+                docker(),
+                "network",
+                "inspect",
+                "bridge",
+                "--format",
+                '{{index .Options "com.docker.network.bridge.name"}}',
+            ]
+        ).strip()
+        shown = subprocess.run(
+            ["ip", "-4", "-o", "addr", "show", name or "docker0"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        found = [w.split("/")[0] for i, w in enumerate(shown) if i > 0 and shown[i - 1] == "inet"]
     if not found:
         raise ComposeError("the engine's bridge network has no IPv4 gateway to advertise a swarm on")
     return found[0]
