@@ -166,15 +166,19 @@ def test_redis_sessions_survive_a_lost_node_and_its_replicas_come_back_elsewhere
     swarm.up()  # the lost node back (a new engine in its place), for the next test
 
 
-def test_memory_sessions_pinned_to_a_lost_node_get_401_never_5xx(swarm: Swarm) -> None:
+def test_memory_sessions_pinned_to_a_lost_node_get_401_and_no_replicas_5xx(swarm: Swarm) -> None:
     swarm.settings = swarm.settings.model_copy(update={"session_store": "memory"})
     swarm.up()
     people = users(swarm, 12)
     _, took, lost = kill_a_worker_under_load(swarm, people)
     assert took < RESCHEDULED_WITHIN, took
     for u in people:
-        assert not any(s >= 500 for s in u.seen), (u.home, u.seen, [t for t in u.trace if " 200 " not in t])
         if u in lost:
+            # A GET in flight to the lost node may find no replica within nginx's bound: nginx's own 503 ("no
+            # replica available", with Retry-After; no replica named), never a replica's 5xx, never a 502.
+            unavailable = [t for t in u.trace if t.split()[1] == "503"]
+            assert set(u.seen) <= {200, 401, 503}, (u.home, u.seen, [t for t in u.trace if " 200 " not in t])
+            assert all(t.split()[2] == "None@None" for t in unavailable), (u.home, unavailable)
             assert u.seen[401] > 0, (u.home, u.seen, u.trace)  # its replica, and its memory, are gone
             assert u.get().status_code == 401
         else:
