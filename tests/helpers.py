@@ -237,3 +237,19 @@ def per_shard(
         return shard[id(c)], status
 
     return me
+
+
+def logs_in_after_failover(c: httpx.Client, name: str, timeout: float = 15.0) -> list[int]:
+    """Log `name` in on `c` until it works: right after a failover a login may get 503 for a while (no
+    replica can confirm it yet: `WAIT`), never another status. The statuses seen."""
+    from scaleout.lab.load import wait_until
+
+    logins: list[int] = []
+
+    def logs_in() -> bool:
+        logins.append(c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code)
+        return logins[-1] == 200
+
+    assert wait_until(logs_in, timeout, interval=0.2), logins
+    assert set(logins) <= {200, 503}, logins
+    return logins

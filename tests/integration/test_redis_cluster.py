@@ -15,7 +15,19 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, client, new_user, new_username, per_shard, run_cli, shard_loss, shard_of, spread
+from helpers import (
+    PASSWORD,
+    bearer,
+    client,
+    logs_in_after_failover,
+    new_user,
+    new_username,
+    per_shard,
+    run_cli,
+    shard_loss,
+    shard_of,
+    spread,
+)
 
 from scaleout.lab.bench.shards import measure_shards, sizing
 from scaleout.lab.drivers.local import Cluster
@@ -223,14 +235,7 @@ def test_a_shards_primary_killed_under_load_costs_only_its_users_a_short_503(clu
         # The killed node comes back as the replica of its shard's new primary, and logins there work again.
         cluster.start(victim.primary)
         assert wait_until(lambda: victim.primary in next(s for s in cluster.shards() if s.number == 2).replicas, 15)
-        logins: list[int] = []
-
-        def logs_in() -> bool:
-            logins.append(again.post("/api/login", json={"username": name, "password": PASSWORD}).status_code)
-            return logins[-1] == 200
-
-        assert wait_until(logs_in, 15, interval=0.2), logins
-        assert set(logins) <= {200, 503}, logins
+        logs_in_after_failover(again, name)
     for c in [*people, *loopers, gone]:
         c.close()
 

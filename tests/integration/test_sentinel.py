@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from helpers import PASSWORD, client, new_user, new_username, spread
+from helpers import PASSWORD, client, logs_in_after_failover, new_user, new_username, spread
 
 from scaleout.lab.drivers.local import Cluster
 from scaleout.lab.load import RequestLoop, wait_until
@@ -107,14 +107,7 @@ def test_acknowledged_sessions_and_logouts_survive_the_primary_being_killed(clus
         # that cannot be confirmed is refused rather than acknowledged and lost.
         name = new_username("after")
         assert c.post("/api/register", json={"username": name, "password": PASSWORD}).status_code == 201
-        logins: list[int] = []
-
-        def logs_in() -> bool:
-            logins.append(c.post("/api/login", json={"username": name, "password": PASSWORD}).status_code)
-            return logins[-1] == 200
-
-        assert wait_until(logs_in, 15, interval=0.2), logins
-        assert set(logins) <= {200, 503}, logins
+        logs_in_after_failover(c, name)
         assert {c.get("/api/me").status_code for _ in range(6)} == {200}
     for c in [*users, *loop_clients, gone]:
         c.close()
