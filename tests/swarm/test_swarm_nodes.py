@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import PASSWORD, bearer, new_username
+from helpers import PASSWORD, bearer, new_username, shard_of
 
 from scaleout.core.config import Settings
 from scaleout.lab.drivers.swarm import Swarm
@@ -240,3 +240,50 @@ def test_sentinel_on_three_nodes_elects_a_new_primary_when_the_primarys_node_is_
         assert set(u.seen) <= {200, 503}, (u.home, u.seen, [t for t in u.trace if " 200 " not in t])
         assert u.get().status_code == 200
     assert last < 15, last
+
+
+def test_redis_cluster_on_three_nodes_fails_a_lost_primarys_shard_over_and_no_other_user_notices(
+    swarm: Swarm,
+) -> None:
+    swarm.settings = swarm.settings.model_copy(
+        update={"auth_mode": "session", "session_store": "redis", "redis_topology": "cluster"}
+    )
+    swarm.up()  # the lost node back; six Redis in cluster mode, formed into three shards
+    where = {r.service.split("@")[0]: r.service.split("@")[1] for r in swarm.status()}
+    shards = swarm.shards()
+    assert [s.primary for s in shards] == ["redis", "redis-2", "redis-3"], [s.describe() for s in shards]
+    assert len({where[s.primary] for s in shards}) == 3, where  # a primary on each node
+    for s in shards:  # a shard's two copies never share a node
+        assert len(s.replicas) == 1 and where[s.replicas[0]] != where[s.primary], (s.describe(), where)
+    people = users(swarm, 18)
+    home = {id(u): shard_of(shards, u.client.cookies["sid"]).number for u in people}
+    assert set(home.values()) == {1, 2, 3}, home
+    for u in people:
+        u.client.timeout = httpx.Timeout(30.0)  # as in the Sentinel test: a GET in flight to the lost node
+    victim = where["redis-2"]  # shard 2's primary, and shard 1's replica
+    fresh_counts(people)
+
+    with RequestLoop(asking(people), workers=2) as loop:
+        assert wait_until(lambda: len(loop.outcomes) >= 30, 20)
+        killed = time.monotonic()
+        swarm.kill_node(victim)
+        assert wait_until(lambda: [s.primary for s in swarm.shards()][1:2] == ["redis-5"], 30), swarm.shards()
+        promoted = time.monotonic() - killed
+        back = time.monotonic()
+        assert wait_until(lambda: all(u.asked > back for u in people), 30)
+        assert wait_until(lambda: set(loop.values()[-20:]) == {200}, 30), loop.values()[-20:]
+    lost = [u for u in people if home[id(u)] == 2]
+    failed = [float(t.split()[0]) for u in lost for t in u.trace if t.split()[1] != "200"]
+    window = (max(failed) - min(failed)) if failed else 0.0
+    print(
+        f"cluster: {victim} (redis-2, shard 2's primary) lost; redis-5 promoted in {promoted:.1f} s; shard 2's "
+        f"users' GETs 503 for {window:.1f} s, from {min(failed, default=killed) - killed:.1f} s after: "
+        f"{Counter(s for u in lost for s in u.seen.elements())}"
+    )
+    for u in people:
+        if home[id(u)] == 2:  # its sessions live on in the replica promoted: 503 (said so) while it is elected
+            assert set(u.seen) <= {200, 503}, (u.home, u.seen, [t for t in u.trace if " 200 " not in t])
+        else:  # the other shards (shard 1 lost only its replica): nothing happened
+            assert set(u.seen) == {200}, (home[id(u)], u.home, u.seen, [t for t in u.trace if " 200 " not in t])
+        assert u.get().status_code == 200
+    assert failed and window < 5.0, window

@@ -15,6 +15,8 @@ import yaml
 from scaleout.core.config import Settings
 from scaleout.core.secretfiles import ROLE_FILES
 from scaleout.lab.drivers.swarm import (
+    CLUSTER_FILE,
+    CLUSTER_NODES,
     HS256_FILE,
     MODE_VARIABLES,
     REDIS_NODES,
@@ -133,4 +135,39 @@ def test_sentinel_puts_each_redis_with_its_sentinel_on_a_node_of_its_own() -> No
     for name in ("auth", "api"):
         assert services[name]["environment"]["REDIS_TOPOLOGY"] == "sentinel"
     for item in [*sentinel["secrets"].values(), *sentinel["configs"].values()]:
+        assert item["name"].startswith("${STACK:-scaleout}_") and "${SECRETS_VERSION:?}" in item["name"]
+
+
+def test_redis_cluster_puts_each_shards_primary_and_replica_on_two_nodes() -> None:
+    cluster = yaml.safe_load(CLUSTER_FILE.read_text())
+    services = cluster["services"]
+    node = {
+        n: services[n].get("deploy", {}).get("placement", {}).get("constraints", ["(base file: a manager)"])
+        for n in services
+    }
+    manager = ["node.role == manager"]
+    pinned = {
+        k: [f"node.hostname == ${{REDIS_NODE_{k}:?the hostname of the {['second', 'third'][k - 2]} Redis node}}"]
+        for k in (2, 3)
+    }
+    # docker/cluster-create.sh makes redis-4, -5, -6 the replicas of redis, -2, -3: each pair on two nodes, and
+    # each node one primary (redis stays on a manager, by the base file).
+    assert [node["redis-2"], node["redis-3"]] == [pinned[2], pinned[3]]
+    assert [node["redis-4"], node["redis-5"], node["redis-6"]] == [pinned[2], pinned[3], manager]
+    for k, name in enumerate(CLUSTER_NODES, start=1):
+        s = services[name]
+        assert s["command"] == ["redis-server", "/run/secrets/cluster-node.conf"], name
+        assert s["volumes"] == [f"cluster-{k}-data:/tmp"], name  # its own, empty at first: not another topology's
+        assert {m["target"] for m in s["secrets"]} <= set(ROLE_FILES["store"]), name
+        assert all((m["uid"], m["gid"], m["mode"]) == ("10001", "10001", 0o400) for m in s["secrets"]), name
+        assert s["configs"][0]["target"] == "/usr/local/lib/cluster-create.sh", name
+        assert not any(k.endswith("PASSWORD") for k in s["environment"]), name
+        if name != "redis":
+            assert s["user"] == "10001:10001" and s["deploy"]["endpoint_mode"] == "dnsrr", name
+            assert s["networks"] == ["scaleout"], name
+    for name in ("auth", "api", "nginx"):
+        env = services[name]["environment"]
+        assert env["REDIS_TOPOLOGY"] == "cluster"
+        assert env["CLUSTER_ADDRESSES"] == ",".join(f"{n}:6380" for n in CLUSTER_NODES)
+    for item in [*cluster["secrets"].values(), *cluster["configs"].values()]:
         assert item["name"].startswith("${STACK:-scaleout}_") and "${SECRETS_VERSION:?}" in item["name"]

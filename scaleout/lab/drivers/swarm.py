@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from scaleout.core.config import ROOT, JWTAlg, LBMode, RedisTopology, SessionStore, Settings
+from scaleout.core.config import ROOT, JWTAlg, LBMode, SessionStore, Settings
 from scaleout.core.secretfiles import write_cluster_secrets, write_compose_store_configs
 from scaleout.lab.drivers.base import Say, ServiceStatus
 from scaleout.lab.engine import (
@@ -35,17 +35,21 @@ from scaleout.lab.engine import (
 )
 from scaleout.lab.faults import Fault
 from scaleout.lab.processes import CLK_TCK, cpu_ticks
-from scaleout.lab.topology import Shard, Topology, cli_line, cli_reply
+from scaleout.lab.topology import ClusterTopology, Shard, Topology, cli_line, cli_reply
 
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 HS256_FILE = ROOT / "deploy" / "swarm" / "stack.hs256.yml"  # JWT_ALG=HS256: the shared secret, to api and auth
 SENTINEL_FILE = ROOT / "deploy" / "swarm" / "stack.sentinel.yml"  # REDIS_TOPOLOGY=sentinel
 SENTINEL_SCRIPT = ROOT / "docker" / "sentinel-node.sh"  # a Swarm config of that file
+CLUSTER_FILE = ROOT / "deploy" / "swarm" / "stack.cluster.yml"  # REDIS_TOPOLOGY=cluster
+CLUSTER_SCRIPT = ROOT / "docker" / "cluster-create.sh"  # a Swarm config of that file, run in the `redis` task
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 IMAGES = {"service": "scaleout:service", "swarm-nginx": "scaleout:swarm-nginx"}  # Dockerfile target -> tag
 SERVICES = ("redis", "auth", "api", "nginx")
 REDIS_NODES = ("redis", "redis-2", "redis-3")  # REDIS_TOPOLOGY=sentinel (stack.sentinel.yml); `redis` alone otherwise
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+CLUSTER_NODES = ("redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6")  # REDIS_TOPOLOGY=cluster
+ALL_STORES = (*CLUSTER_NODES[1:], *SENTINELS)  # every store service beyond the base file's `redis`, any topology
 REDIS_PORT, SENTINEL_PORT = 6380, 26380  # inside the tasks
 STORE_SECRETS = ("redis-node.conf", "sentinel.conf", "sentinel-master.conf")  # the Sentinel topology's own
 IN_CONTAINER = Path("/run/secrets")  # where Swarm mounts a service's secrets
@@ -115,6 +119,8 @@ class Swarm:
     @property
     def services(self) -> tuple[str, ...]:
         """The stack's services: with Sentinel, two more Redis and three Sentinels."""
+        if self.settings.cluster:
+            return (*SERVICES, *CLUSTER_NODES[1:])
         return (*SERVICES, *REDIS_NODES[1:], *SENTINELS) if self.settings.sentinel else SERVICES
 
     def _inspect(self, name: str) -> dict[str, Any] | None:
@@ -153,8 +159,6 @@ class Swarm:
             return refusal
         if s.session_store is SessionStore.replicated:
             return "SESSION_STORE=replicated is not offered on a swarm: " + CANNOT_RUN["replication_growth"]
-        if s.redis_topology not in (RedisTopology.single, RedisTopology.sentinel):
-            return f"REDIS_TOPOLOGY={s.redis_topology} is not offered on a swarm: single or sentinel"
         return None
 
     def up(self, progress: Say | None = None) -> None:
@@ -172,6 +176,7 @@ class Swarm:
         files = ["-c", str(STACK_FILE)]
         files += ["-c", str(HS256_FILE)] if self.settings.jwt_alg is JWTAlg.HS256 else []
         files += ["-c", str(SENTINEL_FILE)] if self.settings.sentinel else []
+        files += ["-c", str(CLUSTER_FILE)] if self.settings.cluster else []
         self.say(f"deploying stack {self.stack!r}")
         run(
             [docker(), "stack", "deploy", "--resolve-image", "never", "--prune", *files, self.stack],
@@ -182,6 +187,18 @@ class Swarm:
         self.wait_ready()
         if self.settings.sentinel:
             self.topology().wait_settled(60.0)
+        if self.settings.cluster:
+            self.form_cluster()
+
+    def form_cluster(self) -> None:
+        """The six Redis made three shards the first time, a node that came back empty (its machine replaced)
+        added as a replica, then until every shard has a primary and a replica: docker/cluster-create.sh, in
+        the `redis` task (the Swarm has no one-shot services to run it as compose does)."""
+        self.say("forming the Redis Cluster")
+        node_docker, cid = self._task_container("redis")
+        out = run([*node_docker, "exec", cid, "sh", "/usr/local/lib/cluster-create.sh"], timeout=180)
+        self.say(out.strip().splitlines()[-1] if out.strip() else "")
+        self.cluster_topology().wait_settled(60.0)
 
     def _join_or_init(self, state: SwarmState) -> None:
         swarm = run([docker(), "info", "--format", "{{json .Swarm}}"])
@@ -218,7 +235,8 @@ class Swarm:
                 self._save(state)  # recorded before it exists, so that down removes even a half-made node
                 add_node(node, manager, token, self.say)
             # Replicas run beyond the manager, and with Sentinel a Redis and a Sentinel on each node.
-            redis = [self.images.get("REDIS_IMAGE", "redis:7.0-alpine")] if self.settings.sentinel else []
+            several = self.settings.sentinel or self.settings.cluster
+            redis = [self.images.get("REDIS_IMAGE", "redis:7.0-alpine")] if several else []
             load_images(node, [IMAGES["service"], *redis], self.say)
         self._save(state)
 
@@ -261,6 +279,8 @@ class Swarm:
         files = [cs.secrets_path / name for name in names]
         if cs.sentinel:
             files += [cs.secrets_path / name for name in STORE_SECRETS] + [SENTINEL_SCRIPT]
+        if cs.cluster:
+            files += [cs.secrets_path / "cluster-node.conf", CLUSTER_SCRIPT]
         digest = hashlib.sha256()
         for path in files:
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -274,8 +294,9 @@ class Swarm:
 
     def redis_placement(self) -> dict[str, str]:
         """REDIS_NODE_2 and REDIS_NODE_3: the nodes (by hostname) of the second and third Redis, each with its
-        Sentinel. The first stays on the manager; with three nodes no two Redis share one."""
-        if not self.settings.sentinel:
+        Sentinel (or, on a Redis Cluster, with the replica of the shard before). The first stays on the
+        manager; with three nodes no two Redis primaries share one."""
+        if not self.settings.sentinel and not self.settings.cluster:
             return {}
         return redis_nodes(run([docker(), "info", "--format", "{{.Name}}"]).strip(), self._state().nodes)
 
@@ -315,13 +336,14 @@ class Swarm:
         if not engine_answers():
             return []
         state = self._state()
-        removed = [s for s in (*SERVICES, *REDIS_NODES[1:], *SENTINELS) if self._inspect(s) is not None]
+        removed = [s for s in (*SERVICES, *ALL_STORES) if self._inspect(s) is not None]
         if removed:
             run([docker(), "stack", "rm", self.stack], timeout=120)
             self._wait_gone()
         for name in self._stack_secrets():
             run([docker(), "secret", "rm", name], check=False)
-        for volume in ("auth-data", "redis-data", *(f"{n}-data" for n in (*REDIS_NODES[1:], *SENTINELS))):
+        cluster = [f"cluster-{k}-data" for k in range(1, len(CLUSTER_NODES) + 1)]
+        for volume in ("auth-data", "redis-data", *(f"{n}-data" for n in (*REDIS_NODES[1:], *SENTINELS)), *cluster):
             run([docker(), "volume", "rm", "-f", f"{self.stack}_{volume}"], check=False)
         if state.nodes:
             from scaleout.lab.swarmnodes import remove_nodes
@@ -499,8 +521,8 @@ class Swarm:
         """A replica (`api-N`): its task's container is killed, and the Swarm starts another in its slot (a
         crash, as a Swarm sees one); with `kill`, on a worker node, the whole node crashes with it (the
         machine lost, and every replica on it). `redis` (with Sentinel: the primary now, or `redis-2` and the
-        like, a Sentinel), `auth`, `nginx`: scaled to 0 until `start`, or with `kill` crashed (the Swarm starts
-        another task)."""
+        like, a Sentinel; on a Redis Cluster `redis-shard-N`, that shard's primary now), `auth`, `nginx`:
+        scaled to 0 until `start`, or with `kill` crashed (the Swarm starts another task)."""
         if service.startswith("api-") and service[4:].isdigit():
             node = next((r.service.split("@")[1] for r in self.status() if r.service.startswith(f"{service}@")), "")
             if kill and node in self._state().nodes:
@@ -538,7 +560,9 @@ class Swarm:
 
     def _resolve(self, service: str) -> str:
         """The service a verb names: `redis` is the primary now with Sentinel (`redis-2` and the like, and the
-        Sentinels, stand for themselves)."""
+        Sentinels, stand for themselves); on a Redis Cluster `redis-shard-N` is that shard's primary now."""
+        if self.settings.cluster and (service == "redis" or service.startswith("redis-shard-")):
+            return self.cluster_topology().resolve(service, lambda n: True)
         self._known(service)
         if self.settings.sentinel and service == "redis":
             return self.topology().resolve(service, lambda n: True)
@@ -564,8 +588,11 @@ class Swarm:
         if service.startswith("api-"):
             self.wait_ready()  # the Swarm brings a replica back by itself
             return service
-        self._known(service)
         stopped = self._scaled_to_zero()
+        if self.settings.cluster and (service == "redis" or service.startswith("redis-shard-")):
+            # The node that was stopped (the shard's primary then; its replica has taken over since).
+            service = self.cluster_topology().resolve(service, lambda n: n not in stopped, starting=True)
+        self._known(service)
         if self.settings.sentinel and service == "redis" and "redis" not in stopped:
             # `redis` names the one that was stopped; a crashed one the Swarm brings back by itself.
             service = next((n for n in REDIS_NODES if n in stopped), service)
@@ -574,13 +601,18 @@ class Swarm:
         self.wait_ready()
         if self.settings.sentinel:
             self.topology().wait_settled(60.0)
+        if self.settings.cluster:
+            self.cluster_topology().wait_settled(60.0)
         return service
 
     def shards(self) -> list[Shard]:
-        return []  # no Redis Cluster on a swarm (refused at `up`)
+        return self.cluster_topology().shards() if self.settings.cluster else []
 
     def primary(self) -> str | None:
-        """The Redis service that is primary now, as the Sentinels say (sentinel topology), else `redis`."""
+        """The Redis service that is primary now, as the Sentinels say (sentinel topology; a Redis Cluster's
+        first shard's), else `redis`."""
+        if self.settings.cluster:
+            return next((shard.primary for shard in self.shards()), None)
         return self.topology().primary() if self.settings.sentinel else "redis"
 
     # --- the Redis topology, asked inside the tasks -------------------------------------------------
@@ -623,6 +655,9 @@ class Swarm:
 
     def topology(self) -> Topology:
         return Topology(list(REDIS_NODES), list(SENTINELS), self.settings.sentinel_master, self._ask, self._addresses)
+
+    def cluster_topology(self) -> ClusterTopology:
+        return ClusterTopology(list(CLUSTER_NODES), self._ask, self._addresses)
 
     def role(self, service: str) -> str | None:
         """`master` or `slave` as the Redis in `service` says; None when it does not answer."""
