@@ -13,6 +13,8 @@ one slot (`keyspace`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,7 +125,30 @@ class ClusterStore(Store):
             for ask in asks:
                 ask.cancel()
 
-    async def _slots_of(self, address: Address) -> list[Address | None] | None:
+    async def _resolved(self, address: Address) -> Address | None:
+        """A start-up name's IP address now, or None when the name does not resolve in time (a stopped
+        container's). The lookup runs on its own, shielded, and its outcome is always collected: a caller
+        cancelled just as its lookup fails (another node answered first, or the timeout) leaves the failure
+        unretrieved, which asyncio logs as "Future exception was never retrieved" (seen on every map reading
+        while a swarm's node was stopped)."""
+        host, port = address
+        try:
+            ipaddress.ip_address(host)
+            return address
+        except ValueError:
+            pass
+        lookup = asyncio.ensure_future(asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        lookup.add_done_callback(_ignore)
+        try:
+            found = await asyncio.wait_for(asyncio.shield(lookup), self.timeout)
+        except OSError:  # TimeoutError too
+            return None
+        return (str(found[0][4][0]), port) if found else None
+
+    async def _slots_of(self, named: Address) -> list[Address | None] | None:
+        address = await self._resolved(named)
+        if address is None:
+            return None
         try:
             reply = await self.client(address).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
         except (RedisError, OSError):
@@ -202,7 +227,7 @@ class ClusterStore(Store):
             await client.aclose()
 
 
-def _ignore(future: asyncio.Future[object]) -> None:
+def _ignore(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
