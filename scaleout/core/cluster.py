@@ -36,12 +36,6 @@ Address = tuple[str, int]
 # How often the slot map may be re-read on failures: while a shard's primary is down, every request to it
 # fails, and one re-read per interval is enough to see the replica promoted.
 REFRESH_INTERVAL = 0.2
-# How often the map is also checked with no failure to prompt it: a replica that sent nothing to a shard while
-# its primary failed over still holds the dead primary's address (and, when its machine is gone, a connection
-# that no reset ever closes); its first read there would wait out a timeout. The check asks every node and
-# takes a new map only when all that answer agree, so a node that lags (or one back from the dead with its
-# old view) never turns a good map back.
-MAP_EVERY = 1.0
 MAX_REDIRECTIONS = 3
 # How long a slot a node said ASK for takes the careful read path (a reshard moves a slot in milliseconds to
 # seconds; after it, MOVED re-points the slot for good).
@@ -65,8 +59,6 @@ class ClusterStore(Store):
         self._slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
         self._refreshing: asyncio.Task[bool] | None = None
         self._refreshed_at = 0.0
-        self._version = 0  # counts the map's changes
-        self._checking: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []  # told when a slot moved to another node
         super().__init__(self.client(self.startup[0]), durability)
 
@@ -101,7 +93,6 @@ class ClusterStore(Store):
         self.refresh_soon()
 
     def _changed(self) -> None:
-        self._version += 1
         for listener in self._listeners:
             listener()
 
@@ -110,26 +101,10 @@ class ClusterStore(Store):
 
     async def refresh(self) -> bool:
         """Read the slot map again (one reading at a time, shared by whoever asks meanwhile)."""
-        if self._checking is None:
-            self._checking = asyncio.get_running_loop().create_task(self._check_every())
         if self._refreshing is None or self._refreshing.done():
             self._refreshed_at = time.monotonic()
             self._refreshing = asyncio.get_running_loop().create_task(self._read_map())
         return await asyncio.shield(self._refreshing)
-
-    async def _check_every(self) -> None:
-        """From the first reading on, every MAP_EVERY seconds: every node's map; a new one is taken when all
-        that answer agree on it and nothing changed the map meanwhile (a failure's reading, a `MOVED`)."""
-        while True:
-            await asyncio.sleep(MAP_EVERY)
-            version, read_at = self._version, self._refreshed_at
-            nodes = dict.fromkeys([*self.primaries(), *self.startup])
-            maps = [m for m in await asyncio.gather(*(self._slots_of(a) for a in nodes)) if m is not None]
-            if not maps or any(m != maps[0] for m in maps[1:]):
-                continue
-            if version == self._version and read_at == self._refreshed_at and maps[0] != self._slots:
-                self._slots = maps[0]
-                self._changed()
 
     async def _read_map(self) -> bool:
         """The slot map from whichever node answers first, all asked at once (the primaries known and the
@@ -246,9 +221,8 @@ class ClusterStore(Store):
         return await self.refresh()
 
     async def aclose(self) -> None:
-        for task in (self._refreshing, self._checking):
-            if task is not None:
-                task.cancel()
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         for client in self._clients.values():
             await client.aclose()
 

@@ -278,8 +278,7 @@ def test_redis_cluster_on_three_nodes_fails_a_lost_primarys_shard_over_and_no_ot
     print(
         f"cluster: {victim} (redis-2, shard 2's primary) lost; redis-5 promoted in {promoted:.1f} s; shard 2's "
         f"users' GETs 503 for {window:.1f} s, from {min(failed, default=killed) - killed:.1f} s after: "
-        f"{Counter(s for u in lost for s in u.seen.elements())}; at {killed:.1f}: "
-        f"{sorted(t for u in lost for t in u.trace if t.split()[1] != '200')}"
+        f"{Counter(s for u in lost for s in u.seen.elements())}"
     )
     for u in people:
         if home[id(u)] == 2:  # its sessions live on in the replica promoted: 503 (said so) while it is elected
@@ -287,12 +286,4 @@ def test_redis_cluster_on_three_nodes_fails_a_lost_primarys_shard_over_and_no_ot
         else:  # the other shards (shard 1 lost only its replica): nothing happened
             assert set(u.seen) == {200}, (home[id(u)], u.home, u.seen, [t for t in u.trace if " 200 " not in t])
         assert u.get().status_code == 200
-    # The shard's outage (the election) begins within 5 s of the kill. Across engines a 503 may come a little
-    # after it: a user whose replica was on the lost node moves to another (nginx's timeout, the rescheduled
-    # task), and that one may not have checked its map since (every second) and wait out one read timeout at
-    # the dead primary's address, which no reset ever closes. Bounded: never 10 s after the kill.
-    assert failed and min(failed) - killed < 5.0 and max(failed) - killed < 10.0, (
-        window,
-        killed,
-        [t for u in lost for t in u.trace if t.split()[1] != "200"],
-    )
+    assert failed and window < 5.0, window
