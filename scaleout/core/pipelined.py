@@ -50,27 +50,16 @@ def pack(command: Command) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(
-        self,
-        cache: NearCache | None = None,
-        redirect: Callable[[str], None] | None = None,
-        timeout: float = 0.5,
-        on_round_trip: Callable[[float], None] | None = None,
-    ) -> None:
+    def __init__(self, cache: NearCache | None = None, redirect: Callable[[str], None] | None = None) -> None:
         self.redirect = redirect
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[object]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.cache = cache
-        self.timeout = timeout
-        self.on_round_trip = on_round_trip
-        # Each batch in flight: its replies still due and its send time. Its last reply gives the round trip
-        # and, with a cache, confirms the stream before the caller it wakes reads the cache again; the oldest
-        # one's age is what the one watchdog timer checks (not a timer and a callback per batch: on a busy
-        # replica those were a loop handle each, per write).
+        # With a cache: each batch's size and send time, so that a reply confirms the stream before the
+        # caller it wakes reads the cache again.
         self.batches: deque[list[float]] = deque()
-        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP connection's transport writes (uvloop's does not subclass asyncio.Transport, hence a cast).
@@ -87,15 +76,12 @@ class _Protocol(asyncio.Protocol):
                 self.fail(RedisConnectionError("unexpected reply from Redis"))
                 return
             future = self.waiting.popleft()
-            if self.batches:
+            if self.cache is not None and self.batches:
                 batch = self.batches[0]
                 batch[0] -= 1
                 if batch[0] <= 0:  # the batch's last reply: everything Redis sent before it is in
                     self.batches.popleft()
-                    if self.cache is not None:
-                        self.cache.confirm(batch[1])
-                    if self.on_round_trip is not None:
-                        self.on_round_trip(time.perf_counter() - batch[1])
+                    self.cache.confirm(batch[1])
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -116,14 +102,12 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._stop_watching()
         if self.cache is not None:
             self.cache.flush()  # invalidations for what it holds may be lost with the connection
         self._fail_waiting(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
 
     def fail(self, exc: Exception) -> None:
         self.closed = True
-        self._stop_watching()
         if self.cache is not None:
             self.cache.flush()
         self._fail_waiting(exc)
@@ -136,32 +120,12 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(exc)
 
-    def send(self, payload: bytes, futures: list[asyncio.Future[object]], watch: bool = True) -> None:
-        """One batch out. With `watch`, a batch unanswered after `timeout` fails the connection (the connection's
-        setup, which waits for its replies itself, is not watched)."""
+    def send(self, payload: bytes, futures: list[asyncio.Future[object]]) -> None:
         assert self.transport is not None
         self.waiting.extend(futures)
-        self.batches.append([len(futures), time.perf_counter()])
-        if watch and self.watchdog is None:
-            self.watchdog = asyncio.get_running_loop().call_later(self.timeout, self._check)
+        if self.cache is not None:
+            self.batches.append([len(futures), time.perf_counter()])
         self.transport.write(payload)
-
-    def _check(self) -> None:
-        """The oldest batch in flight past `timeout`: the stream cannot be trusted (replies are matched by
-        order), so every caller fails. Else the watchdog waits for the oldest batch's own deadline."""
-        self.watchdog = None
-        if self.closed or not self.batches:
-            return
-        age = time.perf_counter() - self.batches[0][1]
-        if age >= self.timeout:
-            self.fail(RedisTimeoutError(f"no reply from Redis within {self.timeout} s"))
-        else:
-            self.watchdog = asyncio.get_running_loop().call_later(self.timeout - age, self._check)
-
-    def _stop_watching(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
 
 
 def is_primary(role: object) -> bool:
@@ -253,10 +217,9 @@ class PipelinedConnection:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         host, port = (self.host, self.port) if self.locate is None else await self.locate()
-        cache, redirect, timeout, observe = self.cache, self.redirect, self.timeout, self.on_round_trip
+        cache, redirect = self.cache, self.redirect
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(cache, redirect, timeout, observe), host, port),
-            timeout=self.timeout,
+            loop.create_connection(lambda: _Protocol(cache, redirect), host, port), timeout=self.timeout
         )
         setup: list[Command] = []
         if cache is not None:
@@ -277,7 +240,7 @@ class PipelinedConnection:
             setup.append(("ROLE",))
         if setup:
             replies: list[asyncio.Future[object]] = [loop.create_future() for _ in setup]
-            protocol.send(b"".join(pack(c) for c in setup), replies, watch=False)
+            protocol.send(b"".join(pack(c) for c in setup), replies)
             try:
                 for reply in replies:
                     await asyncio.wait_for(reply, timeout=self.timeout)
@@ -311,7 +274,23 @@ class PipelinedConnection:
         except Exception as exc:
             protocol.fail(RedisConnectionError(f"write to Redis failed: {exc}"))
             return
-        self._last_sent = time.perf_counter()
+        timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, protocol, futures)
+        started = self._last_sent = time.perf_counter()
+        observe = self.on_round_trip
+
+        def answered(last: asyncio.Future[object]) -> None:
+            # Replies arrive in order, so the last one answered means the whole batch was.
+            if last.cancelled():
+                return
+            timer.cancel()
+            if observe is not None and last.exception() is None:
+                observe(time.perf_counter() - started)
+
+        futures[-1].add_done_callback(answered)
+
+    def _expire(self, protocol: _Protocol, futures: list[asyncio.Future[object]]) -> None:
+        if any(not f.done() for f in futures):
+            protocol.fail(RedisTimeoutError(f"no reply from Redis within {self.timeout} s"))
 
     async def aclose(self) -> None:
         if self._heartbeat is not None:
