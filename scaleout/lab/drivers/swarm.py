@@ -561,8 +561,8 @@ class Swarm:
     def _resolve(self, service: str) -> str:
         """The service a verb names: `redis` is the primary now with Sentinel (`redis-2` and the like, and the
         Sentinels, stand for themselves); on a Redis Cluster `redis-shard-N` is that shard's primary now."""
-        if self.settings.cluster and (service == "redis" or service.startswith("redis-shard-")):
-            return self.cluster_topology().resolve(service, lambda n: True)
+        if self.settings.cluster:
+            service = self.cluster_topology().resolve(service, lambda n: True)  # other names: themselves
         self._known(service)
         if self.settings.sentinel and service == "redis":
             return self.topology().resolve(service, lambda n: True)
@@ -589,8 +589,8 @@ class Swarm:
             self.wait_ready()  # the Swarm brings a replica back by itself
             return service
         stopped = self._scaled_to_zero()
-        if self.settings.cluster and (service == "redis" or service.startswith("redis-shard-")):
-            # The node that was stopped (the shard's primary then; its replica has taken over since).
+        if self.settings.cluster:
+            # `redis-shard-N`: the node that was stopped (the shard's primary then; its replica has taken over).
             service = self.cluster_topology().resolve(service, lambda n: n not in stopped, starting=True)
         self._known(service)
         if self.settings.sentinel and service == "redis" and "redis" not in stopped:
